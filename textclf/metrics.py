@@ -1,0 +1,153 @@
+"""Evaluation metrics from a streaming confusion matrix.
+
+Evaluation never keeps every logit: each batch's predictions are folded into a ``[C, C]`` count matrix
+(rows = true label, columns = predicted label), on the device, and every metric is derived from it at the
+end. Under distributed evaluation the matrices of all ranks are summed with one all-reduce.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+class ConfusionMatrix:
+    """Accumulates ``[num_classes, num_classes]`` counts of (true, predicted) pairs."""
+
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu"):
+        self.num_classes = num_classes
+        self.counts = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+
+    def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add a batch: ``predictions`` and ``targets`` are ``[B]`` class ids (no host sync)."""
+        flat = targets.long() * self.num_classes + predictions.long()
+        self.counts += torch.bincount(flat, minlength=self.num_classes**2).view(self.num_classes, self.num_classes)
+
+    def all_reduce(self) -> None:
+        """Sum the counts of every rank (each rank evaluated a disjoint shard of the rows)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.counts)
+
+    def numpy(self) -> np.ndarray:
+        return self.counts.cpu().numpy()
+
+
+@dataclass
+class ClassScores:
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclass
+class EvalReport:
+    """Metrics of one evaluation; ``to_dict()`` is what lands in ``metrics.json``."""
+
+    accuracy: float
+    macro_f1: float
+    micro_f1: float
+    weighted_f1: float
+    loss: float | None
+    num_rows: int
+    per_class: dict[str, ClassScores]
+    confusion_matrix: list[list[int]]
+    label_names: list[str]
+    extra: dict = field(default_factory=dict)
+
+    def __getitem__(self, key: str):
+        """``report["macro_f1"]``: metrics are addressable by the same names ``TrainConfig.metric`` uses."""
+        return self.to_dict()[key]
+
+    def to_dict(self) -> dict:
+        return {
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "micro_f1": self.micro_f1,
+            "weighted_f1": self.weighted_f1,
+            "loss": self.loss,
+            "num_rows": self.num_rows,
+            "per_class": {name: vars(scores) for name, scores in self.per_class.items()},
+            "confusion_matrix": self.confusion_matrix,
+            "labels": self.label_names,
+            **self.extra,
+        }
+
+    def format(self, digits: int = 4) -> str:
+        """A text report in scikit-learn's ``classification_report`` layout, plus the confusion matrix."""
+        width = max([len(n) for n in self.label_names] + [len("weighted avg")])
+        head = f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1-score':>9} {'support':>9}"
+        lines = [head, ""]
+        for name, s in self.per_class.items():
+            lines.append(f"{name:>{width}} {s.precision:>9.{digits}f} {s.recall:>9.{digits}f} "
+                         f"{s.f1:>9.{digits}f} {s.support:>9}")
+        lines.append("")
+        lines.append(f"{'accuracy':>{width}} {'':>9} {'':>9} {self.accuracy:>9.{digits}f} {self.num_rows:>9}")
+        scores = list(self.per_class.values())
+        for title, weights in (("macro avg", None), ("weighted avg", [s.support for s in scores])):
+            p, r, f = (float(np.average([getattr(s, k) for s in scores], weights=weights))
+                       if scores and (weights is None or sum(weights)) else 0.0
+                       for k in ("precision", "recall", "f1"))
+            lines.append(f"{title:>{width}} {p:>9.{digits}f} {r:>9.{digits}f} {f:>9.{digits}f} {self.num_rows:>9}")
+        lines += ["", "confusion matrix (rows: true, columns: predicted)", _format_matrix(self)]
+        if self.loss is not None:
+            lines.insert(0, f"loss {self.loss:.4f}\n")
+        return "\n".join(lines)
+
+
+def report_from_confusion(counts: np.ndarray, label_names: list[str], loss: float | None = None) -> EvalReport:
+    """Derive every metric from a confusion matrix (rows true, columns predicted).
+
+    Precision/recall/F1 of a class with no predictions or no support is 0, as scikit-learn reports with
+    ``zero_division=0``. Micro F1 equals accuracy for single-label classification.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    true_positive = np.diag(counts).astype(float)
+    support = counts.sum(axis=1)
+    predicted = counts.sum(axis=0)
+    precision = np.divide(true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0)
+    recall = np.divide(true_positive, support, out=np.zeros_like(true_positive), where=support > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
+    total = int(counts.sum())
+    accuracy = float(true_positive.sum() / total) if total else 0.0
+    weighted = float(np.average(f1, weights=support)) if total else 0.0
+    per_class = {
+        name: ClassScores(float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
+        for i, name in enumerate(label_names)
+    }
+    return EvalReport(
+        accuracy=accuracy,
+        macro_f1=float(f1.mean()) if len(f1) else 0.0,
+        micro_f1=accuracy,
+        weighted_f1=weighted,
+        loss=loss,
+        num_rows=total,
+        per_class=per_class,
+        confusion_matrix=counts.tolist(),
+        label_names=list(label_names),
+    )
+
+
+def _format_matrix(report: EvalReport) -> str:
+    names = report.label_names
+    cell = max([len(str(v)) for row in report.confusion_matrix for v in row] + [len(n) for n in names])
+    lines = [" " * (cell + 1) + " ".join(f"{n:>{cell}}" for n in names)]
+    for name, row in zip(names, report.confusion_matrix):
+        lines.append(f"{name:>{cell}} " + " ".join(f"{v:>{cell}}" for v in row))
+    return "\n".join(lines)
+
+
+def confusion_image(counts: np.ndarray, cell_pixels: int = 24) -> np.ndarray:
+    """Render a row-normalised confusion matrix as an ``[3, H, W]`` uint8 image for TensorBoard.
+
+    Darker blue means a larger share of the true class; the diagonal of a good model is dark.
+    """
+    counts = np.asarray(counts, dtype=float)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    shades = np.kron(shares, np.ones((cell_pixels, cell_pixels)))
+    white, blue = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
+    image = white[:, None, None] * (1 - shades)[None] + blue[:, None, None] * shades[None]
+    return image.astype(np.uint8)

