@@ -165,23 +165,38 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RunPaths:
+    """Where a run reads its data and writes its outputs (the ``run`` section of a config file)."""
+
+    # Training data: a folder with train/dev/test files, a folder per class, or one CSV/TSV/JSONL file.
+    data: str | None = None
+    # Dev file; when absent, the dev split comes from `data` (a dev file there, or a stratified hold-out).
+    dev: str | None = None
+    # Test file; when absent, the test split comes from `data` (a test file there, or a stratified hold-out).
+    test: str | None = None
+    # Output folder of the run.
+    output: str | None = None
+
+
+@dataclass(frozen=True)
 class RunConfig:
-    """The three sections together, as written to ``config.yaml`` next to every run."""
+    """The sections together, as written to ``config.yaml`` next to every run and read by ``--config``."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunPaths = field(default_factory=RunPaths)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {"data": dataclasses.asdict(self.data), "model": dataclasses.asdict(self.model),
-                "train": dataclasses.asdict(self.train)}
+        return {"run": dataclasses.asdict(self.run), "data": dataclasses.asdict(self.data),
+                "model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> RunConfig:
         """Build from nested dicts; unknown sections or keys are errors that name them."""
         if not isinstance(raw, dict):
-            raise ConfigError(f"{source}: expected a mapping with sections data/model/train, got {type(raw).__name__}")
-        sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+            raise ConfigError(f"{source}: expected a mapping with sections run/data/model/train, got {type(raw).__name__}")
+        sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "run": RunPaths}
         unknown = set(raw) - set(sections)
         if unknown:
             raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; expected some of {list(sections)}")
@@ -239,3 +254,20 @@ def save_mapping(mapping: dict[str, Any], path: str | Path) -> None:
         path.write_text(yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True), encoding="utf-8")
     else:
         path.write_text(json.dumps(mapping, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def field_docs(klass: type) -> dict[str, str]:
+    """The comment above each field of a config dataclass: the single source of CLI help and the docs' reference."""
+    import inspect
+
+    docs, pending = {}, []
+    for line in inspect.getsource(klass).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            pending.append(stripped.lstrip("# ").strip())
+        elif ":" in stripped and not stripped.startswith(("def ", "class ", '"""', "@")) and pending:
+            docs[stripped.split(":", 1)[0].strip()] = " ".join(pending)
+            pending = []
+        else:
+            pending = []
+    return docs

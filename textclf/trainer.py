@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from . import checkpoint as ckpt
 from .callbacks import Callback, EarlyStopping, ProgressBar
 from .collate import LengthGroupedBatches, RandomBatches, make_collate, sequential_shard
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .config import DataConfig, ModelConfig, RunConfig, RunPaths, TrainConfig
 from .data import DatasetSplits, Split, TextClassificationDataset, load_dataset
 from .errors import ConfigError, OutputDirError, TrainingError
 from .loggers import JsonlLogger, TensorBoardLogger
@@ -141,6 +141,20 @@ class Trainer:
         self.loggers: list = []
         self.optimizer = self.scheduler = self.scaler = None
         self._interrupt_signal: int | None = None
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str = "auto", precision: str = "auto",
+                        eval_batch_size: int = 128, **kwargs) -> Trainer:
+        """A Trainer around a saved model folder, e.g. to ``evaluate`` it on a new file.
+
+        ``max_length`` is the one the model was trained with; ``kwargs`` go to the constructor.
+        """
+        model = TextClassifier.from_pretrained(folder)
+        trained = json.loads((Path(folder) / "textclf.json").read_text(encoding="utf-8")).get("train_config", {})
+        config = TrainConfig(max_length=trained.get("max_length", 128), device=device, precision=precision,
+                             eval_batch_size=eval_batch_size)
+        kwargs.setdefault("progress", False)
+        return cls(model, tokenizer=load_tokenizer(str(folder)), config=config, **kwargs)
 
     # ==================================================================================================
     # fit
@@ -383,6 +397,9 @@ class Trainer:
         if isinstance(data, TextClassificationDataset):
             return data
         if isinstance(data, Split):
+            if data.labels is None:
+                raise ConfigError(f"{data.source}: the {data.name} split has no labels, so it cannot be evaluated")
+            self.label_map.check_known(data.labels, data.name, data.source, where=data.where)
             return self._tokenize(data)
         raise ConfigError(f"Trainer.evaluate: expected a Split or TextClassificationDataset, got {type(data).__name__}")
 
@@ -498,7 +515,16 @@ class Trainer:
 
     @property
     def run_config(self) -> RunConfig:
-        return RunConfig(self.data_config, self.model_config, self.config)
+        """The resolved configuration, with the data files as read, so ``--config config.yaml`` repeats the run."""
+        def file(split):
+            return split.source if split is not None and not split.source.startswith("<") else None
+
+        train = self.data.train if self.data else None
+        # A split carved out of the training file has the training file as source: record it as "not given".
+        dev, test = ((file(s) if s is not None and file(s) != file(train) else None)
+                     for s in ((self.data.dev, self.data.test) if self.data else (None, None)))
+        paths = RunPaths(data=file(train), dev=dev, test=test, output=str(self.output_dir))
+        return RunConfig(self.data_config, self.model_config, self.config, paths)
 
     def save_checkpoint(self) -> Path | None:
         """Write the full training state to ``checkpoints/step-NNNNNN`` (rank 0), then rotate old ones."""

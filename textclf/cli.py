@@ -1,0 +1,261 @@
+"""The ``textclf`` command line: subcommands over the same Python API.
+
+``textclf train | evaluate | predict | info`` (also ``python -m textclf ...``).
+
+Training flags are generated from the config dataclasses, so ``--help`` always lists every field with the
+same text as the configuration reference. Values resolve in this order: dataclass defaults, then a
+``--config`` YAML/JSON file (sections ``run``, ``data``, ``model``, ``train``), then flags.
+
+Exit codes: 0 success, 2 bad input or usage (one readable paragraph, no traceback), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+
+from .config import DataConfig, ModelConfig, RunConfig, RunPaths, TrainConfig, field_docs, load_mapping
+from .errors import ConfigError, DataError, TextclfError
+
+# Config sections whose fields become flags; a field may get a flag name other than its own.
+SECTIONS = (("run", RunPaths), ("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig))
+FLAG_NAMES = {("model", "name"): "--model"}
+
+
+class UsageError(TextclfError):
+    """The command line itself is wrong."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but usage errors go through the same exit-code-2 path as bad input."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# ==================================================================================================== parser
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="textclf", description="Fine-tune transformer encoders into text classifiers.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"textclf {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    commands.required = True
+
+    train = commands.add_parser("train", help="fine-tune a model on labelled data",
+                                description="Fine-tune a model. Every flag can also be set in --config.")
+    train.add_argument("--config", metavar="FILE", help="YAML/JSON config (sections run, data, model, train); "
+                       "flags override it. Every run writes its resolved config to OUTPUT/config.yaml.")
+    _add_config_flags(train)
+    train.add_argument("--resume", metavar="auto|DIR", help="continue from the newest complete checkpoint in the "
+                       "output folder (auto) or from the checkpoint folder DIR")
+    train.add_argument("--overwrite", action="store_true", help="replace a previous run in the output folder")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="score a trained model on a labelled file",
+                                   description="Score a trained model on a labelled file.")
+    evaluate.add_argument("--model", required=True, metavar="DIR", help="model folder (e.g. OUTPUT/best)")
+    evaluate.add_argument("--data", required=True, metavar="FILE", help="labelled CSV/TSV/JSONL file or class folder")
+    evaluate.add_argument("--output", metavar="FILE", help="also write the report as JSON to FILE")
+    _add_reading_flags(evaluate)
+    evaluate.add_argument("--batch-size", type=int, default=128, help="texts per batch (default 128)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="classify texts with a trained model",
+                                  description="Classify texts given as arguments or in a file.")
+    predict.add_argument("--model", required=True, metavar="DIR", help="model folder (e.g. OUTPUT/best)")
+    predict.add_argument("--input", metavar="FILE", help=".txt (one text per line) or CSV/TSV/JSONL with a text column")
+    predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify (instead of --input)")
+    predict.add_argument("--top-k", type=int, default=1, metavar="K", help="also list the K most likely labels")
+    predict.add_argument("--output", metavar="FILE.jsonl", help="write one JSON object per text here instead of stdout")
+    _add_reading_flags(predict, labels=False)
+    predict.add_argument("--batch-size", type=int, default=64, help="texts per batch (default 64)")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    predict.set_defaults(handler=cmd_predict)
+
+    info = commands.add_parser("info", help="describe a trained model",
+                               description="Labels, base encoder, training config and metrics of a model folder.")
+    info.add_argument("--model", required=True, metavar="DIR", help="model folder (e.g. OUTPUT/best)")
+    info.set_defaults(handler=cmd_info)
+    return parser
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field, help text from the field's comment; unset flags leave the value alone."""
+    for section, klass in SECTIONS:
+        group = parser.add_argument_group(f"{section} settings")
+        docs = field_docs(klass)
+        hints = typing.get_type_hints(klass)
+        for f in dataclasses.fields(klass):
+            flag = FLAG_NAMES.get((section, f.name), "--" + f.name.replace("_", "-"))
+            kind, optional = _base_type(hints[f.name])
+            help_text = f"{docs.get(f.name, '')} (default: {f.default})".replace("%", "%%")
+            dest = f"{section}.{f.name}"
+            if kind is bool:
+                group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
+                                   default=argparse.SUPPRESS, help=help_text)
+            else:
+                group.add_argument(flag, dest=dest, type=_parser_for(kind, optional, flag), default=argparse.SUPPRESS,
+                                   metavar=f.name.upper(), help=help_text)
+
+
+def _add_reading_flags(parser: argparse.ArgumentParser, labels: bool = True) -> None:
+    parser.add_argument("--text-column", default="text", help="column/key holding the text (default text)")
+    if labels:
+        parser.add_argument("--label-column", default="label", help="column/key holding the label (default label)")
+    parser.add_argument("--encoding", default="utf-8", help="file encoding, e.g. gbk (default utf-8)")
+
+
+def _base_type(hint) -> tuple[type, bool]:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return hint, False
+
+
+def _parser_for(kind: type, optional: bool, flag: str):
+    def parse(text: str):
+        if optional and text.lower() in ("none", "null"):
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}{' or none' if optional else ''}, "
+                                             f"got {text!r}") from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+# ==================================================================================================== commands
+
+
+def resolve_run_config(args: argparse.Namespace) -> RunConfig:
+    """Defaults, then the --config file, then flags; every section validated with errors that name the field."""
+    raw = load_mapping(args.config) if getattr(args, "config", None) else {}
+    sections = {name: dict(raw.get(name) or {}) for name, _ in SECTIONS}
+    unknown = set(raw) - set(sections)
+    if unknown:
+        raise ConfigError(f"{args.config}: unknown section(s) {sorted(unknown)}; expected some of {list(sections)}")
+    for dest, value in vars(args).items():
+        if "." in dest:
+            section, name = dest.split(".", 1)
+            sections[section][name] = value
+    return RunConfig.from_dict(sections, source=args.config or "command line")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .trainer import Trainer
+
+    config = resolve_run_config(args)
+    if not config.run.data:
+        raise UsageError("textclf train: no training data; pass --data DIR_OR_FILE (or set run.data in --config)")
+    if not config.run.output:
+        raise UsageError("textclf train: no output folder; pass --output DIR (or set run.output in --config)")
+    data = load_dataset(config.run.data, dev=config.run.dev, test=config.run.test, config=config.data)
+    trainer = Trainer(model=config.model.name, data=data, output_dir=config.run.output, config=config.train,
+                      model_config=config.model, data_config=config.data, overwrite=args.overwrite,
+                      progress=not args.quiet)
+    result = trainer.fit(resume=args.resume)
+    if result.interrupted:
+        return 0
+    out = Path(config.run.output)
+    report = (out / "report.txt").read_text(encoding="utf-8") if (out / "report.txt").is_file() else ""
+    print(report)
+    print(f"best model: {out / 'best'} (step {result.best_step}); last model: {out / 'last'}")
+    print(f"TensorBoard: tensorboard --logdir {out / 'runs'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data import read_split
+    from .trainer import Trainer
+
+    trainer = Trainer.from_pretrained(args.model, device=args.device, eval_batch_size=args.batch_size)
+    data_config = DataConfig(text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
+                             multi_label=trainer.label_map.multi_label)
+    split = read_split(args.data, "test", data_config)
+    report = trainer.evaluate(split)
+    print(report.format())
+    if args.output:
+        Path(args.output).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n",
+                                     encoding="utf-8")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .data import read_texts
+    from .predict import Predictor
+
+    if bool(args.input) == bool(args.texts):
+        raise UsageError("textclf predict: give either --input FILE or texts as arguments (not both, not neither)")
+    texts = read_texts(args.input, DataConfig(text_column=args.text_column, encoding=args.encoding)) \
+        if args.input else args.texts
+    predictor = Predictor.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
+    lines = [json.dumps({"text": text, **p.to_dict()}, ensure_ascii=False)
+             for text, p in zip(texts, predictor.predict(texts, top_k=args.top_k))]
+    if args.output:
+        Path(args.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print(f"wrote {len(lines)} predictions to {args.output}")
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .modeling import LABELS_FILE, TEXTCLF_FILE
+
+    folder = Path(args.model)
+    meta_path = folder / TEXTCLF_FILE
+    if not meta_path.is_file():
+        raise DataError(f"{folder} is not a textclf model folder ({TEXTCLF_FILE} is missing); "
+                        "use OUTPUT/best or OUTPUT/last of a training run")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    labels = json.loads((folder / LABELS_FILE).read_text(encoding="utf-8")) if (folder / LABELS_FILE).is_file() else {}
+    metrics_path = folder.parent / "metrics.json"
+    summary = {
+        "model": str(folder),
+        "base_model": meta.get("base_model"),
+        "labels": labels.get("names"),
+        "multi_label": labels.get("multi_label", False),
+        "pooling": meta.get("pooling"),
+        "hf_compatible": meta.get("hf_compatible"),
+        "step": meta.get("step"),
+        "train_config": meta.get("train_config"),
+        "dev": {k: v for k, v in (meta.get("dev") or {}).items() if k in ("accuracy", "macro_f1", "micro_f1", "loss")},
+    }
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        summary["test"] = {k: v for k, v in (metrics.get("test") or {}).items()
+                           if k in ("accuracy", "macro_f1", "micro_f1", "loss")}
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0
+
+
+# ==================================================================================================== entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 bad input or usage, 1 other errors)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except TextclfError as exc:
+        print(f"textclf {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
