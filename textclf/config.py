@@ -114,7 +114,7 @@ class TrainConfig:
     max_length: int = 128
     # Clip the global gradient norm to this value; None disables clipping.
     max_grad_norm: float | None = 1.0
-    # "auto" (bf16 where the hardware has it, else fp32), "fp32", "bf16" or "fp16" (CUDA only).
+    # "auto" (bf16 on GPUs and CPUs with native bf16, fp16 on older GPUs, else fp32), "fp32", "bf16", "fp16" (CUDA).
     precision: str = "auto"
     # Device: "auto" (CUDA if available), "cpu", "cuda" or "cuda:N".
     device: str = "auto"

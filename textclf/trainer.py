@@ -239,14 +239,15 @@ class Trainer:
         scheduler = build_scheduler(optimizer, self.total_steps, self.config.warmup_ratio, self.config.schedule)
         return optimizer, scheduler
 
-    def compute_loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean loss of a batch: cross-entropy (single-label) or binary cross-entropy (multi-label).
+    def compute_loss(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean loss of a batch from the model's outputs (logits ``[B, C]``) and the batch's ``labels``.
 
-        Computed in fp32 even under autocast: the softmax of low-precision logits loses accuracy.
+        Cross-entropy for single-label data, binary cross-entropy for multi-label data; computed in fp32 even
+        under autocast, since the softmax of low-precision logits loses accuracy.
         """
         if self.label_map is not None and self.label_map.multi_label:
-            return F.binary_cross_entropy_with_logits(logits.float(), batch["labels"].float())
-        return F.cross_entropy(logits.float(), batch["labels"])
+            return F.binary_cross_entropy_with_logits(outputs.float(), batch["labels"].float())
+        return F.cross_entropy(outputs.float(), batch["labels"])
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         """Forward, loss and backward of one micro-batch.
