@@ -33,8 +33,8 @@ HYPER = {"epochs": 1, "batch_size": 32, "max_length": 128, "lr": 1e-4, "warmup_r
 
 
 def data_dir(name: str) -> Path:
-    """../shared/data/NAME when present (benchmarks may read it), else the copy bundled in examples/data."""
-    for candidate in (ROOT.parent / "shared" / "data" / name, ROOT / "examples" / "data" / name):
+    """NAME itself if it is a folder; else ../shared/data/NAME (benchmarks may read it), else examples/data/NAME."""
+    for candidate in (Path(name), ROOT.parent / "shared" / "data" / name, ROOT / "examples" / "data" / name):
         if (candidate / "train.csv").is_file():
             return candidate
     raise SystemExit(f"dataset {name} not found in ../shared/data or examples/data")
@@ -43,16 +43,17 @@ def data_dir(name: str) -> Path:
 # ==================================================================================================== workers
 
 
-def run_textclf(dataset: str, precision: str, max_rows: int | None) -> dict:
+def run_textclf(dataset: str, precision: str, max_rows: int | None, model: str = "minilm") -> dict:
     import textclf
 
     class Timer(textclf.Callback):
-        """Times the training loop alone (no model loading, tokenization or final evaluation)."""
+        """Times the training loop alone: first step to last optimizer step (no loading, tokenization, final
+        evaluation or model saving, as the peer's on_train_begin/on_train_end with evaluation and saving off)."""
 
         def on_train_begin(self, trainer):
             self.start = time.perf_counter()
 
-        def on_train_end(self, trainer):
+        def on_step_end(self, trainer):
             self.seconds = time.perf_counter() - self.start
 
     data = textclf.load_dataset(data_dir(dataset))
@@ -64,7 +65,7 @@ def run_textclf(dataset: str, precision: str, max_rows: int | None) -> dict:
                                  weight_decay=HYPER["weight_decay"], max_grad_norm=HYPER["max_grad_norm"],
                                  precision=precision, log_steps=50)
     out = Path(os.environ.get("BENCH_WORK", "/tmp/textclf-bench")) / f"textclf-{dataset}-{precision}"
-    trainer = textclf.Trainer(model="minilm", data=data, output_dir=out, config=config, callbacks=[timer],
+    trainer = textclf.Trainer(model=model, data=data, output_dir=out, config=config, callbacks=[timer],
                               overwrite=True, progress=False)
     trainer.fit()
     tokens = int(trainer.train_dataset.lengths.sum())
@@ -81,7 +82,7 @@ def run_textclf(dataset: str, precision: str, max_rows: int | None) -> dict:
                    report.macro_f1, in_order=in_order, encoder=trainer.model.encoder, lengths=trainer.train_dataset.lengths)
 
 
-def run_peer(dataset: str, precision: str, group_by_length: bool, max_rows: int | None) -> dict:
+def run_peer(dataset: str, precision: str, group_by_length: bool, max_rows: int | None, model: str = "minilm") -> dict:
     import numpy as np
     import torch
     from sklearn.metrics import accuracy_score, f1_score
@@ -94,7 +95,7 @@ def run_peer(dataset: str, precision: str, group_by_length: bool, max_rows: int 
     data = textclf.load_dataset(data_dir(dataset))
     if max_rows:
         data.train = data.train.subset(range(min(max_rows, len(data.train))))
-    path = resolve_model_name("minilm")
+    path = resolve_model_name(model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     label_map = data.label_map
 
@@ -112,7 +113,7 @@ def run_peer(dataset: str, precision: str, group_by_length: bool, max_rows: int 
 
     train, test = Rows(data.train), Rows(data.test)
     torch.manual_seed(HYPER["seed"])
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(label_map)).float()
+    classifier = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(label_map)).float()
 
     class Timer(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
@@ -127,11 +128,11 @@ def run_peer(dataset: str, precision: str, group_by_length: bool, max_rows: int 
         num_train_epochs=HYPER["epochs"], per_device_train_batch_size=HYPER["batch_size"],
         per_device_eval_batch_size=128, learning_rate=HYPER["lr"], warmup_steps=HYPER["warmup_ratio"],
         weight_decay=HYPER["weight_decay"], max_grad_norm=HYPER["max_grad_norm"], seed=HYPER["seed"],
-        bf16=precision == "bf16", use_cpu=not torch.cuda.is_available(),
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not torch.cuda.is_available(),
         train_sampling_strategy="group_by_length" if group_by_length else "random",
         eval_strategy="no", save_strategy="no", report_to="none", logging_steps=50, disable_tqdm=True,
     )
-    peer = Trainer(model=model, args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer),
+    peer = Trainer(model=classifier, args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer),
                    callbacks=[timer])
     peer.train()
     peer.predict(torch.utils.data.Subset(test, range(64)))  # warm-up
@@ -142,7 +143,7 @@ def run_peer(dataset: str, precision: str, group_by_length: bool, max_rows: int 
     tokens = sum(len(ids) for ids in train.ids)
     return _result(len(train), tokens, timer.seconds, len(test), predict_seconds,
                    accuracy_score(test.labels, predicted), f1_score(test.labels, predicted, average="macro"),
-                   encoder=model.bert, lengths=[len(ids) for ids in train.ids])
+                   encoder=classifier.base_model, lengths=[len(ids) for ids in train.ids])
 
 
 def training_flops_per_token(encoder, lengths) -> float:
@@ -196,8 +197,9 @@ SYSTEMS = {
 }
 
 
-def measure(system: str, dataset: str, max_rows: int | None) -> dict:
-    command = [sys.executable, "-m", "bench.train_bench", "worker", "--dataset", dataset, *SYSTEMS[system]]
+def measure(system: str, dataset: str, max_rows: int | None, systems: dict = SYSTEMS, model: str = "minilm") -> dict:
+    command = [sys.executable, "-m", "bench.train_bench", "worker", "--dataset", dataset, "--model", model,
+               *systems[system]]
     if max_rows:
         command += ["--max-train-rows", str(max_rows)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
@@ -217,14 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--system", choices=("textclf", "peer"))
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--group-by-length", action="store_true")
+    parser.add_argument("--model", default="minilm")
     parser.add_argument("--output", default=str(RESULTS / "train.json"))
     args = parser.parse_args(argv)
 
     if args.mode == "worker":
         if args.system == "textclf":
-            result = run_textclf(args.dataset, args.precision, args.max_train_rows)
+            result = run_textclf(args.dataset, args.precision, args.max_train_rows, args.model)
         else:
-            result = run_peer(args.dataset, args.precision, args.group_by_length, args.max_train_rows)
+            result = run_peer(args.dataset, args.precision, args.group_by_length, args.max_train_rows, args.model)
         print(json.dumps(result))
         return 0
 

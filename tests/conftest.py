@@ -14,8 +14,12 @@ TESTS = Path(__file__).parent
 TINY_DATA = TESTS / "data" / "tiny"
 
 
-def build_tiny_encoder(folder: Path, seed: int = 0) -> Path:
-    """Save a 2-layer, 32-wide BERT with the MiniLM tokenizer into ``folder`` and return it."""
+def build_tiny_encoder(folder: Path, seed: int = 0, dropout: float = 0.1) -> Path:
+    """Save a 2-layer, 32-wide BERT with the MiniLM tokenizer into ``folder`` and return it.
+
+    ``dropout`` sets the encoder's hidden and attention dropout (0 makes training steps deterministic functions
+    of the batch, as the gradient-accumulation equivalence test needs).
+    """
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -23,7 +27,8 @@ def build_tiny_encoder(folder: Path, seed: int = 0) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_name("minilm"))
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

