@@ -34,6 +34,7 @@ BAD_VALUES = [
     (TrainConfig, "schedule", "step"),
     (TrainConfig, "batch_size", 0),
     (TrainConfig, "grad_accum", 0),
+    (TrainConfig, "max_tokens", 64),
     (TrainConfig, "max_length", 4),
     (TrainConfig, "max_grad_norm", 0.0),
     (TrainConfig, "precision", "fp8"),

@@ -490,3 +490,16 @@ def test_output_folder_not_written_by_textclf_is_never_deleted(tiny_model_dir, t
         with pytest.raises(OutputDirError, match="thesis.tex"):
             _fit(tiny_model_dir, _train_only(tiny_data, 16), out, _config(max_steps=1), overwrite=overwrite)
     assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+
+
+def test_token_budget_batches_train_on_every_row(tiny_model_dir, tiny_data, tmp_path):
+    """With max_tokens set, batches follow the token budget and one epoch still covers every row once."""
+    config = textclf.TrainConfig(epochs=1, max_tokens=256, precision="fp32", max_length=64)
+    trainer = textclf.Trainer(model=str(tiny_model_dir), data=tiny_data, output_dir=tmp_path / "out", config=config,
+                              progress=False)
+    batches = trainer.train_sampler.epoch_batches(0)
+    lengths = trainer.train_dataset.lengths
+    assert sorted(row for batch in batches for row in batch) == list(range(len(trainer.train_dataset)))
+    assert all(len(b) * max(lengths[b]) <= 256 for b in batches)
+    result = trainer.fit()
+    assert result.global_step == len(batches)
