@@ -60,10 +60,7 @@ def run_textclf(dataset: str, precision: str, max_rows: int | None, model: str =
     if max_rows:
         data.train = data.train.subset(range(min(max_rows, len(data.train))))
     timer = Timer()
-    config = textclf.TrainConfig(epochs=HYPER["epochs"], batch_size=HYPER["batch_size"], max_length=HYPER["max_length"],
-                                 lr=HYPER["lr"], warmup_ratio=HYPER["warmup_ratio"], seed=HYPER["seed"],
-                                 weight_decay=HYPER["weight_decay"], max_grad_norm=HYPER["max_grad_norm"],
-                                 precision=precision, log_steps=50)
+    config = textclf.TrainConfig(**HYPER, precision=precision, log_steps=50)
     out = Path(os.environ.get("BENCH_WORK", "/tmp/textclf-bench")) / f"textclf-{dataset}-{precision}"
     trainer = textclf.Trainer(model=model, data=data, output_dir=out, config=config, callbacks=[timer],
                               overwrite=True, progress=False)
@@ -76,18 +73,25 @@ def run_textclf(dataset: str, precision: str, max_rows: int | None, model: str =
     start = time.perf_counter()
     predictions = predictor.predict(data.test.texts)
     predict_seconds = time.perf_counter() - start
-    in_order = [p.label for p in predictions] == [p.label for p in predictor.predict(data.test.texts[:50], batch_size=1)] + \
-        [p.label for p in predictions[50:]]
+    one_by_one = [p.label for p in predictor.predict(data.test.texts[:50], batch_size=1)]
+    in_order = [p.label for p in predictions[:50]] == one_by_one  # batched, length-sorted results keep input order
     return _result(len(data.train), tokens, timer.seconds, len(data.test), predict_seconds, report.accuracy,
-                   report.macro_f1, in_order=in_order, encoder=trainer.model.encoder, lengths=trainer.train_dataset.lengths)
+                   report.macro_f1, in_order=in_order, encoder=trainer.model.encoder,
+                   lengths=trainer.train_dataset.lengths)
 
 
 def run_peer(dataset: str, precision: str, group_by_length: bool, max_rows: int | None, model: str = "minilm") -> dict:
     import numpy as np
     import torch
     from sklearn.metrics import accuracy_score, f1_score
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     import textclf
     from textclf.modeling import resolve_model_name
@@ -288,7 +292,8 @@ def format_table(summary: dict) -> str:
                          f"{r['peak_rss_mb']:7.0f} {r['mfu_vs_bf16_peak']:6.1%}")
         for peer in ("peer-default", "peer-best"):
             ratio = rows[f"ratio-vs-{peer}"]
-            lines.append(f"{dataset:>16} textclf/{peer}: train x{ratio['train']:.2f}, predict x{ratio['predict']:.2f}, "
+            lines.append(f"{dataset:>16} textclf/{peer}: train x{ratio['train']:.2f}, "
+                         f"predict x{ratio['predict']:.2f}, "
                          f"peak RSS x{ratio['peak_rss']:.2f}, accuracy {ratio['accuracy_points']:+.2f} points")
     return "\n".join(lines)
 

@@ -97,8 +97,10 @@ class ProgressBar(Callback):
         self.bar.set_postfix(loss=f"{logs['train/loss']:.4f}", lr=f"{logs['train/lr']:.2e}", refresh=False)
 
     def on_evaluate(self, trainer: Trainer, report: EvalReport) -> None:
-        self.bar.write(f"step {trainer.state.global_step}: dev accuracy {report.accuracy:.4f} "
-                       f"macro-F1 {report.macro_f1:.4f}" + (f" loss {report.loss:.4f}" if report.loss is not None else ""))
+        # trainer.print: tqdm.write above the bar, on rank 0 only (a disabled bar's write still prints)
+        loss = f" loss {report.loss:.4f}" if report.loss is not None else ""
+        trainer.print(f"step {trainer.state.global_step}: dev accuracy {report.accuracy:.4f} "
+                      f"macro-F1 {report.macro_f1:.4f}{loss}")
 
     def on_train_end(self, trainer: Trainer) -> None:
         if self.bar is not None:

@@ -1,12 +1,14 @@
 """The ``textclf`` command line: subcommands over the same Python API.
 
-``textclf train | evaluate | predict | info`` (also ``python -m textclf ...``).
+``textclf train | evaluate | predict | info | export | serve`` (also ``python -m textclf ...``).
 
 Training flags are generated from the config dataclasses, so ``--help`` always lists every field with the
 same text as the configuration reference. Values resolve in this order: dataclass defaults, then a
 ``--config`` YAML/JSON file (sections ``run``, ``data``, ``model``, ``train``), then flags.
 
-Exit codes: 0 success, 2 bad input or usage (one readable paragraph, no traceback), 1 anything else.
+Exit codes: 0 success, 2 bad input or usage (one readable paragraph, no traceback), 1 anything else, and
+128 + the signal number (130 for Ctrl-C, 143 for SIGTERM) when ``train`` stopped on a signal after writing a
+checkpoint: the run is not finished, so scripts chaining ``textclf train ... && next`` do not go on.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 import types
 import typing
+import warnings
 from pathlib import Path
 
 from .config import DataConfig, ModelConfig, RunConfig, RunPaths, TrainConfig, field_docs, load_mapping
@@ -74,10 +78,12 @@ def build_parser() -> ArgumentParser:
     predict = commands.add_parser("predict", help="classify texts with a trained model",
                                   description="Classify texts given as arguments or in a file.")
     predict.add_argument("--model", required=True, metavar="DIR", help="model folder (e.g. OUTPUT/best)")
-    predict.add_argument("--input", metavar="FILE", help=".txt (one text per line) or CSV/TSV/JSONL with a text column")
+    predict.add_argument("--input", metavar="FILE",
+                         help=".txt (one text per line) or CSV/TSV/JSONL with a text column")
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify (instead of --input)")
     predict.add_argument("--top-k", type=int, default=1, metavar="K", help="also list the K most likely labels")
-    predict.add_argument("--output", metavar="FILE.jsonl", help="write one JSON object per text here instead of stdout")
+    predict.add_argument("--output", metavar="FILE.jsonl",
+                         help="write one JSON object per text here instead of stdout")
     _add_reading_flags(predict, labels=False)
     predict.add_argument("--batch-size", type=int, default=64, help="texts per batch (default 64)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
@@ -87,6 +93,58 @@ def build_parser() -> ArgumentParser:
                                description="Labels, base encoder, training config and metrics of a model folder.")
     info.add_argument("--model", required=True, metavar="DIR", help="model folder (e.g. OUTPUT/best)")
     info.set_defaults(handler=cmd_info)
+
+    export = commands.add_parser("export", help="export a model to ONNX (optionally int8) or TorchScript",
+                                 description="Export a trained model into a self-contained folder and check it "
+                                 "against PyTorch (max |logit diff|, label agreement, accuracy change on --data); "
+                                 "a failed check fails the export.")
+    export.add_argument("--model", required=True, metavar="DIR", help="model folder (e.g. OUTPUT/best)")
+    export.add_argument("--output", required=True, metavar="DIR", help="export folder to create")
+    export.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "torch-export"],
+                        help="onnx (default), torchscript (torch.jit.trace, deprecated upstream; falls back to "
+                        "torch-export where torch has no torch.jit) or torch-export (model.pt2)")
+    export.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantization with ONNX Runtime (onnx only)")
+    export.add_argument("--data", metavar="FILE", help="texts for the parity check (CSV/TSV/JSONL/class folder); with "
+                        "labels the accuracy change is checked too (default: a built-in sample of sentences)")
+    _add_reading_flags(export)
+    export.add_argument("--num-samples", type=int, default=512, metavar="N", help="texts from --data compared "
+                        "logit by logit (default 512)")
+    export.add_argument("--atol", type=float, metavar="X", help="largest allowed max |logit diff| "
+                        "(default 1e-3; not checked for int8)")
+    export.add_argument("--min-agreement", type=float, metavar="F", help="smallest allowed fraction of equal labels "
+                        "(default 0.99, int8 0.95)")
+    export.add_argument("--max-accuracy-drop", type=float, default=0.01, metavar="F", help="largest allowed "
+                        "accuracy loss on a labelled --data file, as a fraction (default 0.01 = 1 point)")
+    export.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's current one)")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
+    export.set_defaults(handler=cmd_export)
+
+    serve = commands.add_parser("serve", help="serve a model over HTTP (FastAPI, micro-batching)",
+                                description="Serve POST /classify, GET /health, /metadata, /stats and /docs. "
+                                "Concurrent requests are batched server-side. Set the environment variable named by "
+                                "--api-key-env to require an X-API-Key header.")
+    serve.add_argument("--model", required=True, metavar="DIR", help="model folder or export folder")
+    serve.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
+                       help="auto (what the folder holds), torch or onnx")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    serve.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core)")
+    serve.add_argument("--max-batch-size", type=int, default=64, help="texts per model call (default 64)")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to "
+                       "join its batch (default 5)")
+    serve.add_argument("--no-batching", dest="batching", action="store_false", help="one model call per request")
+    serve.add_argument("--max-texts-per-request", type=int, default=64, help="default 64 (more: 413)")
+    serve.add_argument("--max-text-chars", type=int, default=10_000, help="default 10000 (longer: 413)")
+    serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="default 1000000 (larger: 413)")
+    serve.add_argument("--api-key-env", default="TEXTCLF_API_KEY", metavar="VAR", help="environment variable "
+                       "holding the API key; when it is set, requests need the X-API-Key header (default "
+                       "TEXTCLF_API_KEY)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--no-access-log", dest="access_log", action="store_false", help="no line per request")
+    serve.add_argument("--graceful-timeout", type=float, default=30.0, metavar="S", help="seconds to finish "
+                       "in-flight requests after SIGTERM/SIGINT (default 30)")
+    serve.set_defaults(handler=cmd_serve)
     return parser
 
 
@@ -168,8 +226,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                       model_config=config.model, data_config=config.data, overwrite=args.overwrite,
                       progress=not args.quiet)
     result = trainer.fit(resume=args.resume)
+    if not trainer.runtime.is_main:  # under torchrun, rank 0 reports for the whole job
+        return 128 + trainer._interrupt_signal if result.interrupted else 0
     if result.interrupted:
-        return 0
+        signum = trainer._interrupt_signal
+        print(f"textclf train: interrupted after optimizer step {result.global_step}; a checkpoint was written. "
+              f"To continue exactly where it stopped, run:\n  {resume_command(getattr(args, 'argv', None))}",
+              file=sys.stderr)
+        return 128 + signum
     out = Path(config.run.output)
     report = (out / "report.txt").read_text(encoding="utf-8") if (out / "report.txt").is_file() else ""
     print(report)
@@ -243,18 +307,89 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    export_model(args.model, args.output, format=args.format, quantize=args.quantize, data=args.data,
+                 text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
+                 num_samples=args.num_samples, atol=args.atol, min_agreement=args.min_agreement,
+                 max_accuracy_drop=args.max_accuracy_drop, opset=args.opset, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from .predict import Predictor
+    from .serve import ServeConfig, serve
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UsageError("textclf serve needs fastapi and uvicorn; install them with "
+                         "`pip install \"textclf[serve]\"`") from None
+    config = ServeConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, batching=args.batching,
+                         max_texts_per_request=args.max_texts_per_request, max_text_chars=args.max_text_chars,
+                         max_body_bytes=args.max_body_bytes, api_key=os.environ.get(args.api_key_env) or None)
+    predictor = Predictor.from_pretrained(args.model, backend=args.backend, device=args.device,
+                                          batch_size=max(args.max_batch_size, args.max_texts_per_request),
+                                          threads=args.threads)
+    print(f"serving {args.model} ({predictor.backend.name}) on http://{args.host}:{args.port} "
+          f"(docs at /docs; batching {'on' if args.batching else 'off'}"
+          f"{'; API key required' if config.api_key else ''})", flush=True)
+    serve(predictor, args.host, args.port, config, log_level=args.log_level, access_log=args.access_log,
+          timeout_graceful_shutdown=args.graceful_timeout)
+    return 0
+
+
 # ==================================================================================================== entry point
 
 
+def resume_command(argv: list[str] | None) -> str:
+    """The command continuing an interrupted ``textclf train``: same flags, ``--resume auto``, no ``--overwrite``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif arg != "--overwrite" and not arg.startswith("--resume="):
+            kept.append(arg)
+    return shlex.join(["textclf", *kept, "--resume", "auto"])
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 2 bad input or usage, 1 other errors)."""
+    """Run the command line; returns the exit code (0 ok, 2 bad input or usage, 1 other errors, 128+N on signal N)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return args.handler(args)
-    except TextclfError as exc:
-        print(f"textclf {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    prefix = f"textclf {args.command}"
+    with warnings.catch_warnings():
+        # Data warnings (rows dropped, conflicting duplicates) are messages to the user, not code locations.
+        from .data import DataWarning
+
+        warnings.simplefilter("always", DataWarning)
+        default_show = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, DataWarning):
+                print(f"{prefix}: warning: {message}", file=sys.stderr)
+            else:
+                default_show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        try:
+            return args.handler(args)
+        except TextclfError as exc:
+            print(f"{prefix}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop: stop at once
+            hint = (f"; continue from the last checkpoint (if any) with:\n  {resume_command(args.argv)}"
+                    if args.command == "train" else "")
+            print(f"{prefix}: interrupted{hint}", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -158,6 +158,9 @@ class TrainConfig:
     seed: int = 42
     # Group texts of similar length into batches (less padding) when training.
     group_by_length: bool = True
+    # Token budget of a training batch (rows x longest row); when set, length-grouped batches are filled up to it
+    # instead of holding batch_size rows, so short texts travel in big batches. None keeps batch_size rows.
+    max_tokens: int | None = None
     # Evaluate on dev every N optimizer steps; None evaluates at the end of each epoch only.
     eval_steps: int | None = None
     # Write a full training-state checkpoint every N optimizer steps; None writes one per epoch.
@@ -185,6 +188,8 @@ class TrainConfig:
         _check(self.schedule in SCHEDULES, "train", "schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
         _check(self.batch_size > 0, "train", "batch_size", f"must be > 0, got {self.batch_size}")
         _check(self.grad_accum > 0, "train", "grad_accum", f"must be > 0, got {self.grad_accum}")
+        _check(self.max_tokens is None or self.max_tokens >= self.max_length, "train", "max_tokens",
+               f"must be >= max_length ({self.max_length}) so that the longest text fits, got {self.max_tokens}")
         _check(self.max_length >= 8, "train", "max_length", f"must be >= 8, got {self.max_length}")
         _check(self.max_grad_norm is None or self.max_grad_norm > 0, "train", "max_grad_norm", "must be > 0 or None")
         _check(
@@ -232,7 +237,8 @@ class RunConfig:
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> RunConfig:
         """Build from nested dicts; unknown sections or keys are errors that name them."""
         if not isinstance(raw, dict):
-            raise ConfigError(f"{source}: expected a mapping with sections run/data/model/train, got {type(raw).__name__}")
+            raise ConfigError(f"{source}: expected a mapping with sections run/data/model/train, "
+                              f"got {type(raw).__name__}")
         sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "run": RunPaths}
         unknown = set(raw) - set(sections)
         if unknown:

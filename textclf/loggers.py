@@ -27,10 +27,12 @@ class Logger(Protocol):
 class TensorBoardLogger:
     """Scalars and the confusion matrix (as an image and a text table) for TensorBoard."""
 
-    def __init__(self, log_dir: str | Path):
+    def __init__(self, log_dir: str | Path, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        # purge_step: on resume, TensorBoard hides events at or after it, written after the checkpoint by the
+        # interrupted run, so the curves show each step once.
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         for key, value in metrics.items():

@@ -105,6 +105,8 @@ class TextClassifier(nn.Module):
         super().__init__()
         if pooling not in ("cls", "mean"):
             raise ConfigError(f"model.pooling: must be 'cls' or 'mean', got {pooling!r}")
+        if pooling == "mean" and getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None  # unused by mean pooling; DDP needs every parameter to receive a gradient
         self.encoder = encoder
         self.pooling = pooling
         self.num_labels = num_labels
@@ -244,11 +246,12 @@ class TextClassifier(nn.Module):
         try:
             state = load_file(str(folder / WEIGHTS_FILE))
         except Exception as exc:  # safetensors raises its own error types for truncated or damaged files
-            raise ModelLoadError(f"{folder / WEIGHTS_FILE} is damaged or truncated ({exc}); retrain or restore it") from None
-        if meta.get("hf_compatible"):
+            raise ModelLoadError(f"{folder / WEIGHTS_FILE} is damaged or truncated ({exc}); "
+                                 "retrain or restore it") from None
+        if meta.get("hf_compatible"):  # Hugging Face names: "<prefix>.*" is the encoder, "classifier.*" the head
             prefix = self.encoder.base_model_prefix + "."
-            state = {("encoder." + k[len(prefix):]) if k.startswith(prefix) else k.replace("classifier.", "head.", 1): v
-                     for k, v in state.items()}
+            state = {("encoder." + k[len(prefix):]) if k.startswith(prefix)
+                     else k.replace("classifier.", "head.", 1): v for k, v in state.items()}
         missing, unexpected = self.load_state_dict(state, strict=False)
         # Buffers such as position_ids are rebuilt by the encoder itself and need not be in the file.
         missing = [k for k in missing if not k.endswith("position_ids")]

@@ -3,14 +3,17 @@
 Everything precision-related that the training loop needs is resolved here once, into a :class:`Runtime`,
 so the loop itself stays a handful of visible lines (autocast context, ``GradScaler(enabled=fp16)``).
 The distributed fields are read from the environment ``torchrun`` sets (``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK``); a plain ``python`` run is a world of one.
+``LOCAL_RANK``); a plain ``python`` run is a world of one and never touches ``torch.distributed``.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import hashlib
 import os
 import random
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -106,19 +109,100 @@ def distributed_env() -> tuple[int, int, int]:
 
 
 def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
-    """Resolve device and precision, and join the process group when launched by torchrun."""
+    """Resolve device and precision, and join the process group when launched by torchrun.
+
+    Under torchrun (``WORLD_SIZE`` > 1) each process takes the GPU of its ``LOCAL_RANK`` and joins the default
+    process group: NCCL on CUDA, gloo on CPU. The group is destroyed when the process exits. A world of one
+    calls no ``torch.distributed`` function at all.
+    """
     rank, world_size, local_rank = distributed_env()
+    if world_size > 1 and re.fullmatch(r"cuda:\d+", device):
+        raise ConfigError(f"train.device: {device!r} would put every process of this torchrun job on one GPU; use "
+                          "--device cuda (or auto): each process takes the GPU numbered by its LOCAL_RANK")
     resolved_device = resolve_device(device, local_rank)
+    if world_size > 1 and resolved_device.type == "cuda" and local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"torchrun started process LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} "
+                          "GPU(s) are visible; use --nproc-per-node <= the number of GPUs of each node")
     if world_size > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if resolved_device.type == "cuda" else "gloo"
         if resolved_device.type == "cuda":
             torch.cuda.set_device(resolved_device)
-        torch.distributed.init_process_group(backend=backend)
+            torch.distributed.init_process_group(backend="nccl", device_id=resolved_device)
+        else:
+            torch.distributed.init_process_group(backend="gloo")
+        atexit.register(_destroy_process_group)
     return Runtime(resolved_device, resolve_precision(precision, resolved_device), rank, world_size, local_rank)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) so the same seed gives the same weights on CPU."""
+def _destroy_process_group() -> None:
+    # Registered by setup_runtime only when it created the group (a user's own group is theirs to destroy).
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+# ---- collectives the trainer needs beyond DDP's gradient all-reduce (all no-ops in a world of one) ---------------
+
+
+def on_main_process(runtime: Runtime, fn, *args):
+    """Run ``fn(*args)`` on rank 0 only; every rank returns its result, or raises its exception.
+
+    For decisions that read and change the file system (may the output folder be used? which checkpoint is
+    resumed?): ranks deciding on their own would race with rank 0's writes, and could disagree.
+    """
+    if not runtime.distributed:
+        return fn(*args)
+    box: list = [None]
+    error = None
+    if runtime.is_main:
+        try:
+            box[0] = (fn(*args), None)
+        except Exception as exc:  # handed to the other ranks, so none of them waits for a rank that gave up
+            error = exc
+            box[0] = (None, exc if _picklable(exc) else RuntimeError(f"rank 0 failed: {type(exc).__name__}: {exc}"))
+    torch.distributed.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    result, remote_error = box[0]
+    if remote_error is not None:
+        raise remote_error
+    return result
+
+
+def _picklable(obj) -> bool:
+    import pickle
+
+    try:
+        pickle.dumps(obj)
+    except Exception:
+        return False
+    return True
+
+
+def gather_to_main(runtime: Runtime, obj) -> list | None:
+    """Every rank's ``obj`` (picklable), as a list indexed by rank, on rank 0; ``None`` on the other ranks."""
+    if not runtime.distributed:
+        return [obj]
+    gathered = [None] * runtime.world_size if runtime.is_main else None
+    torch.distributed.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
+def broadcast_module(runtime: Runtime, module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers into every rank's ``module``, in place."""
+    if not runtime.distributed:
+        return
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            torch.distributed.broadcast(tensor, src=0)
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed Python, NumPy and torch (all devices) so the same seed gives the same weights on CPU.
+
+    ``rank`` > 0 gives a distributed process its own streams (its own dropout masks), derived from
+    ``(seed, rank)``; rank 0 uses ``seed`` itself, exactly as a single process does.
+    """
+    if rank:
+        seed = int.from_bytes(hashlib.sha256(f"textclf:{seed}:{rank}".encode()).digest()[:4], "little")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
+import os
 import shutil
 import signal
 import threading
@@ -32,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
 from .callbacks import Callback, EarlyStopping, ProgressBar
-from .collate import LengthGroupedBatches, RandomBatches, make_collate, sequential_shard
+from .collate import LengthGroupedBatches, RandomBatches, TokenBudgetBatches, make_collate, sequential_shard
 from .config import DataConfig, ModelConfig, RunConfig, RunPaths, TrainConfig
 from .data import DatasetSplits, Split, TextClassificationDataset, load_dataset
 from .errors import ConfigError, OutputDirError, TrainingError
@@ -40,7 +42,15 @@ from .loggers import JsonlLogger, TensorBoardLogger
 from .metrics import ConfusionMatrix, EvalReport, report_from_confusion
 from .modeling import TextClassifier, load_tokenizer
 from .optim import build_adamw, build_scheduler
-from .runtime import rng_state, seed_everything, set_rng_state, setup_runtime
+from .runtime import (
+    broadcast_module,
+    gather_to_main,
+    on_main_process,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    setup_runtime,
+)
 
 
 @dataclass
@@ -100,6 +110,14 @@ class Trainer:
         overwrite: replace an existing run in ``output_dir``.
     """
 
+    # More consecutive fp16 steps skipped by the GradScaler than this stops training (the loss keeps overflowing).
+    max_skipped_steps: int = 25
+    # DDP's find_unused_parameters: needed when some trainable parameter never gets a gradient (DDP would otherwise
+    # stop with "Expected to have finished reduction"), at the cost of one autograd-graph walk per step. None: on
+    # exactly when the model is known to have such parameters (the encoder's pooler under mean pooling); a subclass
+    # with a custom head that leaves parameters unused sets True.
+    ddp_find_unused_parameters: bool | None = None
+
     def __init__(self, model: str | TextClassifier = "minilm", data=None, output_dir: str | Path = "runs/textclf",
                  config: TrainConfig | None = None, *, model_config: ModelConfig | None = None,
                  data_config: DataConfig | None = None, tokenizer=None, head: nn.Module | None = None,
@@ -113,7 +131,8 @@ class Trainer:
         self.runtime = setup_runtime(self.config.device, self.config.precision)
         seed_everything(self.config.seed)
 
-        self.data = data if isinstance(data, DatasetSplits) or data is None else load_dataset(data, config=self.data_config)
+        self.data = (data if isinstance(data, DatasetSplits) or data is None
+                     else load_dataset(data, config=self.data_config))
         self.tokenizer = tokenizer or load_tokenizer(self.model_config.name)
         if isinstance(model, TextClassifier):
             self.model = model
@@ -126,6 +145,8 @@ class Trainer:
             self.model.freeze_layers_below(self.model_config.freeze_layers_below)
         self._check_max_length()
         self.model.to(self.runtime.device)
+        if self.runtime.distributed:  # the same initial weights on every rank, then each rank its own dropout masks
+            seed_everything(self.config.seed, self.runtime.rank)
         self.label_map = self.model.label_map or (self.data.label_map if self.data else None)
 
         self.train_dataset = self._tokenize(self.data.train) if self.data else None
@@ -168,7 +189,10 @@ class Trainer:
         """
         if self.train_dataset is None:
             raise ConfigError("Trainer.fit: no training data; pass data= to the Trainer")
-        checkpoint = self._prepare_output_dir(resume)
+        created = not self.output_dir.exists()
+        self._interrupt_signal = None  # a notebook may call fit(resume="auto") again after a Ctrl-C
+        # Rank 0 checks and prepares the folder; the other ranks take its answer (deciding themselves would race it).
+        checkpoint = on_main_process(self.runtime, self._prepare_output_dir, resume)
         self.optimizer, self.scheduler = self.configure_optimizers()
         self.scaler = self.runtime.grad_scaler()
         self.ddp_model = self._wrap_distributed(self.model)
@@ -180,10 +204,13 @@ class Trainer:
                    f"global batch {self.global_batch_size} "
                    f"({self.config.batch_size} x {self.runtime.world_size} device(s) x {self.config.grad_accum} "
                    f"accumulation), {self.total_steps} optimizer steps")
-        with self._stop_on_signals():
-            while not self._done():
-                self._train_one_epoch()
-        return self._finish()
+        try:
+            with self._stop_on_signals():
+                while not self._done():
+                    self._train_one_epoch()
+            return self._finish()
+        except torch.OutOfMemoryError as exc:
+            raise self._out_of_memory(exc, created) from None
 
     def _train_one_epoch(self) -> None:
         """Run the rest of the current epoch, from ``state.batch_in_epoch`` (non-zero after a resume)."""
@@ -195,8 +222,11 @@ class Trainer:
             self.accumulated = min(accum, len(batches) - window_start)  # micro-batches in this step's window
             is_step = i + 1 == window_start + self.accumulated
             self._current_rows = batches[window_start : i + 1]
+            if i == window_start:
+                self._window_losses = []
             with self._no_sync_unless(is_step):
                 output = self.training_step(batch)
+            self._window_losses.append(output.loss)  # stays on the device; read only if the step is not finite
             self._track(output)
             if not is_step:
                 continue
@@ -218,6 +248,7 @@ class Trainer:
         step, cfg = self.state.global_step, self.config
         last = step >= self.total_steps
         self._emit("on_step_end")
+        self._agree_on_interrupt()
         if step % cfg.log_steps == 0 or last:
             self._log_training()
         eval_due = (cfg.eval_steps and step % cfg.eval_steps == 0) or (cfg.eval_steps is None and end_of_epoch)
@@ -226,7 +257,8 @@ class Trainer:
         if end_of_epoch:
             self._emit("on_epoch_end")
         save_due = (cfg.save_steps and step % cfg.save_steps == 0) or (cfg.save_steps is None and end_of_epoch)
-        if (save_due or self._interrupt_signal is not None) and not last:
+        # The last step needs no checkpoint (last/ and best/ follow at once), unless a signal stops us before them.
+        if (save_due and not last) or self._interrupt_signal is not None:
             self.save_checkpoint()
 
     # ==================================================================================================
@@ -279,8 +311,9 @@ class Trainer:
         if scale_before is not None and self.scaler.get_scale() < scale_before:  # the scaler skipped this step
             self.state.skipped_steps += 1
             self._skipped_total = getattr(self, "_skipped_total", 0) + 1
-            if self.state.skipped_steps > 25:
-                self._raise_non_finite(f"{self.state.skipped_steps} consecutive fp16 steps overflowed")
+            if self.state.skipped_steps > self.max_skipped_steps:
+                self._raise_non_finite(f"{self.state.skipped_steps} consecutive optimizer steps were skipped because "
+                                       f"the fp16 gradients overflowed (loss scale now {self.scaler.get_scale():g})")
             return  # the schedule follows the optimizer: no update, no learning-rate step
         self.state.skipped_steps = 0
         self.scheduler.step()
@@ -317,8 +350,8 @@ class Trainer:
                 output = self.evaluation_step(batch)
                 matrix.update(output.logits.argmax(-1), batch["labels"].to(self.runtime.device))
                 loss_sum += output.loss.float() * output.num_rows
-        matrix.all_reduce()
-        if self.runtime.distributed:
+        if self.runtime.distributed:  # disjoint shards, no padding rows: the sums count every row exactly once
+            matrix.all_reduce()
             torch.distributed.all_reduce(loss_sum)
         self.model.train(was_training)
         counts = matrix.numpy()
@@ -349,7 +382,10 @@ class Trainer:
     def train_sampler(self):
         if not hasattr(self, "_train_sampler"):
             cfg, rt = self.config, self.runtime
-            if cfg.group_by_length:
+            if cfg.max_tokens is not None:
+                self._train_sampler = TokenBudgetBatches(self.train_dataset.lengths, cfg.max_tokens, cfg.seed,
+                                                         rank=rt.rank, world_size=rt.world_size)
+            elif cfg.group_by_length:
                 self._train_sampler = LengthGroupedBatches(self.train_dataset.lengths, cfg.batch_size, cfg.seed,
                                                            rank=rt.rank, world_size=rt.world_size)
             else:
@@ -402,7 +438,8 @@ class Trainer:
                 raise ConfigError(f"{data.source}: the {data.name} split has no labels, so it cannot be evaluated")
             self.label_map.check_known(data.labels, data.name, data.source, where=data.where)
             return self._tokenize(data)
-        raise ConfigError(f"Trainer.evaluate: expected a Split or TextClassificationDataset, got {type(data).__name__}")
+        raise ConfigError("Trainer.evaluate: expected a Split or TextClassificationDataset, "
+                          f"got {type(data).__name__}")
 
     def _check_max_length(self) -> None:
         limit = getattr(self.model.config, "max_position_embeddings", None)
@@ -413,8 +450,12 @@ class Trainer:
                               f"tokens; use --max-length {limit} or less")
 
     def _loader(self, batches: list[list[int]], dataset: TextClassificationDataset | None = None) -> DataLoader:
+        # A private generator: without one, every new DataLoader iterator draws its worker base seed from the
+        # global torch RNG, so an evaluation (or the fresh iterator a resume starts) would shift every later
+        # dropout mask, and a resumed run would no longer match an uninterrupted one bit for bit.
         return DataLoader(dataset or self.train_dataset, batch_sampler=batches, collate_fn=self.collate,
-                          num_workers=self.config.num_workers, pin_memory=self.runtime.device.type == "cuda")
+                          num_workers=self.config.num_workers, pin_memory=self.runtime.device.type == "cuda",
+                          generator=torch.Generator().manual_seed(self.config.seed))
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         non_blocking = self.runtime.device.type == "cuda"  # pinned host memory lets the copy overlap compute
@@ -424,7 +465,12 @@ class Trainer:
         if not self.runtime.distributed:
             return model
         device_ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        find_unused = self.ddp_find_unused_parameters
+        if find_unused is None:
+            pooler = getattr(getattr(model, "encoder", None), "pooler", None)
+            find_unused = getattr(model, "pooling", None) == "mean" and pooler is not None and any(
+                p.requires_grad for p in pooler.parameters())
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused)
 
     def _no_sync_unless(self, is_step: bool):
         """Skip DDP's gradient all-reduce on accumulation micro-steps; sync once per optimizer step."""
@@ -436,8 +482,16 @@ class Trainer:
 
     def _open_loggers(self) -> None:
         self._reset_meters()
+        meters = getattr(self, "_resumed_meters", None)
+        if meters:  # a resume continues the log interval the checkpoint was written in
+            self._loss_sum += meters["loss_sum"]
+            self._micro_batches, self._rows, self._tokens = meters["micro_batches"], meters["rows"], meters["tokens"]
+            self._skipped_total = meters["skipped_total"]
+            self._resumed_meters = None
         if self.runtime.is_main:
-            self.loggers = [TensorBoardLogger(self.output_dir / "runs"), JsonlLogger(self.output_dir / "log.jsonl")]
+            purge = self.state.global_step + 1 if self.state.global_step else None
+            self.loggers = [TensorBoardLogger(self.output_dir / "runs", purge),
+                            JsonlLogger(self.output_dir / "log.jsonl")]
 
     def _reset_meters(self) -> None:
         self._loss_sum = torch.zeros((), device=self.runtime.device)
@@ -452,13 +506,21 @@ class Trainer:
 
     def _log_training(self) -> None:
         elapsed = max(time.perf_counter() - self._interval_start, 1e-9)
+        loss_sum, micro_batches = float(self._loss_sum), self._micro_batches  # the log interval's one sync
+        rows, tokens = self._rows, self._tokens
+        if self.runtime.distributed:  # the whole job's interval, not rank 0's share: one small all-reduce
+            totals = torch.tensor([loss_sum, micro_batches, rows, tokens], dtype=torch.float64,
+                                  device=self.runtime.device)
+            torch.distributed.all_reduce(totals)
+            loss_sum, micro_batches, rows, tokens = totals.tolist()
         logs = {
-            "train/loss": float(self._loss_sum) / max(1, self._micro_batches),  # the log interval's one sync
+            "train/loss": loss_sum / max(1, micro_batches),
             "train/lr": self.scheduler.get_last_lr()[0],
             "train/grad_norm": float(self.grad_norm),
-            "train/samples_per_second": self._rows * self.runtime.world_size / elapsed,
-            "train/tokens_per_second": self._tokens * self.runtime.world_size / elapsed,
-            "train/epoch": self.state.epoch + self.state.batch_in_epoch / max(1, self.steps_per_epoch * self.config.grad_accum),
+            "train/samples_per_second": rows / elapsed,
+            "train/tokens_per_second": tokens / elapsed,
+            "train/epoch": self.state.epoch
+            + self.state.batch_in_epoch / max(1, self.steps_per_epoch * self.config.grad_accum),
         }
         if self.scaler.is_enabled():
             logs["train/loss_scale"] = self.scaler.get_scale()
@@ -475,7 +537,8 @@ class Trainer:
         step = self.state.global_step
         self.state.last_eval_step = step
         value = report[self.config.metric]
-        self.state.history.append({"step": step, **{k: report[k] for k in ("accuracy", "macro_f1", "micro_f1", "loss")}})
+        self.state.history.append({"step": step,
+                                   **{k: report[k] for k in ("accuracy", "macro_f1", "micro_f1", "loss")}})
         for logger in self.loggers:
             logger.log_metrics({f"dev/{k}": report[k] for k in ("accuracy", "macro_f1", "micro_f1", "loss")}, step)
             logger.log_confusion(report.confusion_matrix, report.label_names, step, "dev")
@@ -491,28 +554,92 @@ class Trainer:
     # ---- output folder, checkpoints, bundles ---------------------------------------------------------------
 
     def _prepare_output_dir(self, resume) -> Path | None:
-        """Refuse to mix runs; find the checkpoint to resume from; write the resolved config."""
+        """Refuse to mix runs; find the checkpoint to resume from; write the resolved config.
+
+        Every check runs before anything is created or deleted, so a refused call leaves the folder as it was.
+        ``resume="auto"`` without a checkpoint starts fresh, over the leftovers of the same run only.
+        """
         out = self.output_dir
         checkpoint = None
         if resume == "auto":
             checkpoint = ckpt.latest_checkpoint(out / "checkpoints")
-            self.print(f"resuming from {checkpoint}" if checkpoint else f"no checkpoint in {out}; starting fresh")
         elif resume:
             checkpoint = Path(resume)
             if not (checkpoint / ckpt.STATE_FILE).is_file():
                 raise OutputDirError(f"--resume {resume}: not a checkpoint folder (no {ckpt.STATE_FILE}); "
                                      f"use --resume auto or a folder under {out / 'checkpoints'}")
-        holds_run = out.is_dir() and any(out.iterdir())
-        if holds_run and checkpoint is None and resume != "auto":
-            if not self.overwrite:
+        if checkpoint is not None:
+            self._check_resumable(checkpoint)
+            elsewhere = checkpoint.resolve().parent.parent != out.resolve()  # --resume OTHER_RUN/checkpoints/...
+            if elsewhere and out.is_dir() and any(out.iterdir()):
+                raise OutputDirError(f"--resume {checkpoint}: the output folder {out} holds another run; continue "
+                                     "in the checkpoint's own output folder or in a new, empty one")
+            self.print(f"resuming from {checkpoint}")
+        elif out.is_dir() and any(out.iterdir()):
+            held = sorted(p.name for p in out.iterdir())
+            if not (out / "config.yaml").is_file():  # never delete a folder textclf did not write, not even now
+                raise OutputDirError(f"output folder {out} is not empty and holds no textclf run (no config.yaml; "
+                                     f"it holds {held[:5]}); choose a new or empty folder with --output")
+            changed = self._setting_changes(_read_yaml(out / "config.yaml")) if resume == "auto" else None
+            if not self.overwrite and changed != []:
+                if resume == "auto":
+                    raise OutputDirError(f"output folder {out} holds a different run and no checkpoint to resume "
+                                         f"(settings that differ: {'; '.join(changed)}); pass --overwrite "
+                                         "(overwrite=True) to replace it, or choose another folder")
                 raise OutputDirError(f"output folder {out} already holds a run; pass --overwrite (overwrite=True) "
                                      "to replace it, --resume auto to continue it, or choose another folder")
+            self.print(f"no checkpoint in {out}; starting fresh" if resume == "auto" else f"replacing {out}")
             if self.runtime.is_main:
                 shutil.rmtree(out)
-        if self.runtime.is_main:
+        if self.runtime.is_main and checkpoint is None:  # a resume writes only once the checkpoint has loaded
             out.mkdir(parents=True, exist_ok=True)
             self.run_config.save(out / "config.yaml")
         return checkpoint
+
+    # Settings a resumed run may change: where things are, how the data is read (the training rows themselves are
+    # compared by fingerprint), how fast evaluation runs, how long training goes on. Any other difference would
+    # make the checkpoint's data position or optimizer state mean something else.
+    RESUMABLE_SETTINGS = ("run.", "data.", "train.device", "train.precision", "train.num_workers",
+                          "train.eval_batch_size", "train.log_steps", "train.epochs", "train.max_steps",
+                          "train.patience", "train.eval_steps", "train.save_steps", "train.keep_checkpoints")
+
+    def _setting_changes(self, saved: dict) -> list[str]:
+        """``"section.field: then -> now"`` for every setting that differs from ``saved`` and matters to a resume."""
+        now = _flatten(self.run_config.to_dict())
+        then = _flatten(saved or {})
+        return [f"{key}: {then.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(now) | set(then))
+                if not key.startswith(self.RESUMABLE_SETTINGS) and then.get(key) != now.get(key)]
+
+    def _data_fingerprint(self) -> dict:
+        """What a checkpoint must agree with: the label set and the exact training rows (order included)."""
+        if getattr(self, "_fingerprint", None) is None:  # the data never changes during a run: hash it once
+            digest = hashlib.sha256()
+            labels = self.data.train.labels if self.data is not None else None
+            for i, text in enumerate(self.train_dataset.texts):
+                digest.update(f"{text}\x1f{labels[i] if labels is not None else ''}\x1e".encode())
+            self._fingerprint = {"labels": self.label_map.to_dict(), "train_rows": len(self.train_dataset),
+                                 "train_sha256": digest.hexdigest()}
+        return self._fingerprint
+
+    def _check_resumable(self, checkpoint: Path) -> None:
+        """Refuse a checkpoint of other data or other settings, naming what differs."""
+        state = ckpt.read_state(checkpoint)
+        problems = self._setting_changes(state.get("config"))
+        then, now = state.get("data", {}), self._data_fingerprint()
+        if then.get("labels") != now["labels"]:
+            problems.append(f"labels: {(then.get('labels') or {}).get('names')} -> {now['labels'].get('names')}")
+        elif then.get("train_sha256") != now["train_sha256"]:
+            same_size = then.get("train_rows") == now["train_rows"]
+            problems.append(f"training data: {then.get('train_rows')} rows -> {now['train_rows']} rows"
+                            + (" with different texts or labels" if same_size else ""))
+        if state.get("world_size", 1) != self.runtime.world_size:
+            problems.append(f"processes: {state.get('world_size', 1)} -> {self.runtime.world_size}")
+        if problems:
+            raise OutputDirError(
+                f"cannot resume from {checkpoint}: this run differs from the one that wrote it "
+                f"({'; '.join(problems)}). Resume with the original data and settings (see "
+                f"{self.output_dir / 'config.yaml'}), or pass --overwrite without --resume to start over"
+            )
 
     @property
     def run_config(self) -> RunConfig:
@@ -530,29 +657,57 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Write the full training state to ``checkpoints/step-NNNNNN`` (rank 0), then rotate old ones."""
         folder = self.output_dir / "checkpoints" / ckpt.checkpoint_name(self.state.global_step)
+        # the open log interval, so the first train/loss logged after a resume is the uninterrupted one
+        meters = {"loss_sum": float(self._loss_sum), "micro_batches": self._micro_batches, "rows": self._rows,
+                  "tokens": self._tokens, "skipped_total": getattr(self, "_skipped_total", 0)}
+        # Under DDP each rank has its own RNG streams (dropout) and its own share of the log interval: rank 0
+        # collects every rank's, so each rank resumes exactly its own. Everything else is the same on every rank.
+        per_rank = gather_to_main(self.runtime, (rng_state(), meters))
         if self.runtime.is_main:
             state = {
                 "train_state": dataclasses.asdict(self.state),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "callbacks": [cb.state_dict() for cb in self.callbacks],
+                # by class, so adding or removing a stateless callback between runs cannot misassign a state
+                "callbacks": [{"class": type(cb).__name__, "state": cb.state_dict()} for cb in self.callbacks],
+                "meters": meters,
                 "config": self.run_config.to_dict(),
                 "labels": self.label_map.to_dict(),
+                "data": self._data_fingerprint(),
+                "world_size": self.runtime.world_size,  # each process's share of an epoch depends on it
             }
-            ckpt.save_checkpoint(folder, self.model, self.optimizer, rng_state(), state)
+            rng = per_rank[0][0]
+            if self.runtime.distributed:
+                rng = [rank_rng for rank_rng, _ in per_rank]
+                state["meters_other_ranks"] = {str(r): m for r, (_, m) in enumerate(per_rank) if r}
+            ckpt.save_checkpoint(folder, self.model, self.optimizer, rng, state)
             ckpt.rotate_checkpoints(folder.parent, self.config.keep_checkpoints, self.state.best_step)
         if self.runtime.distributed:
             torch.distributed.barrier()
         return folder
 
     def _restore(self, folder: Path) -> None:
-        state, rng = ckpt.load_checkpoint(folder, self.model, self.optimizer, self.runtime.device)
+        """Load everything a checkpoint holds; the RNG states go last, so the next step draws what it would have."""
+        # Every rank loads the checkpoint (weights and optimizer are the same for all), with its own RNG states.
+        state, rng = ckpt.load_checkpoint(folder, self.model, self.optimizer, self.runtime.device, self.runtime.rank)
         self.state = TrainState(**state["train_state"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
-        for callback, saved in zip(self.callbacks, state["callbacks"]):
-            callback.load_state_dict(saved)
+        saved: dict[str, list[dict]] = {}
+        for entry in state["callbacks"]:
+            saved.setdefault(entry["class"], []).append(entry["state"])
+        for callback in self.callbacks:
+            if saved.get(type(callback).__name__):
+                callback.load_state_dict(saved[type(callback).__name__].pop(0))
+        self._resumed_meters = state.get("meters")
+        if self.runtime.rank:  # this rank's own share of the open log interval
+            self._resumed_meters = state.get("meters_other_ranks", {}).get(str(self.runtime.rank))
+        if self.runtime.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)  # --resume DIR may point outside the output folder
+            ckpt.recover_bundles(self.output_dir)
+            _truncate_log(self.output_dir / "log.jsonl", self.state.global_step)
+            self.run_config.save(self.output_dir / "config.yaml")
         set_rng_state(rng)
 
     def _save_bundle(self, folder: Path, extra: dict) -> None:
@@ -568,15 +723,19 @@ class Trainer:
         self._emit("on_train_end")
         if interrupted:
             self._close_loggers()
-            self.print(f"stopped by signal {self._interrupt_signal} at step {self.state.global_step}; checkpoint "
-                       f"written. Continue with: textclf train ... --output {self.output_dir} --resume auto")
+            name = signal.Signals(self._interrupt_signal).name
+            self.print(f"stopped by {name} after optimizer step {self.state.global_step}; the checkpoint "
+                       f"{self.output_dir / 'checkpoints' / ckpt.checkpoint_name(self.state.global_step)} holds "
+                       "everything. Continue with Trainer.fit(resume='auto'), or run the same textclf train "
+                       "command with --resume auto")
             return FitResult(self.output_dir, self.state.global_step, self.state.best_step, self.state.best_metric,
                              None, None, stopped_early=False, interrupted=True)
         self._save_bundle(self.output_dir / "last", {"step": self.state.global_step})
-        if (self.output_dir / "best").is_dir():
-            if self.runtime.distributed:
-                torch.distributed.barrier()
+        # Rank 0 wrote best/ and reloads it; the other ranks take its weights over the process group, so none
+        # reads a folder rank 0 may still be writing, and no filesystem shared between nodes is needed.
+        if self.runtime.is_main and (self.output_dir / "best").is_dir():
             self.model.load_weights(self.output_dir / "best")
+        broadcast_module(self.runtime, self.model)
         metrics = {"best_step": self.state.best_step, "global_step": self.state.global_step,
                    "metric": self.config.metric, "history": self.state.history}
         sections = []
@@ -601,21 +760,67 @@ class Trainer:
 
     # ---- failures --------------------------------------------------------------------------------------
 
-    def _raise_non_finite(self, reason: str = "the loss or gradient is not finite") -> None:
-        """Stop with an error naming the step and the batch, and dump the batch's texts for inspection."""
-        step = self.state.global_step + 1
-        rows = sorted({row for batch in self._current_rows for row in batch})
+    def _raise_non_finite(self, reason: str | None = None) -> None:
+        """Stop with an error naming the step and the batch, and dump the step's texts for inspection.
+
+        Called before the optimizer applies the step, so no weight, checkpoint or model folder ever holds it.
+        """
+        step, epoch, first = self.state.global_step + 1, self.state.epoch, self.state.batch_in_epoch
+        micro_batches = getattr(self, "_current_rows", [])  # row indices of each micro-batch of this step
+        # The loss of each micro-batch stayed on the device; we are stopping, so this sync costs nothing.
+        losses = [float(loss) for loss in getattr(self, "_window_losses", [])]
+        bad = [j for j, loss in enumerate(losses) if not math.isfinite(loss)]
+        if reason is None:
+            if bad:
+                j = bad[0]
+                reason = (f"the loss is {losses[j]} in micro-batch {j + 1} of {len(micro_batches)} of this step "
+                          f"(batch {first + j} of the epoch, {len(micro_batches[j])} rows)")
+            else:
+                reason = f"the loss is finite but the gradient norm is {float(self.grad_norm)}"
         dump = self.output_dir / f"nonfinite-step-{step:06d}.jsonl"
         if self.runtime.is_main:
+            labels = self.data.train.labels if self.data is not None else None
             with open(dump, "w", encoding="utf-8") as handle:
-                for row in rows:
-                    record = {"row": row, "text": self.data.train.texts[row], "label": self.data.train.labels[row]}
-                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                for j, rows in enumerate(micro_batches):
+                    for row in rows:
+                        record = {"row": row, "micro_batch": j + 1, "batch_in_epoch": first + j,
+                                  "loss": str(losses[j]) if j < len(losses) else None, "non_finite": j in bad,
+                                  "text": self.train_dataset.texts[row],
+                                  "label": labels[row] if labels is not None else None}
+                        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        last = first + len(micro_batches) - 1
         raise TrainingError(
-            f"training stopped at optimizer step {step} (epoch {self.state.epoch}): {reason} "
-            f"({len(rows)} training rows in this step, written to {dump}). Lower the learning rate (--lr), "
-            "keep gradient clipping on (max_grad_norm), or inspect those rows; no model was saved from this step."
+            f"training stopped at optimizer step {step} (epoch {epoch}, batches {first}-{last} of the epoch): "
+            f"{reason}. The texts of this step are in {dump} (\"non_finite\": true marks the micro-batch at "
+            f"fault). Lower the learning rate (--lr, now {self.config.lr:g}), keep gradient clipping "
+            f"on (--max-grad-norm), train in fp32 (--precision fp32) if you use bf16/fp16, or fix those rows. "
+            "No weights were updated by this step and no model was saved from it."
         )
+
+    def _out_of_memory(self, exc: BaseException, created: bool) -> TrainingError:
+        """Translate a CUDA out-of-memory error into the knobs that fix it; drop an output folder holding nothing."""
+        self._close_loggers()
+        saved = any((self.output_dir / name).exists() for name in ("checkpoints", "best", "last"))
+        if created and not saved and self.runtime.is_main:
+            shutil.rmtree(self.output_dir, ignore_errors=True)  # only config and logs: a rerun needs no --overwrite
+        cfg = self.config
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return TrainingError(
+            f"out of GPU memory at optimizer step {self.state.global_step + 1} (epoch {self.state.epoch}) on "
+            f"{self.runtime.device} ({first_line}). Lower --batch-size (now {cfg.batch_size}) and raise --grad-accum "
+            f"(now {cfg.grad_accum}) to keep the same effective batch, lower --max-length (now {cfg.max_length}), "
+            f"lower --eval-batch-size (now {cfg.eval_batch_size}) if it failed while evaluating, or use "
+            "--precision bf16 (or fp16) to halve activation memory."
+        )
+
+    def _agree_on_interrupt(self) -> None:
+        """Under DDP, stop every rank at the same step when any got a signal (else the others wait forever)."""
+        if not self.runtime.distributed:
+            return
+        flag = torch.tensor([self._interrupt_signal or 0], device=self.runtime.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)  # one tiny collective per step
+        if int(flag) and self._interrupt_signal is None:
+            self._interrupt_signal = int(flag)
 
     @contextlib.contextmanager
     def _stop_on_signals(self):
@@ -625,6 +830,10 @@ class Trainer:
             return
 
         def handler(signum, frame):
+            if self._interrupt_signal is not None:  # a second signal: stop at once (the last checkpoint stays)
+                for sig, old in previous.items():
+                    signal.signal(sig, old)
+                raise KeyboardInterrupt
             self._interrupt_signal = signum
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -633,3 +842,34 @@ class Trainer:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
+
+
+def _flatten(config: dict) -> dict:
+    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}``."""
+    return {f"{section}.{key}": value for section, fields in config.items() if isinstance(fields, dict)
+            for key, value in fields.items()}
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the lines a killed run logged after the checkpoint being resumed: the resumed run logs them again."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, AttributeError):  # a line torn by the kill
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
