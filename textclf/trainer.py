@@ -112,11 +112,10 @@ class Trainer:
 
     # More consecutive fp16 steps skipped by the GradScaler than this stops training (the loss keeps overflowing).
     max_skipped_steps: int = 25
-    # DDP's find_unused_parameters: needed when some trainable parameter never gets a gradient (DDP would otherwise
-    # stop with "Expected to have finished reduction"), at the cost of one autograd-graph walk per step. None: on
-    # exactly when the model is known to have such parameters (the encoder's pooler under mean pooling); a subclass
-    # with a custom head that leaves parameters unused sets True.
-    ddp_find_unused_parameters: bool | None = None
+    # DDP's find_unused_parameters: a subclass whose custom head or loss leaves some trainable parameter without a
+    # gradient sets True (else DDP stops with "Expected to have finished reduction in the prior iteration"); it costs
+    # one walk of the autograd graph per step. The built-in model uses every parameter (mean pooling drops the pooler).
+    ddp_find_unused_parameters: bool = False
 
     def __init__(self, model: str | TextClassifier = "minilm", data=None, output_dir: str | Path = "runs/textclf",
                  config: TrainConfig | None = None, *, model_config: ModelConfig | None = None,
@@ -124,7 +123,7 @@ class Trainer:
                  callbacks: list[Callback] | None = None, overwrite: bool = False, progress: bool = True):
         self.config = config or TrainConfig()
         self.data_config = data_config or DataConfig()
-        name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "custom")
+        name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "custom"
         self.model_config = dataclasses.replace(model_config or ModelConfig(), name=name)
         self.output_dir = Path(output_dir)
         self.overwrite = overwrite
@@ -465,12 +464,8 @@ class Trainer:
         if not self.runtime.distributed:
             return model
         device_ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
-        find_unused = self.ddp_find_unused_parameters
-        if find_unused is None:
-            pooler = getattr(getattr(model, "encoder", None), "pooler", None)
-            find_unused = getattr(model, "pooling", None) == "mean" and pooler is not None and any(
-                p.requires_grad for p in pooler.parameters())
-        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused)
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                                   find_unused_parameters=self.ddp_find_unused_parameters)
 
     def _no_sync_unless(self, is_step: bool):
         """Skip DDP's gradient all-reduce on accumulation micro-steps; sync once per optimizer step."""
