@@ -129,7 +129,8 @@ def build_parser() -> ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    serve.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core)")
+    serve.add_argument("--threads", type=int, help="intra-op threads of ONNX Runtime, or of torch for PyTorch "
+                       "models (default: one per core)")
     serve.add_argument("--max-batch-size", type=int, default=64, help="texts per model call (default 64)")
     serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to "
                        "join its batch (default 5)")

@@ -55,12 +55,17 @@ def _shard(batches: list[list[int]], rank: int, world_size: int, even: bool) -> 
     """Every ``world_size``-th batch for this rank.
 
     For training (``even=True``) every rank must run the same number of steps, or DDP would wait forever
-    for the rank that finished early: the list is wrapped around until it divides evenly.
+    for the rank that finished early: the list is wrapped around until it divides evenly (cycling, so even
+    fewer batches than ranks give every rank one).
+
+    Batch ``k`` of rank ``r`` is batch ``k * world_size + r`` of the epoch, so with equal-size batches the
+    ranks' ``k``-th batches together are exactly one ``world_size``-times-larger batch of a single process.
     """
     if world_size == 1:
         return batches
     if even and batches and len(batches) % world_size:
-        batches = batches + batches[: world_size - len(batches) % world_size]
+        missing = world_size - len(batches) % world_size
+        batches = batches + [batches[i % len(batches)] for i in range(missing)]
     return batches[rank::world_size]
 
 

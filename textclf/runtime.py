@@ -191,7 +191,7 @@ def broadcast_module(runtime: Runtime, module: torch.nn.Module) -> None:
     if not runtime.distributed:
         return
     with torch.no_grad():
-        for tensor in module.state_dict().values():
+        for tensor in [*module.parameters(), *module.buffers()]:  # each shared tensor once
             torch.distributed.broadcast(tensor, src=0)
 
 

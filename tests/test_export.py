@@ -1,0 +1,160 @@
+"""Export: ONNX (fp32, int8), TorchScript and torch.export folders that load in Predictor and match PyTorch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from test_predict import TEXTS, build_tiny_classifier
+
+from textclf import export as export_module
+from textclf.cli import main
+from textclf.errors import ConfigError, ModelLoadError, OutputDirError
+from textclf.export import ExportError, export_model
+from textclf.predict import Predictor
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+# Texts the parity check never saw, with other lengths and batch sizes.
+NEW_TEXTS = ["Which planet is closest to the sun?", "好", "a " * 40, "国足客场2比1战胜对手", "Why?", "x y z"]
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_model_dir, tiny_data_dir, tmp_path_factory):
+    import textclf
+
+    names = textclf.load_dataset(tiny_data_dir).label_map.names
+    return build_tiny_classifier(tiny_model_dir, tmp_path_factory.mktemp("clf"), names)
+
+
+@pytest.fixture(scope="module")
+def reference(bundle):
+    return Predictor.from_pretrained(bundle, backend="torch", device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def onnx_export(bundle, tiny_data_dir, tmp_path_factory):
+    return export_model(bundle, tmp_path_factory.mktemp("export") / "onnx", data=tiny_data_dir / "test.csv", log=quiet)
+
+
+def test_onnx_export_folder_is_self_contained_and_passes_parity(onnx_export, reference, tmp_path):
+    folder = onnx_export.folder
+    files = {p.name for p in folder.iterdir()}
+    assert {"model.onnx", "tokenizer.json", "labels.json", "textclf.json", "parity.json"} <= files
+    assert "model.safetensors" not in files
+    meta = json.loads((folder / "textclf.json").read_text())
+    assert meta["export"]["format"] == "onnx" and meta["max_length"] == 32 and meta["backend"] == "onnx"
+    parity = json.loads((folder / "parity.json").read_text())
+    assert parity["passed"] and parity["label_agreement"] == 1.0 and parity["max_abs_logit_diff"] < 1e-4
+    assert parity["num_texts"] == 50 and parity["accuracy"]["change"] == 0.0
+    # Copied elsewhere, with the training bundle out of reach, it still loads and predicts.
+    moved = shutil.copytree(folder, tmp_path / "moved")
+    predictor = Predictor.from_pretrained(moved, backend="onnx")
+    assert predictor.backend.name == "onnx" and predictor.label_map == reference.label_map
+    assert [p.label for p in predictor.predict(TEXTS)] == [p.label for p in reference.predict(TEXTS)]
+
+
+def test_onnx_graph_has_dynamic_axes_token_type_ids_and_current_opset(onnx_export):
+    import onnx
+
+    graph = onnx.load(str(onnx_export.model_file))
+    inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.graph.input}
+    assert list(inputs) == ["input_ids", "attention_mask", "token_type_ids"]
+    assert all(isinstance(dim, str) for dims in inputs.values() for dim in dims)  # symbolic batch and sequence
+    assert next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 18
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 64])
+def test_onnx_predictor_matches_pytorch_on_new_texts(onnx_export, reference, batch_size):
+    predictor = Predictor.from_pretrained(onnx_export.folder)  # backend="auto" picks ONNX
+    np.testing.assert_allclose(predictor.logits(NEW_TEXTS, batch_size), reference.logits(NEW_TEXTS), atol=1e-4)
+    assert [p.truncated for p in predictor.predict(NEW_TEXTS)] == [p.truncated for p in reference.predict(NEW_TEXTS)]
+
+
+def test_int8_export_through_the_cli(bundle, tiny_data_dir, onnx_export, reference, tmp_path, capsys):
+    out = tmp_path / "int8"
+    # A random 32-wide model has small margins between its 10 labels, so int8 flips a few of its guesses; the
+    # defaults (95% agreement, 1 point of accuracy) are for trained models, see bench/deploy_bench.py.
+    code = main(["export", "--model", str(bundle), "--format", "onnx", "--quantize", "int8", "--output", str(out),
+                 "--data", str(tiny_data_dir / "test.csv"), "--min-agreement", "0.8", "--max-accuracy-drop", "0.1"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "parity (onnx int8 vs PyTorch fp32, 50 texts" in printed and "parity check: passed" in printed
+    assert {p.name for p in out.iterdir()} >= {"model.int8.onnx", "parity.json"} and not (out / "model.onnx").exists()
+    assert onnx_export.size_bytes / (out / "model.int8.onnx").stat().st_size > 3
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["quantize"] == "int8" and parity["min_agreement"] == 0.8 and parity["atol"] is None
+    assert parity["label_agreement"] >= 0.8 and parity["max_abs_logit_diff"] > 0
+    assert abs(parity["accuracy"]["change"]) <= 0.1 and parity["accuracy"]["num_texts"] == 50
+    predictor = Predictor.from_pretrained(out, backend="onnx")
+    agree = np.mean([a.label == b.label for a, b in zip(predictor.predict(TEXTS), reference.predict(TEXTS))])
+    assert agree >= 0.8
+
+
+def test_torchscript_export_loads_in_the_torch_backend(bundle, reference, tmp_path):
+    result = export_model(bundle, tmp_path / "ts", format="torchscript", log=quiet)
+    assert result.model_file.name == "model.pt" and result.parity.passed
+    predictor = Predictor.from_pretrained(result.folder, device="cpu", precision="fp32")
+    assert predictor.backend.name == "torch" and isinstance(predictor.model, torch.jit.ScriptModule)
+    np.testing.assert_allclose(predictor.logits(NEW_TEXTS, 2), reference.logits(NEW_TEXTS), atol=1e-4)
+    with pytest.raises(ModelLoadError, match="torchscript export"):
+        Predictor.from_pretrained(result.folder, backend="onnx")
+
+
+def test_torchscript_falls_back_to_torch_export_without_torch_jit(bundle, reference, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_module, "_torchscript_available", lambda: False)
+    messages = []
+    result = export_model(bundle, tmp_path / "pt2", format="torchscript", log=messages.append)
+    assert result.model_file.name == "model.pt2" and any("torch.export" in m for m in messages)
+    predictor = Predictor.from_pretrained(result.folder, device="cpu", precision="fp32")
+    np.testing.assert_allclose(predictor.logits(NEW_TEXTS, 2), reference.logits(NEW_TEXTS), atol=1e-4)
+
+
+class _Skewed(torch.nn.Module):
+    """An exporter bug in miniature: the exported graph adds a bias the PyTorch model does not have."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask):
+        logits = self.inner(input_ids, attention_mask)
+        return logits + torch.linspace(0, 3, logits.shape[1])
+
+
+def test_a_disagreeing_export_fails_and_leaves_nothing_loadable(bundle, tmp_path, monkeypatch, capsys):
+    # Exported without token_type_ids (as for encoders that do not take them), through a skewing wrapper.
+    real_wrap = export_module._wrap
+    monkeypatch.setattr(export_module, "_input_names", lambda model: ["input_ids", "attention_mask"])
+    monkeypatch.setattr(export_module, "_wrap", lambda model, inputs: _Skewed(real_wrap(model, inputs)).eval())
+    out = tmp_path / "bad"
+    code = main(["export", "--model", str(bundle), "--format", "onnx", "--output", str(out)])
+    assert code == 2
+    assert "max |logit diff|" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["parity.json"]
+    report = json.loads((out / "parity.json").read_text())
+    assert not report["passed"] and report["sample_source"].startswith("the built-in sample")
+    # Off by exactly the skew: the two-input graph ran through the ONNX backend and is otherwise right.
+    assert report["max_abs_logit_diff"] == pytest.approx(3.0, abs=1e-3)
+    with pytest.raises(ModelLoadError):
+        Predictor.from_pretrained(out)
+    assert not list(tmp_path.glob(".bad.partial-*"))  # no staging folder left behind
+
+
+def test_argument_errors(bundle, tmp_path):
+    with pytest.raises(ConfigError, match="needs --format onnx"):
+        export_model(bundle, tmp_path / "x", format="torchscript", quantize="int8")
+    with pytest.raises(ConfigError, match="export format"):
+        export_model(bundle, tmp_path / "x", format="tflite")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match="--overwrite"):
+        export_model(bundle, tmp_path / "full")
+    assert ExportError.__mro__[1].__name__ == "TextclfError"

