@@ -114,14 +114,6 @@ BASE = ["train", "--output", "{out}", "--model", "{model}", "--device", "cpu", "
         "--max-steps", "1", "--batch-size", "8", "--max-length", "16", "--quiet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train fastest on one thread (and a shared 2-core machine stays usable)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def checkpointed_run(tmp_path_factory, tiny_model_dir) -> Path:

@@ -16,14 +16,6 @@ LABELS = LabelMap(["neg", "neutral", "pos"])
 TEXTS = ["今天天气很好", "这部电影太无聊了，我看了一半就走了", "ok", "房价继续上涨"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the tiny model gains nothing from more, and a busy shared machine makes them spin."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture()
 def tokenizer(tiny_model_dir):

@@ -19,15 +19,6 @@ from textclf.errors import TrainingError
 from textclf.runtime import Runtime
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train fastest on one thread (and a shared 2-core machine stays usable)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class PoisonedTrainer(Trainer):
     """Multiplies the training loss by ``poison_value`` at the given (optimizer step, micro-batch) pairs."""
 

@@ -50,14 +50,6 @@ KILLS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train fastest on one thread (and a shared 2-core machine stays usable)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def start(model_dir: Path, data_dir: Path, out: Path, point: str = "") -> subprocess.Popen:
     env = {**os.environ, "TEXTCLF_TEST_PAUSE": point, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",

@@ -55,15 +55,6 @@ def _train_logs(out) -> list[dict]:
     return [r for r in _log(out) if "train/loss" in r]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the tiny model's matmuls gain nothing from more, and on a busy shared machine idle-spinning
-    threads made these runs ten times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def nodrop_model_dir(tmp_path_factory):
