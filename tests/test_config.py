@@ -47,6 +47,19 @@ BAD_VALUES = [
     (TrainConfig, "log_steps", 0),
     (TrainConfig, "eval_batch_size", 0),
     (TrainConfig, "num_workers", -1),
+    (TrainConfig, "class_weights", "a:2"),
+    (TrainConfig, "focal_gamma", -1.0),
+    (TrainConfig, "label_smoothing", 1.0),
+    (TrainConfig, "sampler", "oversample"),
+    (TrainConfig, "layer_lr_decay", 0.0),
+    (TrainConfig, "head_lr", 0.0),
+    (TrainConfig, "unfreeze_every", 0),
+    (TrainConfig, "threshold_tuning", "best"),
+    (TrainConfig, "threshold_min_positives", 0),
+    (TrainConfig, "long_texts", "chunks"),
+    (TrainConfig, "window_overlap", 100),
+    (TrainConfig, "window_aggregation", "sum"),
+    (TrainConfig, "max_windows", 0),
 ]
 
 # Values of the wrong type, as a YAML file or a script easily produces them ("5e-5" is a string to YAML 1.1).
@@ -61,6 +74,14 @@ BAD_TYPES = [
     (DataConfig, "multi_label", "yes"),
     (ModelConfig, "dropout", "0.1"),
     (ModelConfig, "freeze_layers_below", 1.5),
+    (DataConfig, "synonyms", 3),
+    (DataConfig, "fold_width", "yes"),
+    (DataConfig, "augment", "shuffle"),
+    (DataConfig, "augment_copies", 0),
+    (DataConfig, "augment_prob", 1.5),
+    (DataConfig, "augment_synonyms", 3),
+    (DataConfig, "entities", ["a.csv"]),
+    (TrainConfig, "calibrate", "no"),
 ]
 
 SECTION = {DataConfig: "data", ModelConfig: "model", TrainConfig: "train"}

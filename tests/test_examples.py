@@ -118,24 +118,21 @@ def test_imbalance_script(tmp_path, tiny_model_dir, capsys):
     imbalance = load_example("imbalance")
     reports = imbalance.main(["--model", str(tiny_model_dir), "--data", str(TINY), "--output", str(tmp_path),
                               "--max-steps", "2", "--max-length", "32", "--imbalance", "5"])
-    assert set(reports) == {"plain", "weighted"}
-    assert (tmp_path / "plain" / "best").is_dir() and (tmp_path / "weighted" / "best").is_dir()
+    assert set(reports) == {"plain", "weighted", "sampler"}
+    assert all((tmp_path / name / "best").is_dir() for name in reports)
     assert "per-class F1" in capsys.readouterr().out
 
 
-def test_weighted_loss_uses_the_weights(tiny_model_dir, tiny_data, tmp_path):
-    import torch
-    import torch.nn.functional as F
+def test_weighted_run_uses_the_balanced_weights(tiny_model_dir, tiny_data, tmp_path):
+    import textclf
 
     imbalance = load_example("imbalance")
-    weights = torch.arange(1, len(tiny_data.label_map) + 1, dtype=torch.float32)
-    trainer = imbalance.WeightedLossTrainer(model=str(tiny_model_dir), data=tiny_data, output_dir=tmp_path,
-                                            class_weights=weights, progress=False)
-    logits = torch.randn(6, len(weights))
-    labels = torch.tensor([0, 1, 2, 9, 9, 9])
-    loss = trainer.compute_loss(logits, {"labels": labels})
-    assert loss.item() == pytest.approx(F.cross_entropy(logits, labels, weight=weights).item())
-    assert loss.item() != pytest.approx(F.cross_entropy(logits, labels).item())
+    train = imbalance.make_imbalanced(tiny_data.train, imbalance=10)
+    data = textclf.DatasetSplits(train=train, dev=tiny_data.dev, test=tiny_data.test, label_map=tiny_data.label_map)
+    trainer = textclf.Trainer(model=str(tiny_model_dir), data=data, output_dir=tmp_path, progress=False,
+                              config=textclf.TrainConfig(max_length=32, **imbalance.RUNS["weighted"]))
+    expected = imbalance.inverse_frequency_weights(train.labels, tiny_data.label_map)
+    assert trainer.class_weights.tolist() == pytest.approx(expected.tolist())
 
 
 def test_notebook_runs_on_tiny_data(tmp_path, tiny_model_dir, monkeypatch):

@@ -63,6 +63,12 @@ def build_parser() -> ArgumentParser:
                        "output folder (auto) or from the checkpoint folder DIR")
     train.add_argument("--overwrite", action="store_true", help="replace a previous run in the output folder")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--seeds", metavar="S1,S2,...", help="train one model per seed into OUTPUT/seed-N and combine "
+                       "them into a soft-voting ensemble in OUTPUT/ensemble (load it like any model folder)")
+    train.add_argument("--baseline", action="store_true", help="also fit the TF-IDF baseline on the same splits, "
+                       "print its scores beside the model's and store them in metrics.json under \"baseline\"")
+    train.add_argument("--cv", type=int, metavar="K", help="K-fold cross-validation over train+dev instead of one "
+                       "run: one model per fold in OUTPUT/fold-k, mean ± std in OUTPUT/cv.json")
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="score a trained model on a labelled file",
@@ -73,6 +79,8 @@ def build_parser() -> ArgumentParser:
     _add_reading_flags(evaluate)
     evaluate.add_argument("--batch-size", type=int, default=128, help="texts per batch (default 128)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    evaluate.add_argument("--errors", metavar="FILE.csv", help="write the misclassified rows (line, text, label, "
+                          "top-2 labels and probabilities) to FILE.csv, most confident mistakes first")
     evaluate.set_defaults(handler=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="classify texts with a trained model",
@@ -146,6 +154,8 @@ def build_parser() -> ArgumentParser:
     serve.add_argument("--graceful-timeout", type=float, default=30.0, metavar="S", help="seconds to finish "
                        "in-flight requests after SIGTERM/SIGINT (default 30)")
     serve.set_defaults(handler=cmd_serve)
+    _add_baseline_and_audit_commands(commands)
+    _add_pretrain_commands(commands)
     return parser
 
 
@@ -223,6 +233,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not config.run.output:
         raise UsageError("textclf train: no output folder; pass --output DIR (or set run.output in --config)")
     data = load_dataset(config.run.data, dev=config.run.dev, test=config.run.test, config=config.data)
+    if getattr(args, "seeds", None):
+        return _train_ensemble(args, config, data)
+    if getattr(args, "cv", None) is not None:
+        return _train_cross_validation(args, config, data)
     trainer = Trainer(model=config.model.name, data=data, output_dir=config.run.output, config=config.train,
                       model_config=config.model, data_config=config.data, overwrite=args.overwrite,
                       progress=not args.quiet)
@@ -240,6 +254,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(report)
     print(f"best model: {out / 'best'} (step {result.best_step}); last model: {out / 'last'}")
     print(f"TensorBoard: tensorboard --logdir {out / 'runs'}")
+    if getattr(args, "baseline", False):
+        from .baseline import compare_with_baseline
+
+        print("\nTF-IDF baseline on the same splits (also in metrics.json under \"baseline\"):\n"
+              + compare_with_baseline(out, data))
+    return 0
+
+
+def _train_ensemble(args: argparse.Namespace, config: RunConfig, data) -> int:
+    """``textclf train --seeds 1,2,3``: one run per seed, then the soft-voting ensemble (textclf.ensemble)."""
+    from .ensemble import train_ensemble
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds: expected comma-separated integers such as 1,2,3, got {args.seeds!r}") from None
+    try:
+        result = train_ensemble(seeds, config.model.name, data, config.run.output, config.train,
+                                model_config=config.model, data_config=config.data, overwrite=args.overwrite,
+                                resume=args.resume, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"textclf train: interrupted; continue with:\n  {resume_command(getattr(args, 'argv', None))}",
+              file=sys.stderr)
+        return 130
+    print((result.output_dir / "report.txt").read_text(encoding="utf-8"))
+    print(f"ensemble model: {result.ensemble_dir} ({len(seeds)} members)")
     return 0
 
 
@@ -251,7 +291,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data_config = DataConfig(text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
                              multi_label=trainer.label_map.multi_label)
     split = read_split(args.data, "test", data_config)
-    report = trainer.evaluate(split)
+    if getattr(args, "errors", None):
+        from .analysis import evaluate_with_errors, saved_temperature
+
+        report, count = evaluate_with_errors(trainer, split, args.errors, saved_temperature(args.model))
+        print(f"wrote {count} misclassified rows to {args.errors}", file=sys.stderr)
+    else:
+        report = trainer.evaluate(split)
     print(report.format())
     if args.output:
         Path(args.output).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n",
@@ -295,6 +341,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "labels": labels.get("names"),
         "multi_label": labels.get("multi_label", False),
         "pooling": meta.get("pooling"),
+        "windows": meta.get("windows"),
         "hf_compatible": meta.get("hf_compatible"),
         "step": meta.get("step"),
         "train_config": meta.get("train_config"),
@@ -341,6 +388,224 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"{'; API key required' if config.api_key else ''})", flush=True)
     serve(predictor, args.host, args.port, config, log_level=args.log_level, access_log=args.access_log,
           timeout_graceful_shutdown=args.graceful_timeout)
+    return 0
+
+
+# ---- TF-IDF baseline, label audit, cross-validation (textclf.baseline, textclf.audit, textclf.crossval) ----------
+
+
+def _add_baseline_and_audit_commands(commands) -> None:
+    baseline = commands.add_parser("baseline", help="TF-IDF + linear model in seconds, reported like evaluate",
+                                   description="Fit a TF-IDF + linear-model baseline on the training split and "
+                                   "score it on dev and test, in the report format of textclf train/evaluate.")
+    audit = commands.add_parser("audit", help="flag likely label errors, duplicates across splits, conflicts",
+                                description="Cross-validated out-of-fold predictions flag rows whose given label is "
+                                "unlikely (confident learning); also exact/near duplicates across splits and "
+                                "texts with conflicting labels. Writes OUTPUT/audit.csv ranked by suspicion.")
+    for sub in (baseline, audit):
+        sub.add_argument("--data", required=True, metavar="DIR_OR_FILE", help="training data: a folder with "
+                         "train/dev/test files, a class folder, or one CSV/TSV/JSONL file")
+        sub.add_argument("--dev", metavar="FILE", help="dev file (default: a dev file in --data, or a hold-out)")
+        sub.add_argument("--test", metavar="FILE", help="test file (default: a test file in --data, or a hold-out)")
+        _add_reading_flags(sub)
+        sub.add_argument("--multi-label", action="store_true", help="labels are sets joined by | (or a JSON list)")
+        sub.add_argument("--analyzer", default="auto", choices=["auto", "word", "char"], help="n-grams of words, "
+                         "or of characters (auto: characters when most text is Chinese/Japanese)")
+    baseline.add_argument("--output", metavar="DIR", help="write report.txt, metrics.json and baseline.pkl here")
+    baseline.set_defaults(handler=cmd_baseline)
+
+    audit.add_argument("--output", metavar="DIR", help="write audit.csv and audit.json here (default: print the top "
+                       "rows only)")
+    audit.add_argument("--method", default="baseline", choices=["baseline", "transformer"], help="model behind the "
+                       "out-of-fold predictions: baseline (seconds) or transformer (one fine-tuning run per fold)")
+    audit.add_argument("--folds", type=int, default=5, metavar="K", help="folds of the cross-validation (default 5)")
+    audit.add_argument("--splits", default="train,dev,test", metavar="S1,S2",
+                       help="labelled splits audited for label errors (default train,dev,test)")
+    audit.add_argument("--near-threshold", type=float, default=0.9, metavar="X", help="TF-IDF cosine at or above "
+                       "which texts in different splits count as near duplicates (default 0.9; 0 skips the search)")
+    audit.add_argument("--top", type=int, default=20, metavar="N", help="rows printed (default 20)")
+    audit.add_argument("--model", default="minilm", metavar="NAME_OR_DIR", help="encoder for --method transformer")
+    audit.add_argument("--epochs", type=float, default=3, help="epochs per fold for --method transformer (default 3)")
+    audit.add_argument("--max-length", type=int, default=128, help="tokens per text for --method transformer")
+    audit.add_argument("--batch-size", type=int, default=32, help="batch size for --method transformer")
+    audit.add_argument("--lr", type=float, default=5e-5, help="learning rate for --method transformer")
+    audit.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N for --method transformer")
+    audit.set_defaults(handler=cmd_audit)
+
+
+def _toolbox_data(args: argparse.Namespace):
+    from .data import load_dataset
+
+    config = DataConfig(text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
+                        multi_label=args.multi_label)
+    return load_dataset(args.data, dev=args.dev, test=args.test, config=config)
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from .baseline import run_baseline
+
+    result = run_baseline(_toolbox_data(args), args.output, analyzer=args.analyzer)
+    print(result["report"])
+    info = result["baseline"]
+    print(f"TF-IDF {info['analyzer']} n-grams ({info['num_features']} features) + {info['model']}: fit on "
+          f"{info['train_rows']} rows in {info['fit_seconds']:.1f} s"
+          + (f"; report, metrics.json and baseline.pkl in {args.output}" if args.output else ""))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import audit
+
+    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
+    train_config = None
+    if args.method == "transformer":
+        train_config = TrainConfig(epochs=args.epochs, max_length=args.max_length, batch_size=args.batch_size,
+                                   lr=args.lr, device=args.device)
+    result = audit(_toolbox_data(args), args.method, args.folds, splits=splits,
+                   near_threshold=args.near_threshold or None, model=args.model, train_config=train_config,
+                   baseline_kwargs={"analyzer": args.analyzer} if args.method == "baseline" else None)
+    print(result.format_summary())
+    for rank, row in enumerate(result.rows[: args.top], start=1):
+        suggestion = f" -> {row.suggested_label}" if row.suggested_label is not None else ""
+        print(f"{rank:>4}. {row.split} {row.line}: [{';'.join(row.reasons)}] {row.given_label}{suggestion} "
+              f"(score {row.score:.3f}) {row.text[:80]}")
+    if args.output:
+        out = Path(args.output)
+        result.to_csv(out / "audit.csv")
+        summary = {**result.summary, "thresholds": result.thresholds}
+        (out / "audit.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"wrote {len(result.rows)} flagged rows to {out / 'audit.csv'} (summary in {out / 'audit.json'})")
+    return 0
+
+
+def _train_cross_validation(args: argparse.Namespace, config: RunConfig, data) -> int:
+    """``textclf train --cv K``: one run per fold (textclf.crossval), then mean ± std."""
+    from .crossval import cross_validate
+
+    if args.resume:
+        raise UsageError("textclf train: --cv cannot --resume; rerun the cross-validation with --overwrite")
+    result = cross_validate(data, args.cv, config.model.name, config.run.output, config.train,
+                            model_config=config.model, data_config=config.data, seed=config.data.split_seed,
+                            baseline=args.baseline, overwrite=args.overwrite, progress=not args.quiet)
+    print(result.format())
+    print(f"per-fold runs in {result.output_dir}/fold-*/; summary in {result.output_dir / 'cv.json'}")
+    return 0
+
+
+# ---- MLM pretraining and tokenizer training (textclf.pretrain) ------------------------------------------------------
+
+# TrainConfig fields that mean something to pretraining (the evaluation ones do not); their flags and help come from
+# the dataclass, as for textclf train.
+PRETRAIN_TRAIN_FIELDS = ("epochs", "max_steps", "lr", "weight_decay", "warmup_ratio", "schedule", "batch_size",
+                         "grad_accum", "max_length", "max_grad_norm", "precision", "device", "seed", "group_by_length",
+                         "max_tokens", "save_steps", "keep_checkpoints", "log_steps", "num_workers")
+PRETRAIN_FLAG_NAMES = {"architecture": "--config"}
+
+
+def _add_pretrain_commands(commands) -> None:
+    from .config import PretrainConfig
+
+    pretrain = commands.add_parser("pretrain", help="masked-language-model pretraining on unlabelled text",
+                                   description="Continue pretraining an encoder (--model) on unlabelled domain text, "
+                                   "or pretrain one from scratch (--config small|base|PATH.json --tokenizer DIR). "
+                                   "Writes OUTPUT/model, which textclf train --model takes.")
+    pretrain.add_argument("--data", required=True, action="append", metavar="FILE_OR_DIR", help="a .txt file (one "
+                          "text per line), a CSV/TSV/JSONL file (its text column) or a folder (its train.* file "
+                          "only); repeat for several sources. Never pretrain on test text")
+    pretrain.add_argument("--model", metavar="NAME_OR_DIR", help="encoder to continue pretraining (hub name, folder "
+                          "or alias); leave out with --config")
+    pretrain.add_argument("--output", required=True, metavar="DIR", help="output folder (model/, mlm/, "
+                          "checkpoints/, runs/, log.jsonl, config.yaml)")
+    group = pretrain.add_argument_group("pretrain settings")
+    docs, hints = field_docs(PretrainConfig), typing.get_type_hints(PretrainConfig)
+    for f in dataclasses.fields(PretrainConfig):
+        _add_field_flag(group, "pretrain", f, docs, hints, PRETRAIN_FLAG_NAMES.get(f.name))
+    group = pretrain.add_argument_group("train settings")
+    docs, hints = field_docs(TrainConfig), typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in PRETRAIN_TRAIN_FIELDS:
+            _add_field_flag(group, "train", f, docs, hints)
+    pretrain.add_argument("--text-column", default="text", help="column/key holding the text (default text)")
+    pretrain.add_argument("--encoding", default="utf-8", help="file encoding, e.g. gbk (default utf-8)")
+    pretrain.add_argument("--resume", metavar="auto|DIR", help="continue from the newest complete checkpoint in the "
+                          "output folder (auto) or from the checkpoint folder DIR")
+    pretrain.add_argument("--overwrite", action="store_true", help="replace a previous run in the output folder")
+    pretrain.add_argument("--quiet", action="store_true", help="no progress bar")
+    pretrain.set_defaults(handler=cmd_pretrain)
+
+    tokenizer = commands.add_parser("tokenizer", help="train a WordPiece tokenizer on a corpus",
+                                    description="Tokenizer tools. `textclf tokenizer train` trains a BERT-style "
+                                    "WordPiece vocabulary (every CJK character its own token).")
+    actions = tokenizer.add_subparsers(dest="action", metavar="ACTION", parser_class=ArgumentParser)
+    actions.required = True
+    train = actions.add_parser("train", help="train a WordPiece tokenizer", description="Train a BERT-style WordPiece "
+                               "tokenizer and save it as a fast tokenizer folder (AutoTokenizer loads it; "
+                               "textclf pretrain --tokenizer takes it).")
+    train.add_argument("--data", required=True, action="append", metavar="FILE_OR_DIR", help="as for textclf "
+                       "pretrain; repeat for several sources")
+    train.add_argument("--output", required=True, metavar="DIR", help="tokenizer folder to write")
+    train.add_argument("--vocab-size", type=int, default=21128, help="largest vocabulary, special tokens included "
+                       "(default 21128, as bert-base-chinese)")
+    train.add_argument("--min-frequency", type=int, default=2, help="pieces seen fewer times are left out (default 2)")
+    train.add_argument("--cased", action="store_true", help="keep case and accents (default: lowercase, as uncased "
+                       "BERT)")
+    train.add_argument("--text-column", default="text", help="column/key holding the text (default text)")
+    train.add_argument("--encoding", default="utf-8", help="file encoding, e.g. gbk (default utf-8)")
+    train.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
+    train.set_defaults(handler=cmd_tokenizer_train)
+
+
+def _add_field_flag(group, section: str, f: dataclasses.Field, docs: dict, hints: dict, flag: str | None = None):
+    flag = flag or "--" + f.name.replace("_", "-")
+    kind, optional = _base_type(hints[f.name])
+    help_text = f"{docs.get(f.name, '')} (default: {f.default})".replace("%", "%%")
+    if kind is bool:
+        group.add_argument(flag, dest=f"{section}.{f.name}", action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS, help=help_text)
+    else:
+        group.add_argument(flag, dest=f"{section}.{f.name}", type=_parser_for(kind, optional, flag),
+                           default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .config import PretrainConfig, section_from_dict
+    from .pretrain import Pretrainer
+
+    sections: dict[str, dict] = {"pretrain": {}, "train": {}}
+    for dest, value in vars(args).items():
+        if "." in dest:
+            section, name = dest.split(".", 1)
+            sections[section][name] = value
+    pretrain_config = section_from_dict(PretrainConfig, sections["pretrain"], "pretrain")
+    train_config = section_from_dict(TrainConfig, sections["train"], "train")
+    if pretrain_config.architecture is None and not args.model:
+        raise UsageError("textclf pretrain: pass --model NAME_OR_DIR to continue pretraining, or --config "
+                         "small|base|PATH.json with --tokenizer DIR to pretrain from scratch")
+    if pretrain_config.architecture is not None and args.model:
+        raise UsageError("textclf pretrain: --model continues pretraining a model and --config builds a new one; "
+                         "give one of them")
+    trainer = Pretrainer(args.model, args.data, args.output, train_config, pretrain_config,
+                         data_config=DataConfig(text_column=args.text_column, encoding=args.encoding),
+                         overwrite=args.overwrite, progress=not args.quiet)
+    result = trainer.fit(resume=args.resume)
+    if result.interrupted:
+        print(f"textclf pretrain: interrupted after optimizer step {result.global_step}; a checkpoint was written. "
+              "Run the same command with --resume auto to continue", file=sys.stderr)
+        return 128 + trainer._interrupt_signal
+    print(f"pretrained encoder: {result.model_dir} (MLM loss {result.final_loss:.4f} at step {result.global_step}); "
+          f"with its MLM head: {Path(args.output) / 'mlm'}")
+    print(f"fine-tune: textclf train --model {result.model_dir} --pooling mean --data DIR --output DIR")
+    print(f"TensorBoard: tensorboard --logdir {Path(args.output) / 'runs'}")
+    return 0
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from .pretrain import train_tokenizer
+
+    tokenizer = train_tokenizer(args.data, args.output, args.vocab_size, lowercase=not args.cased,
+                                min_frequency=args.min_frequency, overwrite=args.overwrite,
+                                data_config=DataConfig(text_column=args.text_column, encoding=args.encoding))
+    print(f"wrote a WordPiece tokenizer with {len(tokenizer)} tokens to {args.output}")
     return 0
 
 

@@ -80,6 +80,24 @@ class DataConfig:
     split_seed: int = 42
     # Raise an error (instead of a warning) for empty texts and conflicting duplicate labels.
     strict: bool = False
+    # CSV of `variant,canonical` rows (e.g. 心梗,心肌梗死): every variant is replaced by its canonical form
+    # (longest match first) before tokenization, in training and prediction; the table is saved with the model.
+    synonyms: str | None = None
+    # Fold full-width ASCII letters, digits and punctuation and the ideographic space to half-width (CJK characters
+    # stay as they are) before tokenization, in training and prediction; saved with the model.
+    fold_width: bool = False
+    # Training-set augmentation, comma-separated operations: synonym, entity, delete, swap (EDA); None: off. The
+    # copies are made once before tokenization (seeded by train.seed) and appended to train, never to dev/test.
+    augment: str | None = None
+    # Augmented copies made per training row (each applies one randomly chosen operation).
+    augment_copies: int = 1
+    # Fraction of a text's words (characters, for CJK) or listed terms that one augmentation operation changes.
+    augment_prob: float = 0.1
+    # CSV of interchangeable `word,synonym` pairs used by augment=synonym (both directions).
+    augment_synonyms: str | None = None
+    # Entity lists for augment=entity: CSV of `type,value` rows or JSON {"type": [values]}; a listed entity in a
+    # training text is replaced by another value of the same type.
+    entities: str | None = None
 
     def __post_init__(self) -> None:
         _check_types(self, "data")
@@ -93,6 +111,23 @@ class DataConfig:
             "".encode(self.encoding)
         except LookupError:
             raise ConfigError(f"data.encoding: unknown encoding {self.encoding!r}") from None
+        self._check_augmentation()
+
+    def _check_augmentation(self) -> None:
+        from .augment import parse_operations
+
+        try:
+            ops = parse_operations(self.augment)
+        except ValueError as exc:
+            raise ConfigError(f"data.augment: {exc}") from None
+        _check(self.augment_copies >= 1, "data", "augment_copies", f"must be >= 1, got {self.augment_copies}")
+        _check(0.0 < self.augment_prob <= 1.0, "data", "augment_prob", f"must be in (0, 1], got {self.augment_prob}")
+        _check("synonym" not in ops or self.augment_synonyms is not None, "data", "augment_synonyms",
+               "augment=synonym needs a table of `word,synonym` pairs; set augment_synonyms (the normalisation "
+               "table `synonyms` cannot serve: it folds every variant back to its canonical form, so the copies "
+               "would equal their rows)")
+        _check("entity" not in ops or self.entities is not None, "data", "entities",
+               "augment=entity needs entity lists; set entities to a CSV of `type,value` rows or a JSON file")
 
 
 @dataclass(frozen=True)
@@ -124,6 +159,10 @@ class ModelConfig:
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("linear", "cosine", "constant")
 METRICS = ("macro_f1", "micro_f1", "accuracy", "loss")
+SAMPLERS = ("random", "balanced", "weighted")
+THRESHOLD_MODES = ("none", "global", "per_label")
+LONG_TEXTS = ("truncate", "windows")
+WINDOW_AGGREGATIONS = ("mean", "max", "attention")
 
 
 @dataclass(frozen=True)
@@ -146,8 +185,20 @@ class TrainConfig:
     batch_size: int = 32
     # Micro-batches accumulated per optimizer step (effective batch = batch_size x grad_accum).
     grad_accum: int = 1
-    # Tokens per text after tokenization; longer texts are truncated (and counted).
+    # Tokens per text after tokenization (per window with long_texts="windows"); longer texts are truncated (and
+    # counted).
     max_length: int = 128
+    # Texts longer than max_length: "truncate" (keep the first max_length tokens) or "windows" (read the whole text
+    # as sliding windows of max_length tokens and aggregate the windows' outputs; see docs/long-texts.md).
+    long_texts: str = "truncate"
+    # Tokens of text shared by consecutive windows (Hugging Face's `stride`); None takes a quarter of max_length.
+    window_overlap: int | None = None
+    # How a text's windows become one prediction: "mean" or "max" of the window logits, or "attention" (a learned
+    # weighted average of the windows' pooled vectors, then the head).
+    window_aggregation: str = "mean"
+    # Most windows read per text (bounds memory); the rest of a longer text is not read and the text counts as
+    # truncated. None reads every window.
+    max_windows: int | None = 8
     # Clip the global gradient norm to this value; None disables clipping.
     max_grad_norm: float | None = 1.0
     # "auto" (bf16 on GPUs and CPUs with native bf16, fp16 on older GPUs, else fp32), "fp32", "bf16", "fp16" (CUDA).
@@ -177,6 +228,33 @@ class TrainConfig:
     eval_batch_size: int = 128
     # DataLoader worker processes (0 = tokenized data is served from the main process).
     num_workers: int = 0
+    # Loss weight per class: "balanced" (n / (C x count of the class); multi-label: BCE pos_weight = negatives /
+    # positives per label) or explicit "label=weight,label=weight" (unlisted labels weigh 1); None weighs all 1.
+    class_weights: str | None = None
+    # Focal loss with this gamma (2 is usual; 0 is plain cross-entropy), class weights acting as alpha; None: plain
+    # cross-entropy (binary cross-entropy for multi-label).
+    focal_gamma: float | None = None
+    # Label smoothing of the cross-entropy targets (0.1 is usual); multi-label targets become y(1-e) + e/2.
+    label_smoothing: float = 0.0
+    # Training rows: "random" (shuffled; length-grouped if group_by_length), "balanced" (rows drawn so every class
+    # is equally frequent) or "weighted" (drawn with weight 1/sqrt(class count)); drawn per epoch from the seed.
+    sampler: str = "random"
+    # Layer-wise learning-rate decay: encoder layer i of L trains at lr x decay^(L-1-i), the embeddings at
+    # lr x decay^L (0.8 to 0.95 are usual); None trains every layer at lr.
+    layer_lr_decay: float | None = None
+    # Learning rate of the classification head and pooler; None uses lr.
+    head_lr: float | None = None
+    # Gradual unfreezing: every N optimizer steps unfreeze the top frozen encoder layer (the embeddings last);
+    # starts from model.freeze_layers_below, which must be set. None keeps the frozen layers frozen.
+    unfreeze_every: int | None = None
+    # Multi-label decision thresholds, tuned on dev after training and saved with the best model: "per_label",
+    # "global" (one threshold maximising micro F1) or "none" (0.5 for every label).
+    threshold_tuning: str = "per_label"
+    # Fewest dev positives a label needs for its own threshold; labels with fewer take the global one.
+    threshold_min_positives: int = 5
+    # After training, fit a temperature on dev (single-label models) so the saved model's probabilities are
+    # calibrated; predicted labels do not change. ECE before/after goes to report.txt and metrics.json.
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         _check_types(self, "train")
@@ -191,6 +269,15 @@ class TrainConfig:
         _check(self.max_tokens is None or self.max_tokens >= self.max_length, "train", "max_tokens",
                f"must be >= max_length ({self.max_length}) so that the longest text fits, got {self.max_tokens}")
         _check(self.max_length >= 8, "train", "max_length", f"must be >= 8, got {self.max_length}")
+        _check(self.long_texts in LONG_TEXTS, "train", "long_texts",
+               f"must be one of {LONG_TEXTS}, got {self.long_texts!r}")
+        _check(self.window_overlap is None or 0 <= self.window_overlap <= self.max_length // 2, "train",
+               "window_overlap", f"must be between 0 and max_length // 2 ({self.max_length // 2}), got "
+               f"{self.window_overlap}; more overlap would read every token in three or more windows")
+        _check(self.window_aggregation in WINDOW_AGGREGATIONS, "train", "window_aggregation",
+               f"must be one of {WINDOW_AGGREGATIONS}, got {self.window_aggregation!r}")
+        _check(self.max_windows is None or self.max_windows >= 1, "train", "max_windows",
+               f"must be >= 1 or None, got {self.max_windows}")
         _check(self.max_grad_norm is None or self.max_grad_norm > 0, "train", "max_grad_norm", "must be > 0 or None")
         _check(
             self.precision in PRECISIONS, "train", "precision", f"must be one of {PRECISIONS}, got {self.precision!r}"
@@ -204,6 +291,81 @@ class TrainConfig:
         _check(self.log_steps > 0, "train", "log_steps", "must be > 0")
         _check(self.eval_batch_size > 0, "train", "eval_batch_size", "must be > 0")
         _check(self.num_workers >= 0, "train", "num_workers", "must be >= 0")
+        self._check_imbalance_and_finetuning()
+
+    def _check_imbalance_and_finetuning(self) -> None:
+        if self.class_weights is not None and self.class_weights != "balanced":
+            for entry in self.class_weights.split(","):
+                name, _, weight = entry.partition("=")
+                _check(bool(name.strip()) and _is_number(weight) and float(weight) >= 0, "train", "class_weights",
+                       f"must be 'balanced' or 'label=weight,label=weight' with weights >= 0; {entry!r} is not "
+                       "of that form")
+        _check(self.focal_gamma is None or self.focal_gamma >= 0, "train", "focal_gamma", "must be >= 0 when set")
+        _check(0 <= self.label_smoothing < 1, "train", "label_smoothing",
+               f"must be in [0, 1), got {self.label_smoothing}")
+        _check(self.focal_gamma is None or self.label_smoothing == 0, "train", "label_smoothing",
+               "cannot be combined with focal_gamma; choose one of them")
+        _check(self.sampler in SAMPLERS, "train", "sampler", f"must be one of {SAMPLERS}, got {self.sampler!r}")
+        _check(self.sampler == "random" or self.max_tokens is None, "train", "sampler",
+               f"{self.sampler!r} draws batch_size rows per batch; it cannot be combined with max_tokens")
+        _check(self.layer_lr_decay is None or 0 < self.layer_lr_decay <= 1, "train", "layer_lr_decay",
+               f"must be in (0, 1] when set, got {self.layer_lr_decay}")
+        _check(self.head_lr is None or self.head_lr > 0, "train", "head_lr", "must be > 0 when set")
+        _check(self.unfreeze_every is None or self.unfreeze_every > 0, "train", "unfreeze_every",
+               "must be > 0 when set")
+        _check(self.threshold_tuning in THRESHOLD_MODES, "train", "threshold_tuning",
+               f"must be one of {THRESHOLD_MODES}, got {self.threshold_tuning!r}")
+        _check(self.threshold_min_positives >= 1, "train", "threshold_min_positives", "must be >= 1")
+
+
+PRETRAIN_ARCHITECTURES = ("small", "base")
+SEGMENTERS = ("none", "jieba")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Masked-language-model pretraining (``textclf pretrain``): what is masked and which model is built.
+
+    The optimisation recipe (epochs, lr, batch size, precision, ...) is a :class:`TrainConfig`, as for fine-tuning.
+    """
+
+    # Share of the (non-special) tokens of each text chosen for prediction; BERT uses 0.15.
+    mask_prob: float = 0.15
+    # Of the chosen tokens, the share replaced by the mask token (BERT: 0.8).
+    mask_token_prob: float = 0.8
+    # Of the chosen tokens, the share replaced by a random token (BERT: 0.1); the rest keep their token.
+    random_token_prob: float = 0.1
+    # Mask whole words: all pieces of a chosen word together (WordPiece `##` pieces; with a segmentation from
+    # `words` or `segmenter`, all characters of a Chinese word). False masks each token on its own.
+    whole_word_masking: bool = True
+    # Train from scratch with this architecture: "small" (4 layers, 256 wide), "base" (BERT-base) or a JSON file of
+    # a transformers config; the vocabulary comes from `tokenizer`. None continues pretraining the given model.
+    architecture: str | None = None
+    # Tokenizer folder for a model trained from scratch (e.g. one written by `textclf tokenizer train`).
+    tokenizer: str | None = None
+    # Word segmentation for whole-word masking: a text file with one line per training text, in the order the texts
+    # are read, holding that text's words separated by spaces.
+    words: str | None = None
+    # Word segmenter for whole-word masking of Chinese: "none" or "jieba" (needs `pip install jieba`).
+    segmenter: str = "none"
+
+    def __post_init__(self) -> None:
+        _check_types(self, "pretrain")
+        _check(0.0 < self.mask_prob < 1.0, "pretrain", "mask_prob", f"must be in (0, 1), got {self.mask_prob}")
+        _check(0.0 <= self.mask_token_prob <= 1.0, "pretrain", "mask_token_prob",
+               f"must be in [0, 1], got {self.mask_token_prob}")
+        _check(0.0 <= self.random_token_prob <= 1.0, "pretrain", "random_token_prob",
+               f"must be in [0, 1], got {self.random_token_prob}")
+        _check(self.mask_token_prob + self.random_token_prob <= 1.0, "pretrain", "random_token_prob",
+               f"mask_token_prob + random_token_prob must be <= 1, got "
+               f"{self.mask_token_prob + self.random_token_prob}")
+        _check(self.architecture is None or self.architecture in PRETRAIN_ARCHITECTURES
+               or self.architecture.endswith(".json"), "pretrain", "architecture",
+               f"must be one of {PRETRAIN_ARCHITECTURES} or a .json config file, got {self.architecture!r}")
+        _check(self.segmenter in SEGMENTERS, "pretrain", "segmenter",
+               f"must be one of {SEGMENTERS}, got {self.segmenter!r}")
+        _check(self.words is None or self.segmenter == "none", "pretrain", "words",
+               "give either a words file or a segmenter, not both")
 
 
 @dataclass(frozen=True)

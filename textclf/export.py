@@ -45,6 +45,7 @@ import torch
 from .errors import ConfigError, OutputDirError, TextclfError
 from .labels import LABELS_FILE
 from .modeling import TEXTCLF_FILE, WEIGHTS_FILE
+from .normalize import copy_inference_settings
 
 FORMATS = ("onnx", "torchscript", "torch-export")
 PARITY_FILE = "parity.json"
@@ -201,6 +202,11 @@ def export_model(model_dir: str | Path, output_dir: str | Path, format: str = "o
         log("torch.jit is not available in this torch; exporting with torch.export (model.pt2) instead")
         format = "torch-export"
     _check_output_dir(output_dir, overwrite)
+    from .ensemble import is_ensemble
+
+    if is_ensemble(model_dir):
+        raise ConfigError(f"{model_dir} is a seed ensemble; export is for single models: export one member "
+                          f"({model_dir}/members/...), or serve the ensemble folder itself with PyTorch")
     default_atol = FP32_ATOL if not quantize else None
     atol = default_atol if atol is None else atol
     min_agreement = min_agreement if min_agreement is not None else (INT8_MIN_AGREEMENT if quantize
@@ -208,6 +214,11 @@ def export_model(model_dir: str | Path, output_dir: str | Path, format: str = "o
 
     reference = Predictor.from_pretrained(model_dir, backend="torch", device="cpu", precision="fp32",
                                           batch_size=batch_size)
+    if reference.windows is not None and reference.windows.aggregation == "attention":
+        # The exported graph maps one window to logits; attention needs the scores of all a text's windows.
+        raise ConfigError(f"{model_dir} combines its sliding windows with attention (train.window_aggregation), "
+                          "which the exported per-window graph cannot do; serve the PyTorch bundle instead, or "
+                          "train with --window-aggregation mean or max to export")
     texts, labels, source = _sample_texts(data, reference, text_column, label_column, encoding)
     sample = _pick(texts, num_samples)
 
@@ -234,6 +245,7 @@ def export_model(model_dir: str | Path, output_dir: str | Path, format: str = "o
             _export_torch_export(module, example, inputs, staging / file_name)
 
         meta = _export_metadata(model_dir, reference, format, quantize, file_name, inputs, used_opset)
+        meta = copy_inference_settings(model_dir, staging, meta)  # synonym table, width folding, temperature
         reference.tokenizer.save_pretrained(str(staging))
         reference.label_map.save(staging / LABELS_FILE)
         (staging / TEXTCLF_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -505,7 +517,9 @@ def _export_metadata(model_dir: Path, reference, format: str, quantize: str | No
         "max_length": reference.max_length,
         "num_labels": len(reference.label_map),
         "multi_label": reference.label_map.multi_label,
+        "thresholds": source_meta.get("thresholds"),  # tuned multi-label thresholds travel with the model
         "pooling": source_meta.get("pooling"),
+        "windows": source_meta.get("windows"),  # the Predictor windows long texts the way the model was trained
         "base_model": source_meta.get("base_model"),
         "source_model": str(model_dir.resolve()),
         "source_step": source_meta.get("step"),

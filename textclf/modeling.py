@@ -22,6 +22,7 @@ from torch import nn
 
 from .errors import ConfigError, ModelLoadError
 from .labels import LabelMap
+from .windows import aggregate_window_logits, attention_over_windows
 
 WEIGHTS_FILE = "model.safetensors"
 TEXTCLF_FILE = "textclf.json"
@@ -114,6 +115,9 @@ class TextClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.custom_head = head is not None or type(self).build_head is not TextClassifier.build_head
         self.head = head if head is not None else self.build_head(encoder.config.hidden_size, num_labels)
+        # How forward(..., num_windows=...) combines a text's windows; "attention" adds window_scorer (windows.py).
+        self.window_aggregation = "mean"
+        self.window_scorer: nn.Module | None = None
 
     def build_head(self, hidden_size: int, num_labels: int) -> nn.Module:
         """The layer from pooled vector to logits; override in a subclass for a custom head."""
@@ -136,12 +140,43 @@ class TextClassifier(nn.Module):
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """``input_ids``, ``attention_mask``: ``[B, T]``. Returns logits ``[B, num_labels]``."""
+                token_type_ids: torch.Tensor | None = None, num_windows: torch.Tensor | None = None) -> torch.Tensor:
+        """``input_ids``, ``attention_mask``: ``[B, T]``. Returns logits ``[B, num_labels]``.
+
+        With ``num_windows`` (``[N]``, windows per text) the ``B`` rows are the windows of ``N`` texts in order, and
+        the logits ``[N, num_labels]`` combine each text's windows (:meth:`aggregate_windows`).
+        """
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         pooled = self.pool(outputs.last_hidden_state, getattr(outputs, "pooler_output", None), attention_mask)
+        if num_windows is not None:
+            return self.aggregate_windows(pooled, num_windows)
         return self.head(self.dropout(pooled))
+
+    def aggregate_windows(self, pooled: torch.Tensor, num_windows: torch.Tensor) -> torch.Tensor:
+        """``[W, H]`` pooled windows -> ``[N, num_labels]`` logits, by ``self.window_aggregation``."""
+        if self.window_aggregation == "attention":
+            scores = self.window_scorer(pooled).squeeze(-1)
+            text_vectors = attention_over_windows(pooled, scores, num_windows).to(pooled.dtype)
+            return self.head(self.dropout(text_vectors))
+        return aggregate_window_logits(self.head(self.dropout(pooled)), num_windows, self.window_aggregation)
+
+    def configure_windows(self, aggregation: str) -> None:
+        """Set how windows are combined: ``"mean"``, ``"max"`` or ``"attention"``.
+
+        ``"attention"`` adds ``window_scorer`` (``hidden -> 1``, zero-initialised: training starts from equal
+        weights) unless the model has one; another aggregation removes it.
+        """
+        if aggregation not in ("mean", "max", "attention"):
+            raise ConfigError(f"train.window_aggregation: must be 'mean', 'max' or 'attention', got {aggregation!r}")
+        if aggregation == "attention" and self.window_scorer is None:
+            scorer = nn.Linear(self.config.hidden_size, 1)
+            nn.init.zeros_(scorer.weight)
+            nn.init.zeros_(scorer.bias)
+            self.window_scorer = scorer.to(next(self.head.parameters(), scorer.weight).device)
+        elif aggregation != "attention":
+            self.window_scorer = None
+        self.window_aggregation = aggregation
 
     # ---- construction -------------------------------------------------------------------------------
 
@@ -180,7 +215,7 @@ class TextClassifier(nn.Module):
     def hf_compatible(self) -> bool:
         """True when the saved folder loads in ``AutoModelForSequenceClassification`` with the same logits."""
         has_pooler = getattr(self.encoder, "pooler", None) is not None
-        return (not self.custom_head and self.pooling == "cls" and has_pooler
+        return (not self.custom_head and self.pooling == "cls" and has_pooler and self.window_scorer is None
                 and self.config.model_type in HF_POOLER_HEADS)
 
     def _hf_state_dict(self) -> dict[str, torch.Tensor]:
@@ -209,7 +244,8 @@ class TextClassifier(nn.Module):
         (folder / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         meta = {"pooling": self.pooling, "dropout": self.dropout.p, "num_labels": self.num_labels,
                 "hf_compatible": self.hf_compatible, "custom_head": self.custom_head,
-                "head_class": type(self.head).__name__, **(extra or {})}
+                "head_class": type(self.head).__name__, "window_aggregation": self.window_aggregation,
+                **(extra or {})}
         (folder / TEXTCLF_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
         if self.label_map is not None:
             self.label_map.save(folder / LABELS_FILE)
@@ -236,6 +272,7 @@ class TextClassifier(nn.Module):
         config = AutoConfig.from_pretrained(str(folder))
         encoder = AutoModel.from_config(config)
         model = cls(encoder, meta["num_labels"], meta["pooling"], meta["dropout"], head, label_map)
+        model.configure_windows(meta.get("window_aggregation", "mean"))  # before loading: may add window_scorer
         model.load_weights(folder)
         return model
 

@@ -27,10 +27,13 @@ import numpy as np
 import torch
 
 from .collate import make_collate, sequential_shard
+from .ensemble import load_model
 from .errors import ModelLoadError
 from .labels import LabelMap
-from .modeling import LABELS_FILE, TEXTCLF_FILE, WEIGHTS_FILE, TextClassifier, load_tokenizer
+from .modeling import LABELS_FILE, TEXTCLF_FILE, WEIGHTS_FILE, load_tokenizer
+from .normalize import TextNormalizer
 from .runtime import resolve_device, resolve_precision, setup_runtime
+from .windows import WindowSpec, check_backend, windowed_logits
 
 BACKENDS = ("auto", "torch", "onnx")
 
@@ -87,13 +90,16 @@ class TorchBackend:
     def pad_to_multiple_of(self) -> int | None:
         return self.runtime.pad_to_multiple_of
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 num_windows: torch.Tensor | None = None) -> np.ndarray:
         device = self.runtime.device
         args = [input_ids.to(device), attention_mask.to(device)]
         if self.token_type_ids:
             args.append(torch.zeros_like(args[0]))
+        # num_windows: a TextClassifier combines each text's windows itself (see windows.py)
+        kwargs = {} if num_windows is None else {"num_windows": num_windows.to(device)}
         with torch.inference_mode(), self.runtime.autocast():
-            logits = self.module(*args)
+            logits = self.module(*args, **kwargs)
         return logits.float().cpu().numpy()
 
     def describe(self) -> dict:
@@ -176,11 +182,22 @@ class Predictor:
         precision: ``"auto"`` (bf16/fp16 autocast where supported), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
         batch_size: texts per forward pass.
         metadata: free-form description of the model (shown by the HTTP service's ``/metadata``).
+        thresholds: multi-label decision thresholds: one float for every label, one per label (``[C]``), or a
+            :class:`~textclf.multilabel.Thresholds`; default 0.5. ``from_pretrained`` reads the tuned ones a
+            training run saved in ``textclf.json``.
+        windows: read texts longer than ``max_length`` as sliding windows (a
+            :class:`~textclf.windows.WindowSpec`, its ``max_length`` wins); then ``truncated=True`` means the text
+            needed more than ``max_windows`` windows. ``from_pretrained`` reads the model's own from ``textclf.json``.
+        normalizer: a :class:`~textclf.normalize.TextNormalizer` applied to every text before tokenization (the
+            synonym table and width folding of training); ``from_pretrained`` loads the model's own.
+        temperature: calibration temperature: probabilities are those of ``logits / temperature`` (labels do not
+            change; :meth:`logits` stays raw); ``from_pretrained`` reads the one fitted on dev after training.
     """
 
     def __init__(self, model, tokenizer, label_map: LabelMap | None = None,
                  device: str | torch.device = "auto", max_length: int = 128, precision: str = "auto",
-                 batch_size: int = 64, metadata: dict | None = None):
+                 batch_size: int = 64, metadata: dict | None = None, thresholds=None, windows=None,
+                 normalizer: TextNormalizer | None = None, temperature: float = 1.0):
         if isinstance(model, torch.nn.Module):
             self.backend = TorchBackend(model, device, precision)
             label_map = label_map or getattr(model, "label_map", None)
@@ -192,9 +209,15 @@ class Predictor:
         self.label_map = label_map
         self.max_length = max_length
         self.batch_size = batch_size
-        self.threshold = 0.5  # multi-label decision threshold
+        self.thresholds = _threshold_array(thresholds, len(label_map))  # [C] multi-label decision thresholds
         self.metadata = dict(metadata or {})
+        self.normalizer = normalizer
+        self.temperature = float(temperature)
         self.collate = make_collate(tokenizer.pad_token_id or 0, self.backend.pad_to_multiple_of)
+        self.windows = windows
+        if windows is not None:
+            check_backend(self.backend, windows)
+            self.max_length = windows.max_length
 
     @property
     def model(self) -> torch.nn.Module | None:
@@ -238,13 +261,15 @@ class Predictor:
             if backend == "onnx":
                 raise ModelLoadError(f"{folder} holds PyTorch weights ({WEIGHTS_FILE}), not an ONNX model; run "
                                      f"`textclf export --model {folder} --format onnx --output DIR` and load DIR")
-            model = TextClassifier.from_pretrained(folder)
+            model = load_model(folder)  # an EnsembleClassifier for an ensemble folder (soft voting)
             if threads:
                 torch.set_num_threads(threads)
             length = max_length or meta.get("train_config", {}).get("max_length", 128)
             info = {"model": str(folder), "base_model": meta.get("base_model"), "format": "pytorch"}
             return cls(model, load_tokenizer(str(folder)), model.label_map, device, length, precision, batch_size,
-                       metadata=info)
+                       metadata=info, thresholds=_saved_thresholds(folder, model.label_map),
+                       windows=WindowSpec.from_dict(meta.get("windows"), max_length),
+                       normalizer=TextNormalizer.load(folder, meta), temperature=_saved_temperature(meta))
         fmt = export["format"]
         if backend != "auto" and (backend == "onnx") != (fmt == "onnx"):
             raise ModelLoadError(f"{folder} is a {fmt} export; load it with backend='auto' or "
@@ -261,12 +286,17 @@ class Predictor:
         info = {"model": str(folder), "base_model": meta.get("base_model"), "format": fmt,
                 "quantize": export.get("quantize")}
         return cls(runner, load_tokenizer(str(folder)), label_map, device, max_length or meta.get("max_length", 128),
-                   precision, batch_size, metadata=info)
+                   precision, batch_size, metadata=info, thresholds=_saved_thresholds(folder, label_map),
+                   windows=WindowSpec.from_dict(meta.get("windows"), max_length),
+                   normalizer=TextNormalizer.load(folder, meta), temperature=_saved_temperature(meta))
 
     def describe(self) -> dict:
         """Labels, backend and limits, for logs and the service's ``/metadata``."""
         return {**self.metadata, **self.backend.describe(), "labels": list(self.label_map.names),
-                "multi_label": self.label_map.multi_label, "max_length": self.max_length}
+                "multi_label": self.label_map.multi_label, "max_length": self.max_length,
+                "windows": self.windows.to_dict() if self.windows else None,
+                **({"thresholds": dict(zip(self.label_map.names, self.thresholds.tolist()))}
+                   if self.label_map.multi_label else {})}
 
     def logits(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         """Raw logits ``[N, num_labels]`` (float32), in input order."""
@@ -290,7 +320,7 @@ class Predictor:
             order = np.argsort(-row)[:k]
             ranked = [(names[i], float(row[i])) for i in order]
             if self.label_map.multi_label:
-                chosen = [names[i] for i in np.flatnonzero(row >= self.threshold)]
+                chosen = [names[i] for i in np.flatnonzero(row >= self.thresholds)]
                 label, score = chosen, float(row.max()) if len(row) else 0.0
             else:
                 label, score = ranked[0]
@@ -301,11 +331,18 @@ class Predictor:
 
     def _probabilities(self, logits: np.ndarray) -> np.ndarray:
         tensor = torch.from_numpy(logits)
+        if self.temperature != 1.0:  # calibration: the argmax is unchanged, only the probabilities soften/sharpen
+            tensor = tensor / self.temperature
         return (tensor.sigmoid() if self.label_map.multi_label else tensor.softmax(-1)).numpy()
 
     def _forward(self, texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         if not texts:
             return np.zeros((0, len(self.label_map)), dtype=np.float32), np.zeros(0, dtype=bool)
+        if self.normalizer is not None:  # the model was trained on normalised texts
+            texts = self.normalizer(texts)
+        if self.windows is not None:
+            return windowed_logits(self.backend, self.collate, self.tokenizer, self.windows, texts, batch_size,
+                                   len(self.label_map))
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False,
                                  return_attention_mask=False, return_token_type_ids=False,
                                  return_overflowing_tokens=False)
@@ -323,6 +360,26 @@ class Predictor:
             batch = self.collate([{"input_ids": ids[i]} for i in rows])
             out[rows] = self.backend(batch["input_ids"], batch["attention_mask"])
         return out, truncated
+
+
+def _threshold_array(thresholds, num_labels: int) -> np.ndarray:
+    values = getattr(thresholds, "values", thresholds)  # a multilabel.Thresholds carries them in .values
+    values = np.broadcast_to(np.asarray(0.5 if values is None else values, dtype=np.float32), (num_labels,))
+    return values.copy()
+
+
+def _saved_thresholds(folder: Path, label_map: LabelMap) -> np.ndarray | None:
+    """The tuned multi-label thresholds a training run (or an export of it) saved in ``textclf.json``."""
+    if not label_map.multi_label:
+        return None
+    from .multilabel import read_thresholds
+
+    return read_thresholds(folder, label_map.names).values
+
+
+def _saved_temperature(meta: dict) -> float:
+    """The calibration temperature in a model folder's ``textclf.json`` (1.0: uncalibrated)."""
+    return float((meta.get("calibration") or {}).get("temperature", 1.0))
 
 
 def _check_texts(texts) -> list[str]:

@@ -28,19 +28,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
+from .analysis import RunAnalysis
+from .augment import augment_dataset
 from .callbacks import Callback, EarlyStopping, ProgressBar
 from .collate import LengthGroupedBatches, RandomBatches, TokenBudgetBatches, make_collate, sequential_shard
 from .config import DataConfig, ModelConfig, RunConfig, RunPaths, TrainConfig
 from .data import DatasetSplits, Split, TextClassificationDataset, load_dataset
+from .ensemble import load_model
 from .errors import ConfigError, OutputDirError, TrainingError
+from .finetune import GradualUnfreezing, build_finetune_adamw, uses_finetune_control
 from .loggers import JsonlLogger, TensorBoardLogger
+from .losses import class_weight_vector, classification_loss
 from .metrics import ConfusionMatrix, EvalReport, report_from_confusion
 from .modeling import TextClassifier, load_tokenizer
+from .multilabel import (
+    MultiLabelMetrics,
+    Thresholds,
+    init_prior_bias,
+    read_thresholds,
+    save_thresholds,
+    tune_thresholds,
+)
+from .normalize import TextNormalizer
 from .optim import build_adamw, build_scheduler
 from .runtime import (
     broadcast_module,
@@ -51,6 +64,8 @@ from .runtime import (
     set_rng_state,
     setup_runtime,
 )
+from .sampling import WeightedBatches, row_weights
+from .windows import WindowedTextDataset, WindowSpec, describe_windows, make_window_collate
 
 
 @dataclass
@@ -120,7 +135,8 @@ class Trainer:
     def __init__(self, model: str | TextClassifier = "minilm", data=None, output_dir: str | Path = "runs/textclf",
                  config: TrainConfig | None = None, *, model_config: ModelConfig | None = None,
                  data_config: DataConfig | None = None, tokenizer=None, head: nn.Module | None = None,
-                 callbacks: list[Callback] | None = None, overwrite: bool = False, progress: bool = True):
+                 callbacks: list[Callback] | None = None, overwrite: bool = False, progress: bool = True,
+                 normalizer: TextNormalizer | None = None):
         self.config = config or TrainConfig()
         self.data_config = data_config or DataConfig()
         name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "custom"
@@ -133,7 +149,7 @@ class Trainer:
         self.data = (data if isinstance(data, DatasetSplits) or data is None
                      else load_dataset(data, config=self.data_config))
         self.tokenizer = tokenizer or load_tokenizer(self.model_config.name)
-        if isinstance(model, TextClassifier):
+        if isinstance(model, nn.Module):  # a TextClassifier, or a loaded EnsembleClassifier (to evaluate it)
             self.model = model
         else:
             if self.data is None:
@@ -142,15 +158,33 @@ class Trainer:
                                                      self.model_config.pooling, self.model_config.dropout, head)
         if self.model_config.freeze_layers_below is not None:
             self.model.freeze_layers_below(self.model_config.freeze_layers_below)
+        # train.unfreeze_every: thaws one more layer every N optimizer steps (None: the frozen layers stay frozen)
+        self.unfreezing = GradualUnfreezing.from_config(self.model, self.model_config, self.config, self.runtime)
+        self.windows = WindowSpec.from_config(self.config)  # None: long texts are truncated
+        if self.windows is not None:
+            self.model.configure_windows(self.windows.aggregation)  # before .to(device): may add window_scorer
         self._check_max_length()
         self.model.to(self.runtime.device)
         if self.runtime.distributed:  # the same initial weights on every rank, then each rank its own dropout masks
             seed_everything(self.config.seed, self.runtime.rank)
         self.label_map = self.model.label_map or (self.data.label_map if self.data else None)
+        # Multi-label decision thresholds: 0.5 until tuned on dev (tune_thresholds); saved with the best model.
+        self.thresholds = Thresholds.fixed(len(self.label_map)) if self.label_map is not None else None
 
+        # Texts are normalised (synonym table, width folding) in _tokenize, for every split and every evaluate.
+        self.normalizer = normalizer if normalizer is not None else TextNormalizer.from_config(self.data_config)
+        if self.data is not None and self.data_config.augment:  # training rows only; made once, seeded
+            self.data = augment_dataset(self.data, self.data_config, self.config.seed, log=self.print)
         self.train_dataset = self._tokenize(self.data.train) if self.data else None
         self.dev_dataset = self._tokenize(self.data.dev) if self.data and self.data.dev else None
-        self.collate = make_collate(self.tokenizer.pad_token_id or 0, self.runtime.pad_to_multiple_of)
+        if not isinstance(model, nn.Module) and self.label_map.multi_label and self.train_dataset is not None:
+            init_prior_bias(self.model, self.train_dataset.labels)  # a fresh head starts at the label priors
+        # train.class_weights as a [C] vector (None: unweighted), from the training labels; see textclf.losses
+        self.class_weights = (None if self.config.class_weights is None else class_weight_vector(
+            self.config.class_weights, self.label_map, getattr(self.train_dataset, "labels", None)
+        ).to(self.runtime.device))
+        self.collate = (make_window_collate if self.windows else make_collate)(self.tokenizer.pad_token_id or 0,
+                                                                                self.runtime.pad_to_multiple_of)
 
         self.state = TrainState()
         self.callbacks: list[Callback] = list(callbacks or [])
@@ -169,12 +203,18 @@ class Trainer:
 
         ``max_length`` is the one the model was trained with; ``kwargs`` go to the constructor.
         """
-        model = TextClassifier.from_pretrained(folder)
+        model = load_model(folder)  # a TextClassifier, or an EnsembleClassifier for an ensemble folder
         trained = json.loads((Path(folder) / "textclf.json").read_text(encoding="utf-8")).get("train_config", {})
+        windowed = {k: trained[k] for k in ("long_texts", "window_overlap", "window_aggregation", "max_windows")
+                    if k in trained}  # evaluate reads long texts the way the model was trained to
         config = TrainConfig(max_length=trained.get("max_length", 128), device=device, precision=precision,
-                             eval_batch_size=eval_batch_size)
+                             eval_batch_size=eval_batch_size, **windowed)
         kwargs.setdefault("progress", False)
-        return cls(model, tokenizer=load_tokenizer(str(folder)), config=config, **kwargs)
+        kwargs.setdefault("normalizer", TextNormalizer.load(folder))  # texts read as in training
+        trainer = cls(model, tokenizer=load_tokenizer(str(folder)), config=config, **kwargs)
+        if trainer.label_map is not None and trainer.label_map.multi_label:
+            trainer.thresholds = read_thresholds(folder, trainer.label_map.names)
+        return trainer
 
     # ==================================================================================================
     # fit
@@ -197,6 +237,8 @@ class Trainer:
         self.ddp_model = self._wrap_distributed(self.model)
         if checkpoint is not None:
             self._restore(checkpoint)  # restores RNG states last, right before the first step
+        if self.unfreezing is not None:  # which layers train is a function of the step: a resume thaws the same
+            self.unfreezing.apply(self.state.global_step)
         self._open_loggers()
         self._emit("on_train_begin")
         self.print(f"training on {self.runtime.device} in {self.runtime.precision}: {len(self.train_dataset)} rows, "
@@ -245,6 +287,10 @@ class Trainer:
     def _after_optimizer_step(self, end_of_epoch: bool) -> None:
         """Log, evaluate and checkpoint at their cadences; then let callbacks react."""
         step, cfg = self.state.global_step, self.config
+        if self.unfreezing is not None and self.unfreezing.apply(step):
+            frozen = self.unfreezing.frozen_below(step)
+            self.print(f"step {step}: " + (f"encoder layers below {frozen} and the embeddings stay frozen"
+                                           if frozen >= 0 else "every layer trains now"))
         last = step >= self.total_steps
         self._emit("on_step_end")
         self._agree_on_interrupt()
@@ -266,19 +312,23 @@ class Trainer:
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         """AdamW (no decay on biases/LayerNorm) and warmup + linear/cosine decay, stepped per optimizer step."""
-        optimizer = build_adamw(self.model, self.config.lr, self.config.weight_decay, self.runtime.device)
+        if uses_finetune_control(self.config):  # layer-wise / head learning rates, or frozen layers to thaw later
+            optimizer = build_finetune_adamw(self.model, self.config, self.runtime.device)
+        else:
+            optimizer = build_adamw(self.model, self.config.lr, self.config.weight_decay, self.runtime.device)
         scheduler = build_scheduler(optimizer, self.total_steps, self.config.warmup_ratio, self.config.schedule)
         return optimizer, scheduler
 
     def compute_loss(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean loss of a batch from the model's outputs (logits ``[B, C]``) and the batch's ``labels``.
 
-        Cross-entropy for single-label data, binary cross-entropy for multi-label data; computed in fp32 even
-        under autocast, since the softmax of low-precision logits loses accuracy.
+        Cross-entropy for single-label data, binary cross-entropy for multi-label data, with the class weights,
+        focal loss and label smoothing of the config (see :func:`textclf.losses.classification_loss`); computed in
+        fp32 even under autocast, since the softmax of low-precision logits loses accuracy.
         """
-        if self.label_map is not None and self.label_map.multi_label:
-            return F.binary_cross_entropy_with_logits(outputs.float(), batch["labels"].float())
-        return F.cross_entropy(outputs.float(), batch["labels"])
+        cfg = self.config
+        return classification_loss(outputs, batch["labels"], self.label_map is not None and self.label_map.multi_label,
+                                   self.class_weights, cfg.focal_gamma, cfg.label_smoothing)
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         """Forward, loss and backward of one micro-batch.
@@ -289,10 +339,10 @@ class Trainer:
         num_tokens = int(batch["attention_mask"].sum())  # on the host copy: no device sync
         batch = self._to_device(batch)
         with self.runtime.autocast():
-            logits = self.ddp_model(batch["input_ids"], batch["attention_mask"])
+            logits = self.ddp_model(batch["input_ids"], batch["attention_mask"], **_window_inputs(batch))
         loss = self.compute_loss(logits, batch)
         self.scaler.scale(loss / self.accumulated).backward()
-        return StepOutput(loss.detach(), logits.detach(), len(batch["input_ids"]), num_tokens)
+        return StepOutput(loss.detach(), logits.detach(), len(logits), num_tokens)  # rows = texts, not windows
 
     def optimizer_step(self) -> None:
         """Unscale, clip, step (skipped by the scaler on fp16 overflow), update, zero grads, step the schedule."""
@@ -321,47 +371,79 @@ class Trainer:
         """Forward and (when labels are present) loss of one evaluation batch, under autocast."""
         batch = self._to_device(batch)
         with self.runtime.autocast():
-            logits = self.model(batch["input_ids"], batch["attention_mask"])
+            logits = self.model(batch["input_ids"], batch["attention_mask"], **_window_inputs(batch))
         loss = self.compute_loss(logits, batch) if "labels" in batch else torch.zeros((), device=logits.device)
-        return StepOutput(loss, logits.float(), len(batch["input_ids"]))
+        return StepOutput(loss, logits.float(), len(logits))
 
     # ==================================================================================================
     # evaluation and prediction
     # ==================================================================================================
 
-    def evaluate(self, data: Split | TextClassificationDataset | None = None) -> EvalReport:
+    def evaluate(self, data: Split | TextClassificationDataset | None = None, batch_hook=None) -> EvalReport:
         """Accuracy, macro/micro F1, per-class scores and confusion matrix on ``data`` (default: dev).
 
         Predictions stream into a confusion matrix; no logits are kept. Under distributed training each rank
         evaluates its own rows and the matrices are summed.
+
+        Args:
+            data: a labelled :class:`Split` or dataset (default: the dev split).
+            batch_hook: called after each batch as ``batch_hook(rows, logits, labels)``: ``rows`` are the
+                batch's row indices into ``data``, ``logits`` ``[B, C]`` float32 on the device, ``labels`` the
+                batch's labels; used by error analysis and calibration (:mod:`textclf.analysis`).
         """
         dataset = self.dev_dataset if data is None else self._as_dataset(data)
         if dataset is None:
             raise ConfigError("Trainer.evaluate: no dev split; pass a Split or dataset to evaluate")
         was_training = self.model.training
         self.model.eval()
-        matrix = ConfusionMatrix(len(self.label_map), self.runtime.device)
+        multi_label = self.label_map.multi_label  # per-label counts at the decision thresholds + histograms
+        matrix = (MultiLabelMetrics(len(self.label_map), self.thresholds.candidates(), self.runtime.device)
+                  if multi_label else ConfusionMatrix(len(self.label_map), self.runtime.device))
         loss_sum = torch.zeros((), device=self.runtime.device)
         batches = sequential_shard(len(dataset), self.config.eval_batch_size, self.runtime.rank,
                                    self.runtime.world_size, dataset.lengths)
         with torch.inference_mode():
-            for batch in self._loader(batches, dataset):
+            for rows, batch in zip(batches, self._loader(batches, dataset)):
                 output = self.evaluation_step(batch)
-                matrix.update(output.logits.argmax(-1), batch["labels"].to(self.runtime.device))
+                if batch_hook is not None:  # e.g. error analysis, calibration: rows index the evaluated split
+                    batch_hook(rows, output.logits, batch["labels"])
+                matrix.update(output.logits if multi_label else output.logits.argmax(-1),
+                              batch["labels"].to(self.runtime.device))
                 loss_sum += output.loss.float() * output.num_rows
         if self.runtime.distributed:  # disjoint shards, no padding rows: the sums count every row exactly once
             matrix.all_reduce()
             torch.distributed.all_reduce(loss_sum)
         self.model.train(was_training)
+        if multi_label:
+            return matrix.report(self.label_map.names, float(loss_sum) / max(1, int(matrix.num_rows)))
         counts = matrix.numpy()
         return report_from_confusion(counts, self.label_map.names, float(loss_sum) / max(1, int(counts.sum())))
+
+    def tune_thresholds(self, data: Split | TextClassificationDataset | None = None,
+                        save_to: str | Path | None = None) -> Thresholds:
+        """Tune the multi-label decision thresholds on ``data`` (default: dev) and apply them from now on.
+
+        ``config.threshold_tuning`` picks one global threshold (maximising micro F1) or one per label (each
+        maximising its F1; labels with fewer than ``config.threshold_min_positives`` positives keep the global
+        one); see :mod:`textclf.multilabel`. ``save_to`` (a model folder) stores them in its ``textclf.json``,
+        where :class:`~textclf.Predictor`, ``textclf evaluate`` and the service find them.
+        """
+        if not self.label_map.multi_label:
+            raise ConfigError("Trainer.tune_thresholds: thresholds apply to multi-label models only")
+        report = self.evaluate(data)
+        self.thresholds = tune_thresholds(report.histograms, self.config.threshold_tuning,
+                                          self.config.threshold_min_positives, f"dev ({report.num_rows} rows)")
+        if save_to is not None and self.runtime.is_main:
+            save_thresholds(save_to, self.thresholds, self.label_map.names)
+        return self.thresholds
 
     def predict(self, texts: list[str], top_k: int = 1, batch_size: int | None = None):
         """Predict labels and probabilities for raw texts with the current weights (see :class:`Predictor`)."""
         from .predict import Predictor
 
         predictor = Predictor(self.model, self.tokenizer, self.label_map, device=self.runtime.device,
-                              max_length=self.config.max_length, precision=self.runtime.precision)
+                              max_length=self.config.max_length, precision=self.runtime.precision,
+                              thresholds=self.thresholds, windows=self.windows)
         return predictor.predict(texts, top_k=top_k, batch_size=batch_size or self.config.eval_batch_size)
 
     # ==================================================================================================
@@ -381,7 +463,12 @@ class Trainer:
     def train_sampler(self):
         if not hasattr(self, "_train_sampler"):
             cfg, rt = self.config, self.runtime
-            if cfg.max_tokens is not None:
+            if cfg.sampler != "random":  # class-balanced or class-weighted draws (textclf.sampling)
+                weights = row_weights(self.train_dataset.labels, len(self.label_map), cfg.sampler)
+                lengths = self.train_dataset.lengths if cfg.group_by_length else None
+                self._train_sampler = WeightedBatches(weights, cfg.batch_size, cfg.seed, lengths, rank=rt.rank,
+                                                      world_size=rt.world_size)
+            elif cfg.max_tokens is not None:
                 self._train_sampler = TokenBudgetBatches(self.train_dataset.lengths, cfg.max_tokens, cfg.seed,
                                                          rank=rt.rank, world_size=rt.world_size)
             elif cfg.group_by_length:
@@ -422,11 +509,22 @@ class Trainer:
             getattr(callback, event)(self, *args)
 
     def _tokenize(self, split: Split) -> TextClassificationDataset:
-        dataset = TextClassificationDataset.from_split(split, self.tokenizer, self.config.max_length, self.label_map
-                                                       if hasattr(self, "label_map") else self.data.label_map)
-        if dataset.num_truncated:
+        if getattr(self, "normalizer", None) is not None:
+            split = self.normalizer.apply_split(split)
+        label_map = self.label_map if hasattr(self, "label_map") else self.data.label_map
+        if self.windows is not None:
+            dataset = WindowedTextDataset.from_split(split, self.tokenizer, self.windows, label_map)
+            self.print(describe_windows(dataset, split.name))
+        else:
+            dataset = TextClassificationDataset.from_split(split, self.tokenizer, self.config.max_length, label_map)
+        if dataset.num_truncated and self.windows is None:
+            share = dataset.num_truncated / len(dataset)
+            # Above one text in ten, truncation is likely to cost accuracy: point at the remedy.
+            hint = (f"; {share:.0%} of the texts lose their end: consider --long-texts windows "
+                    "(see docs/long-texts.md)") if share > 0.1 else ""
             self.print(f"{split.name}: {dataset.num_truncated} of {len(dataset)} texts are longer than "
-                       f"max_length={self.config.max_length} tokens and were truncated")
+                       f"max_length={self.config.max_length} tokens and were truncated{hint}")
+        self.truncated_rows = {**getattr(self, "truncated_rows", {}), split.name: dataset.num_truncated}
         return dataset
 
     def _as_dataset(self, data) -> TextClassificationDataset:
@@ -536,7 +634,8 @@ class Trainer:
                                    **{k: report[k] for k in ("accuracy", "macro_f1", "micro_f1", "loss")}})
         for logger in self.loggers:
             logger.log_metrics({f"dev/{k}": report[k] for k in ("accuracy", "macro_f1", "micro_f1", "loss")}, step)
-            logger.log_confusion(report.confusion_matrix, report.label_names, step, "dev")
+            if report.confusion_matrix:  # multi-label reports carry per-label counts instead
+                logger.log_confusion(report.confusion_matrix, report.label_names, step, "dev")
         best = self.state.best_metric
         improved = best is None or (value < best if self.config.metric == "loss" else value > best)
         if improved:
@@ -596,7 +695,8 @@ class Trainer:
     # make the checkpoint's data position or optimizer state mean something else.
     RESUMABLE_SETTINGS = ("run.", "data.", "train.device", "train.precision", "train.num_workers",
                           "train.eval_batch_size", "train.log_steps", "train.epochs", "train.max_steps",
-                          "train.patience", "train.eval_steps", "train.save_steps", "train.keep_checkpoints")
+                          "train.patience", "train.eval_steps", "train.save_steps", "train.keep_checkpoints",
+                          "train.calibrate")
 
     def _setting_changes(self, saved: dict) -> list[str]:
         """``"section.field: then -> now"`` for every setting that differs from ``saved`` and matters to a resume."""
@@ -708,8 +808,17 @@ class Trainer:
     def _save_bundle(self, folder: Path, extra: dict) -> None:
         """Write a loadable model folder (``best/`` or ``last/``) atomically, on rank 0."""
         if self.runtime.is_main:
-            extra = {**extra, "base_model": self.model_config.name, "train_config": dataclasses.asdict(self.config)}
-            ckpt.write_atomically(folder, lambda tmp: self.model.save_pretrained(tmp, self.tokenizer, extra))
+            extra = {**extra, "base_model": self.model_config.name, "train_config": dataclasses.asdict(self.config),
+                     "windows": self.windows.to_dict() if self.windows else None}  # read by Predictor
+            if self.normalizer is not None:
+                extra["normalizer"] = "normalizer.json"  # read back by Predictor and Trainer.from_pretrained
+
+            def write(tmp):
+                self.model.save_pretrained(tmp, self.tokenizer, extra)
+                if self.normalizer is not None:
+                    self.normalizer.save(tmp)
+
+            ckpt.write_atomically(folder, write)
 
     def _finish(self) -> FitResult:
         """Save ``last/``, reload the best weights, evaluate them on dev and test, write the reports."""
@@ -731,16 +840,27 @@ class Trainer:
         if self.runtime.is_main and (self.output_dir / "best").is_dir():
             self.model.load_weights(self.output_dir / "best")
         broadcast_module(self.runtime, self.model)
+        if (self.label_map.multi_label and self.config.threshold_tuning != "none" and self.dev_dataset is not None
+                and (self.output_dir / "best").is_dir()):
+            self.tune_thresholds(save_to=self.output_dir / "best")
         metrics = {"best_step": self.state.best_step, "global_step": self.state.global_step,
                    "metric": self.config.metric, "history": self.state.history}
         sections = []
+        # Temperature fitted on dev, ECE, errors.csv and the plots (textclf.analysis); labels are unchanged.
+        analysis = RunAnalysis(self.label_map.names, self.label_map.multi_label, self.config.calibrate)
         for name, dataset in (("dev", self.dev_dataset),
                               ("test", self._tokenize(self.data.test) if self.data.test else None)):
             if dataset is not None:
-                report = self.evaluate(dataset)
+                report = self.evaluate(dataset, batch_hook=analysis.hook(name, getattr(self.data, name)))
+                note = analysis.after(name, report)
                 metrics[name] = report.to_dict()
                 sections.append(f"== {name} ({report.num_rows} rows, best model from step {self.state.best_step})"
-                                f" ==\n{report.format()}")
+                                f" ==\n{report.format()}\n{note}")
+        if self.runtime.is_main:
+            best = self.output_dir / "best"
+            metrics["calibration"] = analysis.finish(self.output_dir, best if best.is_dir() else None)
+        # texts per split longer than max_length (windows: needing more than max_windows windows)
+        metrics["truncated_rows"] = dict(getattr(self, "truncated_rows", {}))
         if self.runtime.is_main:
             (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
             (self.output_dir / "report.txt").write_text("\n\n".join(sections) + "\n", encoding="utf-8")
@@ -837,6 +957,11 @@ class Trainer:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
+
+
+def _window_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's extra input for windowed batches: ``num_windows`` ``[N]`` (see windows.py); none otherwise."""
+    return {"num_windows": batch["num_windows"]} if "num_windows" in batch else {}
 
 
 def _flatten(config: dict) -> dict:

@@ -1,0 +1,70 @@
+"""Error analysis: only misclassified rows, their top-2 labels and probabilities, most confident mistakes first."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from test_predict import TEXTS, build_tiny_classifier
+
+from textclf.analysis import ERROR_COLUMNS, ErrorCollector
+from textclf.data import Split
+
+
+def _read(path):
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_collector_keeps_mistakes_sorted_by_confidence(tmp_path):
+    split = Split("test", ["t0", "t1", "t2", "t3", "t4"], None, "x.csv", locations=[2, 3, 4, 5, 6],
+                  location_kind="line")
+    logits = torch.tensor([[3.0, 0.0, 0.0], [0.0, 1.0, 0.5], [0.0, 0.2, 5.0], [2.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    collector = ErrorCollector(["a", "b", "c"], temperature=2.0)
+    # Rows arrive in any order (evaluation sorts them by length): two batches, out of order.
+    collector.hook([3, 1], logits[[3, 1]], labels[[3, 1]])
+    collector.hook([0, 2, 4], logits[[0, 2, 4]], labels[[0, 2, 4]])
+    assert collector.write(tmp_path / "errors.csv", split) == 3
+    rows = _read(tmp_path / "errors.csv")
+    assert list(rows[0]) == ERROR_COLUMNS
+    assert [r["text"] for r in rows] == ["t2", "t3", "t1"]  # confidence 0.90, 0.58, 0.42 at T = 2
+    assert [r["line"] for r in rows] == ["4", "5", "3"] and [r["label"] for r in rows] == ["b", "b", "a"]
+    probs = (logits[2] / 2).softmax(-1).numpy()
+    assert rows[0]["top1"] == rows[0]["predicted"] == "c" and rows[0]["top2"] == "b"
+    assert float(rows[0]["top1_prob"]) == pytest.approx(probs[2], abs=1e-4)
+    assert float(rows[0]["top2_prob"]) == pytest.approx(probs[1], abs=1e-4)
+    confidences = [float(r["confidence"]) for r in rows]
+    assert confidences == sorted(confidences, reverse=True)
+
+
+def test_multi_label_errors_compare_label_sets(tmp_path):
+    split = Split("test", ["u", "v"], None, "<list>")
+    collector = ErrorCollector(["x", "y", "z"], multi_label=True)
+    collector.hook([0, 1], torch.tensor([[3.0, 3.0, -3.0], [3.0, -3.0, -3.0]]),
+                   torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]]))
+    collector.write(tmp_path / "e.csv", split)
+    (row,) = _read(tmp_path / "e.csv")
+    assert row["text"] == "v" and row["label"] == "x|z" and row["predicted"] == "x"
+
+
+def test_cli_evaluate_writes_errors(tiny_model_dir, tmp_path):
+    from textclf.cli import main
+    from textclf.predict import Predictor
+
+    folder = build_tiny_classifier(tiny_model_dir, tmp_path / "m", ["a", "b", "c"])
+    predicted = [p.label for p in Predictor.from_pretrained(folder, device="cpu", precision="fp32").predict(TEXTS)]
+    gold = ["a", "b", "c", "a", "b", "c", "a"]
+    data = tmp_path / "eval.csv"
+    with open(data, "w", encoding="utf-8", newline="") as handle:
+        csv.writer(handle).writerows([["text", "label"], *zip(TEXTS, gold)])
+    assert main(["evaluate", "--model", str(folder), "--data", str(data), "--errors", str(tmp_path / "err.csv"),
+                 "--device", "cpu"]) == 0
+    rows = _read(tmp_path / "err.csv")
+    wrong = [i for i, (p, g) in enumerate(zip(predicted, gold)) if p != g]
+    assert len(rows) == len(wrong) > 0
+    assert sorted(int(r["line"]) for r in rows) == [i + 2 for i in wrong]  # line 1 is the header
+    assert all(r["predicted"] == predicted[int(r["line"]) - 2] != r["label"] for r in rows)
+    assert np.all(np.diff([float(r["confidence"]) for r in rows]) <= 0)
