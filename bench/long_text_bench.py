@@ -59,7 +59,7 @@ def run_one(name: str, data, args) -> dict:
 
     import textclf
 
-    config = textclf.TrainConfig(**RECIPE, **RUNS[name])
+    config = textclf.TrainConfig(**{**RECIPE, "lr": args.lr}, **RUNS[name])
     out = Path(args.work) / name
     wall, cpu, load = time.perf_counter(), cpu_seconds(), os.getloadavg()[0]
     trainer = textclf.Trainer("minilm", data, out, config, progress=False, overwrite=True,
@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--train-rows", type=int, default=1000, help="stratified training subset (default 1000)")
-    parser.add_argument("--freeze-layers-below", type=int, default=4, help="frozen lower layers (default 4 of 6)")
+    parser.add_argument("--freeze-layers-below", type=lambda v: None if v.lower() == "none" else int(v), default=4,
+                        help="frozen lower layers (default 4 of 6; none trains every layer)")
+    parser.add_argument("--lr", type=float, default=RECIPE["lr"], help=f"peak learning rate (default {RECIPE['lr']})")
     parser.add_argument("--test-rows", type=int, help="score only the first N test rows (a quick smoke run)")
     parser.add_argument("--work", default=str(ROOT / "bench" / "work" / "long-texts"), help="run folders")
     parser.add_argument("--output", default=str(RESULTS))
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(output.read_text(encoding="utf-8")) if output.is_file() else {}
     results["setup"] = {
         "data": "chnsenticorp_htl", "train_rows": len(subset), "train_rows_available": len(full.train),
-        "test_rows": len(test), "model": "minilm (all-MiniLM-L6-v2)", "recipe": RECIPE,
+        "test_rows": len(test), "model": "minilm (all-MiniLM-L6-v2)", "recipe": {**RECIPE, "lr": args.lr},
         "pooling": "mean", "freeze_layers_below": args.freeze_layers_below, "dev": "none (final weights scored)",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, "
                    f"torch threads {torch.get_num_threads()}",

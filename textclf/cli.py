@@ -1,6 +1,7 @@
 """The ``textclf`` command line: subcommands over the same Python API.
 
-``textclf train | evaluate | predict | info | export | serve`` (also ``python -m textclf ...``).
+``textclf train | evaluate | predict | info | export | serve | baseline | audit | pretrain | tokenizer train``
+(also ``python -m textclf ...``).
 
 Training flags are generated from the config dataclasses, so ``--help`` always lists every field with the
 same text as the configuration reference. Values resolve in this order: dataclass defaults, then a

@@ -13,6 +13,7 @@ distributed ranks (each rank takes every ``world_size``-th batch), and testing (
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -141,6 +142,24 @@ class TokenBudgetBatches:
             if current:
                 batches.append(current)
         return _shard(_shuffle_longest_first(batches, self.lengths, generator), self.rank, self.world_size, True)
+
+
+def training_batches(lengths: Sequence[int], batch_size: int, seed: int, max_tokens: int | None = None,
+                     group_by_length: bool = True, rank: int = 0, world_size: int = 1):
+    """The training sampler a recipe asks for: token-budget batches when ``max_tokens`` is set, else length-grouped
+    or plain random batches of ``batch_size`` rows. Shared by fine-tuning and MLM pretraining."""
+    if max_tokens is not None:
+        return TokenBudgetBatches(lengths, max_tokens, seed, rank=rank, world_size=world_size)
+    if group_by_length:
+        return LengthGroupedBatches(lengths, batch_size, seed, rank=rank, world_size=world_size)
+    return RandomBatches(len(lengths), batch_size, seed, rank=rank, world_size=world_size)
+
+
+def count_optimizer_steps(batches_per_epoch: int, grad_accum: int, epochs: float, max_steps: int | None) -> int:
+    """Optimizer steps of a run: ``max_steps`` when set, else ``epochs`` passes of accumulation windows."""
+    if max_steps is not None:
+        return max_steps
+    return max(1, math.ceil(epochs * math.ceil(batches_per_epoch / grad_accum)))
 
 
 def sequential_shard(num_rows: int, batch_size: int, rank: int = 0, world_size: int = 1,

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import checkpoint as ckpt
 from .callbacks import Callback, ProgressBar
-from .collate import LengthGroupedBatches, RandomBatches, TokenBudgetBatches
+from .collate import count_optimizer_steps, training_batches
 from .config import DataConfig, PretrainConfig, TrainConfig, load_mapping, save_mapping
 from .errors import ConfigError, DataError, ModelLoadError, OutputDirError, TrainingError
 from .loggers import JsonlLogger, TensorBoardLogger
@@ -584,12 +584,8 @@ class Pretrainer:
     def sampler(self):
         if not hasattr(self, "_sampler"):
             cfg = self.config
-            if cfg.max_tokens is not None:
-                self._sampler = TokenBudgetBatches(self.dataset.lengths, cfg.max_tokens, cfg.seed)
-            elif cfg.group_by_length:
-                self._sampler = LengthGroupedBatches(self.dataset.lengths, cfg.batch_size, cfg.seed)
-            else:
-                self._sampler = RandomBatches(len(self.dataset), cfg.batch_size, cfg.seed)
+            self._sampler = training_batches(self.dataset.lengths, cfg.batch_size, cfg.seed, cfg.max_tokens,
+                                             cfg.group_by_length)
         return self._sampler
 
     @property
@@ -598,9 +594,8 @@ class Pretrainer:
 
     @property
     def total_steps(self) -> int:
-        if self.config.max_steps is not None:
-            return self.config.max_steps
-        return max(1, math.ceil(self.config.epochs * self.steps_per_epoch))
+        cfg = self.config
+        return count_optimizer_steps(len(self.sampler.epoch_batches(0)), cfg.grad_accum, cfg.epochs, cfg.max_steps)
 
     @property
     def should_stop(self) -> bool:

@@ -35,7 +35,7 @@ from . import checkpoint as ckpt
 from .analysis import RunAnalysis
 from .augment import augment_dataset
 from .callbacks import Callback, EarlyStopping, ProgressBar
-from .collate import LengthGroupedBatches, RandomBatches, TokenBudgetBatches, make_collate, sequential_shard
+from .collate import count_optimizer_steps, make_collate, sequential_shard, training_batches
 from .config import DataConfig, ModelConfig, RunConfig, RunPaths, TrainConfig
 from .data import DatasetSplits, Split, TextClassificationDataset, load_dataset
 from .ensemble import load_model
@@ -468,15 +468,9 @@ class Trainer:
                 lengths = self.train_dataset.lengths if cfg.group_by_length else None
                 self._train_sampler = WeightedBatches(weights, cfg.batch_size, cfg.seed, lengths, rank=rt.rank,
                                                       world_size=rt.world_size)
-            elif cfg.max_tokens is not None:
-                self._train_sampler = TokenBudgetBatches(self.train_dataset.lengths, cfg.max_tokens, cfg.seed,
-                                                         rank=rt.rank, world_size=rt.world_size)
-            elif cfg.group_by_length:
-                self._train_sampler = LengthGroupedBatches(self.train_dataset.lengths, cfg.batch_size, cfg.seed,
-                                                           rank=rt.rank, world_size=rt.world_size)
             else:
-                self._train_sampler = RandomBatches(len(self.train_dataset), cfg.batch_size, cfg.seed,
-                                                    rank=rt.rank, world_size=rt.world_size)
+                self._train_sampler = training_batches(self.train_dataset.lengths, cfg.batch_size, cfg.seed,
+                                                       cfg.max_tokens, cfg.group_by_length, rt.rank, rt.world_size)
         return self._train_sampler
 
     @property
@@ -485,9 +479,9 @@ class Trainer:
 
     @property
     def total_steps(self) -> int:
-        if self.config.max_steps is not None:
-            return self.config.max_steps
-        return max(1, math.ceil(self.config.epochs * self.steps_per_epoch))
+        cfg = self.config
+        return count_optimizer_steps(len(self.train_sampler.epoch_batches(0)), cfg.grad_accum, cfg.epochs,
+                                     cfg.max_steps)
 
     @property
     def global_batch_size(self) -> int:
