@@ -62,7 +62,7 @@ def run_one(name: str, data, args) -> dict:
     config = textclf.TrainConfig(**{**RECIPE, "lr": args.lr}, **RUNS[name])
     out = Path(args.work) / name
     wall, cpu, load = time.perf_counter(), cpu_seconds(), os.getloadavg()[0]
-    trainer = textclf.Trainer("minilm", data, out, config, progress=False, overwrite=True,
+    trainer = textclf.Trainer(args.model, data, out, config, progress=False, overwrite=True,
                               model_config=textclf.ModelConfig(pooling="mean",
                                                                freeze_layers_below=args.freeze_layers_below))
     result = trainer.fit()
@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-rows", type=int, default=1000, help="stratified training subset (default 1000)")
     parser.add_argument("--freeze-layers-below", type=lambda v: None if v.lower() == "none" else int(v), default=4,
                         help="frozen lower layers (default 4 of 6; none trains every layer)")
+    parser.add_argument("--model", default="minilm", help="encoder to fine-tune (default minilm), e.g. the Chinese "
+                        "encoder of docs/pretraining.md")
     parser.add_argument("--lr", type=float, default=RECIPE["lr"], help=f"peak learning rate (default {RECIPE['lr']})")
     parser.add_argument("--test-rows", type=int, help="score only the first N test rows (a quick smoke run)")
     parser.add_argument("--work", default=str(ROOT / "bench" / "work" / "long-texts"), help="run folders")
@@ -117,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(output.read_text(encoding="utf-8")) if output.is_file() else {}
     results["setup"] = {
         "data": "chnsenticorp_htl", "train_rows": len(subset), "train_rows_available": len(full.train),
-        "test_rows": len(test), "model": "minilm (all-MiniLM-L6-v2)", "recipe": {**RECIPE, "lr": args.lr},
+        "test_rows": len(test), "recipe": {**RECIPE, "lr": args.lr},
+        "model": "minilm (all-MiniLM-L6-v2)" if args.model == "minilm" else args.model,
         "pooling": "mean", "freeze_layers_below": args.freeze_layers_below, "dev": "none (final weights scored)",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, "
                    f"torch threads {torch.get_num_threads()}",
