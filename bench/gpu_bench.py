@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     for round_index in range(args.rounds):
         order = list(SYSTEMS) if round_index % 2 == 0 else list(reversed(SYSTEMS))
         for system in order:
-            result = measure(system, args.data, None, systems=SYSTEMS, model=str(model))
+            result = measure(system, args.data, None, commands=SYSTEMS, model=str(model))
             result["mfu_vs_bf16_peak"] = result["train_tokens_per_s"] * result["flops_per_token"] / (peak * 1e12)
             runs[system].append(result)
             print(f"{system:>18}: {result['train_samples_per_s']:8.1f} samples/s {result['train_tokens_per_s']:9.0f} "

@@ -5,11 +5,13 @@ per dataset (textclf, peer default, peer best, textclf, ...) so that a noisy mac
 
 Same encoder (``minilm``), data and hyper-parameters for both: 1 epoch, batch 32, max_length 128, lr 1e-4,
 warmup 10%, weight decay 0.01, gradient clipping 1.0, seed 0. The peer runs in its default configuration
-(fp32, dynamic padding) and its best (bf16 autocast + length-grouped sampling).
+(fp32, dynamic padding) and its best (bf16 autocast + length-grouped sampling; fp32 + grouping on a CPU without
+native bf16, where bf16 is emulated and far slower).
 
 Reported per run: train samples/s and real (non-pad) tokens/s over the training loop alone, predict
 samples/s on the test split, test accuracy and macro-F1, peak RSS, and model FLOPs utilisation (MFU):
-training FLOPs per real token x tokens/s over the fp32 / bf16 matmul peaks measured in the same run.
+training FLOPs per real token x tokens/s over the matmul peak, measured in the same run, of the precision the
+run computed in (the JSON also holds it against the bf16 peak).
 
     python -m bench.train_bench                 # both datasets, writes bench/results/train.json
     python -m bench.train_bench --datasets trec --max-train-rows 1000   # a quick look
@@ -77,7 +79,7 @@ def run_textclf(dataset: str, precision: str, max_rows: int | None, model: str =
     in_order = [p.label for p in predictions[:50]] == one_by_one  # batched, length-sorted results keep input order
     return _result(len(data.train), tokens, timer.seconds, len(data.test), predict_seconds, report.accuracy,
                    report.macro_f1, in_order=in_order, encoder=trainer.model.encoder,
-                   lengths=trainer.train_dataset.lengths)
+                   lengths=trainer.train_dataset.lengths, precision=trainer.runtime.precision)
 
 
 def run_peer(dataset: str, precision: str, group_by_length: bool, max_rows: int | None, model: str = "minilm") -> dict:
@@ -147,7 +149,7 @@ def run_peer(dataset: str, precision: str, group_by_length: bool, max_rows: int 
     tokens = sum(len(ids) for ids in train.ids)
     return _result(len(train), tokens, timer.seconds, len(test), predict_seconds,
                    accuracy_score(test.labels, predicted), f1_score(test.labels, predicted, average="macro"),
-                   encoder=classifier.base_model, lengths=[len(ids) for ids in train.ids])
+                   encoder=classifier.base_model, lengths=[len(ids) for ids in train.ids], precision=precision)
 
 
 def training_flops_per_token(encoder, lengths) -> float:
@@ -194,16 +196,33 @@ def matmul_peaks(size: int = 2048, repeats: int = 10) -> dict:
 
 # ==================================================================================================== driver
 
-SYSTEMS = {
-    "textclf": ["--system", "textclf", "--precision", "auto"],
-    "peer-default": ["--system", "peer", "--precision", "fp32"],
-    "peer-best": ["--system", "peer", "--precision", "bf16", "--group-by-length"],
-}
+def native_bf16() -> bool:
+    """bf16 where the hardware computes it natively: a GPU with bf16, or a CPU with AVX512-BF16 / AMX."""
+    import torch
+
+    from textclf.runtime import cpu_supports_bf16
+
+    return torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_supports_bf16()
 
 
-def measure(system: str, dataset: str, max_rows: int | None, systems: dict = SYSTEMS, model: str = "minilm") -> dict:
+def systems() -> dict[str, list[str]]:
+    """The three runs. The peer's best configuration uses bf16 only where it is native: on a CPU without it, bf16
+    is emulated (about 400x slower matmuls measured on an AVX2-only CPU), so its best there is fp32 + grouping."""
+    best_precision = "bf16" if native_bf16() else "fp32"
+    return {
+        "textclf": ["--system", "textclf", "--precision", "auto"],
+        "peer-default": ["--system", "peer", "--precision", "fp32"],
+        "peer-best": ["--system", "peer", "--precision", best_precision, "--group-by-length"],
+    }
+
+
+SYSTEMS = ("textclf", "peer-default", "peer-best")
+
+
+def measure(system: str, dataset: str, max_rows: int | None, commands: dict | None = None,
+            model: str = "minilm") -> dict:
     command = [sys.executable, "-m", "bench.train_bench", "worker", "--dataset", dataset, "--model", model,
-               *systems[system]]
+               *(commands or systems())[system]]
     if max_rows:
         command += ["--max-train-rows", str(max_rows)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
@@ -260,11 +279,13 @@ def summarise(runs: dict, peaks: dict) -> dict:
     import numpy as np
 
     summary = {}
-    for dataset, systems in runs.items():
+    for dataset, results_by_system in runs.items():
         rows = {}
-        for system, results in systems.items():
-            mean = {key: float(np.median([r[key] for r in results])) for key in results[0] if key != "in_order"}
-            precision_peak = peaks["bf16"] if system != "peer-default" else peaks["fp32"]
+        for system, results in results_by_system.items():
+            mean = {key: float(np.median([r[key] for r in results])) for key in results[0]
+                    if key not in ("in_order", "precision")}
+            mean["precision"] = results[0].get("precision", "bf16" if system != "peer-default" else "fp32")
+            precision_peak = peaks["bf16"] if mean["precision"] == "bf16" else peaks["fp32"]
             mean["mfu_vs_bf16_peak"] = mean["train_tokens_per_s"] * mean["flops_per_token"] / (peaks["bf16"] * 1e9)
             mean["mfu_vs_own_peak"] = mean["train_tokens_per_s"] * mean["flops_per_token"] / (precision_peak * 1e9)
             rows[system] = mean
@@ -282,14 +303,14 @@ def summarise(runs: dict, peaks: dict) -> dict:
 
 
 def format_table(summary: dict) -> str:
-    lines = [f"{'dataset':>16} {'system':>12} {'train/s':>8} {'tok/s':>8} {'pred/s':>8} {'acc':>6} {'F1':>6} "
-             f"{'RSS MB':>7} {'MFU':>6}"]
+    lines = [f"{'dataset':>16} {'system':>12} {'prec':>4} {'train/s':>8} {'tok/s':>8} {'pred/s':>8} {'acc':>6} "
+             f"{'F1':>6} {'RSS MB':>7} {'MFU':>6}"]
     for dataset, rows in summary.items():
         for system in SYSTEMS:
             r = rows[system]
-            lines.append(f"{dataset:>16} {system:>12} {r['train_samples_per_s']:8.1f} {r['train_tokens_per_s']:8.0f} "
-                         f"{r['predict_samples_per_s']:8.1f} {r['test_accuracy']:6.4f} {r['test_macro_f1']:6.4f} "
-                         f"{r['peak_rss_mb']:7.0f} {r['mfu_vs_bf16_peak']:6.1%}")
+            lines.append(f"{dataset:>16} {system:>12} {r['precision']:>4} {r['train_samples_per_s']:8.1f} "
+                         f"{r['train_tokens_per_s']:8.0f} {r['predict_samples_per_s']:8.1f} {r['test_accuracy']:6.4f} "
+                         f"{r['test_macro_f1']:6.4f} {r['peak_rss_mb']:7.0f} {r['mfu_vs_own_peak']:6.1%}")
         for peer in ("peer-default", "peer-best"):
             ratio = rows[f"ratio-vs-{peer}"]
             lines.append(f"{dataset:>16} textclf/{peer}: train x{ratio['train']:.2f}, "
@@ -325,9 +346,19 @@ def machine() -> dict:
 
     import torch
 
+    from textclf.runtime import cpu_supports_bf16
+
     return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
+            "cpu": _cpu_model(), "cpu_native_bf16": cpu_supports_bf16(), "threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            return next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), None)
+    except OSError:
+        return None
 
 
 if __name__ == "__main__":

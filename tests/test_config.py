@@ -82,6 +82,7 @@ BAD_TYPES = [
     (DataConfig, "augment_synonyms", 3),
     (DataConfig, "entities", ["a.csv"]),
     (TrainConfig, "calibrate", "no"),
+    (TrainConfig, "speedups", "yes"),
 ]
 
 SECTION = {DataConfig: "data", ModelConfig: "model", TrainConfig: "train"}

@@ -65,6 +65,7 @@ from .runtime import (
     setup_runtime,
 )
 from .sampling import WeightedBatches, row_weights
+from .speedups import training_speedups
 from .windows import WindowedTextDataset, WindowSpec, describe_windows, make_window_collate
 
 
@@ -246,7 +247,8 @@ class Trainer:
                    f"({self.config.batch_size} x {self.runtime.world_size} device(s) x {self.config.grad_accum} "
                    f"accumulation), {self.total_steps} optimizer steps")
         try:
-            with self._stop_on_signals():
+            with self._stop_on_signals(), training_speedups(self.model, self.config.speedups,
+                                                            self.runtime.world_size > 1) as self._sparse_grads:
                 while not self._done():
                     self._train_one_epoch()
             return self._finish()
@@ -356,7 +358,7 @@ class Trainer:
         scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)  # skips the update when fp16 gradients overflowed
         self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
         if scale_before is not None and self.scaler.get_scale() < scale_before:  # the scaler skipped this step
             self.state.skipped_steps += 1
             self._skipped_total = getattr(self, "_skipped_total", 0) + 1
@@ -366,6 +368,13 @@ class Trainer:
             return  # the schedule follows the optimizer: no update, no learning-rate step
         self.state.skipped_steps = 0
         self.scheduler.step()
+
+    def zero_grad(self) -> None:
+        """Drop the gradients after a step; the sparse-gradient embedding's buffer is zeroed and kept (speedups)."""
+        if getattr(self, "_sparse_grads", None) is not None:
+            self._sparse_grads.zero_grad(self.optimizer)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
 
     def evaluation_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         """Forward and (when labels are present) loss of one evaluation batch, under autocast."""

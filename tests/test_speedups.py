@@ -1,0 +1,205 @@
+"""Tests for textclf.speedups: the speed-ups change no maths (same dropout law, same updates) and undo themselves."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build_tiny_encoder
+from torch import nn
+
+import textclf
+from textclf.data import DatasetSplits
+from textclf.speedups import FastDropout, SparseEmbeddingGradients, restore_dropout, swap_dropout, training_speedups
+
+
+@pytest.fixture(scope="module")
+def nodrop_model_dir(tmp_path_factory):
+    return build_tiny_encoder(tmp_path_factory.mktemp("tiny-bert-nodrop"), dropout=0.0)
+
+
+# ==================================================================================================================
+# FastDropout
+# ==================================================================================================================
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_fast_dropout_keeps_1_minus_p_and_scales_survivors(p):
+    torch.manual_seed(0)
+    out = FastDropout(p)(torch.ones(400_000))
+    kept = out != 0
+    # 400k Bernoulli draws: the standard error of the kept fraction is below 0.001.
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.005
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / (1 - p)))
+
+
+def test_fast_dropout_masks_are_independent_across_positions():
+    torch.manual_seed(0)
+    kept = (FastDropout(0.5)(torch.ones(100_000, 8)) != 0).float()
+    # The four 16-bit lanes of one 64-bit draw land on neighbouring elements: they must not be correlated.
+    correlation = torch.corrcoef(kept.T)
+    off_diagonal = correlation[~torch.eye(8, dtype=torch.bool)]
+    assert off_diagonal.abs().max() < 0.02
+
+
+def test_fast_dropout_gradient_is_the_mask_times_the_scale():
+    x = torch.randn(64, 33, requires_grad=True)
+    out = FastDropout(0.3)(x)
+    out.sum().backward()
+    expected = (out != 0).float() / 0.7
+    assert torch.allclose(x.grad, expected)
+
+
+def test_fast_dropout_is_the_identity_in_eval_mode_and_at_p0():
+    x = torch.randn(5, 7)
+    assert FastDropout(0.4).eval()(x) is x
+    assert torch.equal(FastDropout(0.0)(x), x)
+    assert torch.equal(FastDropout(1.0)(x), torch.zeros_like(x))
+
+
+def test_fast_dropout_follows_the_seed_and_keeps_the_dtype():
+    x = torch.ones(1000, dtype=torch.bfloat16)
+    torch.manual_seed(3)
+    first = FastDropout(0.2)(x)
+    torch.manual_seed(3)
+    second = FastDropout(0.2)(x)
+    assert torch.equal(first, second)
+    assert first.dtype == torch.bfloat16
+
+
+def test_swap_and_restore_dropout():
+    class Marked(nn.Dropout):
+        pass
+
+    model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.2), nn.Sequential(nn.Dropout(0.3), Marked(0.1)))
+    model.eval()
+    originals = [model[1], model[2][0], model[2][1]]
+    swapped = swap_dropout(model)
+    assert isinstance(model[1], FastDropout) and model[1].p == 0.2 and not model[1].training
+    assert isinstance(model[2][0], FastDropout) and model[2][0].p == 0.3
+    assert model[2][1] is originals[2]  # a subclass may do more than drop: left alone
+    model.train()
+    restore_dropout(swapped)
+    assert [model[1], model[2][0], model[2][1]] == originals
+    assert model[1].training  # the mode the model is in now, not the one it had when swapped
+
+
+# ==================================================================================================================
+# sparse embedding gradients
+# ==================================================================================================================
+
+
+def _tiny_bert(seed=0):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=500, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return BertModel(config)
+
+
+def _train(model, sparse: SparseEmbeddingGradients | None, batches, accum=2):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
+    for start in range(0, len(batches), accum):
+        for ids in batches[start:start + accum]:
+            (model(input_ids=ids).last_hidden_state.square().mean() / accum).backward()
+        grad = model.get_input_embeddings().weight.grad
+        assert grad is not None and not grad.is_sparse  # AdamW and clipping get a dense gradient
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if sparse is None:
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            sparse.zero_grad(optimizer)
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+def test_sparse_embedding_gradients_give_the_same_updates():
+    torch.manual_seed(1)
+    batches = [torch.randint(1, 500, (4, 9)) for _ in range(6)]
+    dense = _train(_tiny_bert(), None, batches)
+    model = _tiny_bert()
+    sparse = SparseEmbeddingGradients(model)
+    sparse.enable()
+    assert model.get_input_embeddings().sparse
+    buffer_ids = set()
+
+    def remember_buffer(module, args):
+        if module.weight.grad is not None:
+            buffer_ids.add(module.weight.grad.data_ptr())
+
+    model.get_input_embeddings().register_forward_pre_hook(remember_buffer)
+    trained = _train(model, sparse, batches)
+    for name, value in dense.items():
+        assert torch.allclose(trained[name], value, atol=1e-6), name
+    assert len(buffer_ids) == 1  # one dense buffer for the whole run, zeroed in place
+    sparse.disable()
+    embedding = model.get_input_embeddings()
+    assert not embedding.sparse and embedding.weight.grad is None
+
+
+def test_a_frozen_embedding_gets_no_buffer_until_it_thaws():
+    model = _tiny_bert()
+    embedding = model.get_input_embeddings()
+    embedding.weight.requires_grad_(False)
+    sparse = SparseEmbeddingGradients(model)
+    sparse.enable()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    assert embedding.weight.grad is None and not embedding.sparse  # AdamW would otherwise still decay it
+    embedding.weight.requires_grad_(True)  # gradual unfreezing thaws it between two steps
+    model(input_ids=torch.randint(1, 500, (2, 5))).last_hidden_state.sum().backward()
+    assert embedding.weight.grad is not None and not embedding.weight.grad.is_sparse
+    sparse.zero_grad(optimizer)
+    assert embedding.sparse and torch.count_nonzero(embedding.weight.grad) == 0  # armed from now on
+
+
+def test_a_sparse_gradient_in_an_empty_grad_is_made_dense():
+    model = _tiny_bert()
+    sparse = SparseEmbeddingGradients(model)
+    sparse.enable()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    optimizer.zero_grad(set_to_none=True)  # what an optimizer_step override might still call
+    model(input_ids=torch.randint(1, 500, (2, 5))).last_hidden_state.sum().backward()
+    assert not model.get_input_embeddings().weight.grad.is_sparse
+    optimizer.step()  # AdamW refuses sparse gradients
+
+
+# ==================================================================================================================
+# in the Trainer
+# ==================================================================================================================
+
+
+def test_fit_with_and_without_speedups_trains_the_same_weights(nodrop_model_dir, tiny_data, tmp_path):
+    """With no dropout in the model, the speed-ups must not change a single update (tolerance: summation order)."""
+    data = DatasetSplits(tiny_data.train.subset(range(48)), None, None, tiny_data.label_map)
+    weights = {}
+    for speedups in (False, True):
+        config = textclf.TrainConfig(max_length=32, batch_size=8, grad_accum=2, lr=1e-3, precision="fp32",
+                                     device="cpu", seed=0, epochs=1, speedups=speedups, calibrate=False)
+        trainer = textclf.Trainer(str(nodrop_model_dir), data, tmp_path / str(speedups), config, progress=False,
+                                  model_config=textclf.ModelConfig(dropout=0.0))
+        trainer.fit()
+        weights[speedups] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        # fit() puts the model back as it was: plain dropout modules, a dense-gradient embedding, no buffer.
+        assert not any(isinstance(m, FastDropout) for m in trainer.model.modules())
+        embedding = trainer.model.encoder.get_input_embeddings()
+        assert not embedding.sparse and embedding.weight.grad is None
+    for name, value in weights[False].items():
+        assert torch.allclose(weights[True][name], value, atol=1e-5), name
+
+
+def test_speedups_are_undone_when_training_fails():
+    model = nn.Module()
+    model.encoder = _tiny_bert()
+    with pytest.raises(RuntimeError, match="boom"):
+        with training_speedups(model, enabled=True, distributed=False):
+            assert model.encoder.get_input_embeddings().sparse
+            raise RuntimeError("boom")
+    assert not model.encoder.get_input_embeddings().sparse
+    assert not any(isinstance(m, FastDropout) for m in model.modules())
+
+
+def test_no_sparse_gradients_under_ddp():
+    model = nn.Module()
+    model.encoder = _tiny_bert()
+    with training_speedups(model, enabled=True, distributed=True) as sparse:
+        assert sparse is None and not model.encoder.get_input_embeddings().sparse

@@ -1,0 +1,167 @@
+"""Training speed-ups that keep the maths: same model, same loss, same updates, less wasted time per step.
+
+Two costs that do not scale with the work of a small encoder dominate its CPU step besides the matmuls
+(measured on MiniLM, TREC questions of ~13 tokens, batch 32; docs/benchmarks.md):
+
+* **The word-embedding gradient.** PyTorch writes it as a dense ``[vocab, hidden]`` tensor (11.7M floats for
+  MiniLM) that it allocates and zero-fills in every backward pass, only to add the few hundred rows the batch
+  used. The allocation is large enough for the C allocator to hand it back to the kernel when it is freed, so
+  every step page-faults 47 MB in again: 20-25 ms a step. :class:`SparseEmbeddingGradients` has the embedding
+  emit a sparse gradient (its used rows) that the autograd engine adds, in place, into a dense buffer kept for
+  the whole run and zeroed in place after each optimizer step (a warm 47 MB memset: about 1 ms). The optimizer
+  and gradient clipping see the same dense gradient as before.
+* **Dropout masks.** ``nn.Dropout`` draws one random number per element through the CPU generator's bernoulli
+  kernel, about 1 ms per ``[32, 16, 384]`` activation. :class:`FastDropout` draws 16 random bits per element
+  (four per 64-bit draw), the same keep probability to within 1/65536, for about a third of the time.
+
+:func:`training_speedups` applies both for the length of ``Trainer.fit`` and puts the model back as it was
+afterwards (a dense embedding gradient and the original dropout modules), so the model a user holds after
+training behaves exactly as a model loaded from disk. ``TrainConfig.speedups=False`` turns them off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+# 16 random bits per element: the keep probability is (65536 - round(p * 65536)) / 65536, within 1/65536 of 1 - p.
+_MASK_LEVELS = 1 << 16
+
+
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` whose CPU training-mode mask costs about a third of the bernoulli kernel's.
+
+    Same contract as ``nn.Dropout``: in training mode each element is zeroed with probability ``p`` and the
+    survivors are scaled by ``1 / (1 - p)``; in eval mode (or with ``p == 0``) the input comes back unchanged.
+    On other devices it is plain ``nn.Dropout`` (CUDA's generator is already fast). The masks come from the
+    global CPU generator, so ``torch.manual_seed`` makes them reproducible.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu" or self.inplace:
+            return super().forward(x)
+        if self.p == 1:
+            return x * 0
+        count = x.numel()
+        # One 64-bit draw gives four 16-bit lanes, uniform over [-32768, 32767]; a lane at or above the threshold
+        # keeps its element.
+        draws = torch.empty((count + 3) // 4, dtype=torch.int64).random_(-(1 << 63), (1 << 63) - 1)
+        lanes = draws.view(torch.int16)[:count].view(x.shape)
+        keep = lanes >= round(self.p * _MASK_LEVELS) - _MASK_LEVELS // 2
+        return x * torch.where(keep, 1.0 / (1.0 - self.p), 0.0).to(x.dtype)
+
+
+def swap_dropout(model: nn.Module) -> list[tuple[nn.Module, str, nn.Dropout]]:
+    """Replace every plain ``nn.Dropout`` in ``model`` by a :class:`FastDropout` of the same rate.
+
+    Returns:
+        ``(parent, attribute, original)`` for each swap, for :func:`restore_dropout`.
+    """
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Dropout:  # subclasses may do more than drop: leave them alone
+                replacement = FastDropout(child.p, child.inplace)
+                replacement.train(child.training)
+                setattr(parent, name, replacement)
+                swapped.append((parent, name, child))
+    return swapped
+
+
+def restore_dropout(swapped: list[tuple[nn.Module, str, nn.Dropout]]) -> None:
+    """Put back the modules :func:`swap_dropout` replaced, in the train/eval mode the model is in now."""
+    for parent, name, original in swapped:
+        original.train(getattr(parent, name).training)
+        setattr(parent, name, original)
+
+
+class SparseEmbeddingGradients:
+    """Word-embedding gradients accumulated, as sparse rows, into dense buffers kept for the whole run.
+
+    An embedding that trains gets a dense, zeroed ``.grad`` and switches to sparse gradients, which the autograd
+    engine adds into that buffer in place. Call :meth:`zero_grad` instead of ``optimizer.zero_grad`` so that
+    the buffer is zeroed, not dropped. A frozen embedding (gradual unfreezing) keeps dense gradients and no
+    buffer until it trains: AdamW skips a weight whose gradient is None but would decay one whose gradient is a
+    zero tensor. Should a sparse gradient still land in an empty ``.grad`` (an override calling
+    ``optimizer.zero_grad`` itself), a hook makes it dense at once, since AdamW and clipping take dense only.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.embeddings = [module for module in _input_embeddings(model) if not module.sparse]
+        self._hooks: dict[nn.Embedding, torch.utils.hooks.RemovableHandle] = {}
+
+    def enable(self) -> None:
+        for module in self.embeddings:
+            self._arm(module)
+
+    def zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer.zero_grad(set_to_none=True)``, except that the embedding buffers are zeroed and kept."""
+        kept = [(module, module.weight.grad) for module in self.embeddings]
+        optimizer.zero_grad(set_to_none=True)
+        for module, grad in kept:
+            if module.weight.requires_grad and grad is not None and not grad.is_sparse:
+                module.weight.grad = grad.zero_()
+            self._arm(module)
+
+    def disable(self) -> None:
+        for handle in self._hooks.values():
+            handle.remove()
+        self._hooks = {}
+        for module in self.embeddings:
+            module.sparse = False
+            module.weight.grad = None  # the buffer goes, as optimizer.zero_grad(set_to_none=True) would drop it
+
+    def _arm(self, module: nn.Embedding) -> None:
+        weight = module.weight
+        module.sparse = weight.requires_grad  # a frozen embedding may thaw later: zero_grad arms it then
+        if not weight.requires_grad:
+            return
+        if weight.grad is None:
+            weight.grad = torch.zeros_like(weight)
+        if module not in self._hooks:
+            self._hooks[module] = weight.register_post_accumulate_grad_hook(_densify_grad)
+
+
+def _densify_grad(weight: torch.Tensor) -> None:
+    if weight.grad is not None and weight.grad.is_sparse:
+        weight.grad = weight.grad.to_dense()
+
+
+def _input_embeddings(model: nn.Module) -> list[nn.Embedding]:
+    """The token embedding of a Hugging Face model, or of a TextClassifier's encoder; [] when there is none."""
+    for candidate in (model, getattr(model, "encoder", None)):
+        getter = getattr(candidate, "get_input_embeddings", None)
+        if not callable(getter):
+            continue
+        try:
+            embedding = getter()
+        except NotImplementedError:  # a Hugging Face model that does not expose it
+            return []
+        return [embedding] if isinstance(embedding, nn.Embedding) else []
+    return []
+
+
+@contextlib.contextmanager
+def training_speedups(model: nn.Module, enabled: bool, distributed: bool) -> Iterator[SparseEmbeddingGradients | None]:
+    """Apply the speed-ups for the body of the ``with`` and undo them after, whatever happens inside.
+
+    Yields the :class:`SparseEmbeddingGradients` whose ``zero_grad`` the optimizer step must use, or None when
+    sparse gradients are off: with ``enabled=False``, and under DistributedDataParallel, whose gradient buckets
+    expect dense gradients.
+    """
+    if not enabled:
+        yield None
+        return
+    swapped = swap_dropout(model)
+    sparse = None if distributed else SparseEmbeddingGradients(model)
+    if sparse is not None:
+        sparse.enable()
+    try:
+        yield sparse
+    finally:
+        if sparse is not None:
+            sparse.disable()
+        restore_dropout(swapped)
