@@ -45,7 +45,8 @@ def data_dir(name: str) -> Path:
 # ==================================================================================================== workers
 
 
-def run_textclf(dataset: str, precision: str, max_rows: int | None, model: str = "minilm") -> dict:
+def run_textclf(dataset: str, precision: str, max_rows: int | None, model: str = "minilm",
+                speedups: bool = True) -> dict:
     import textclf
 
     class Timer(textclf.Callback):
@@ -62,7 +63,7 @@ def run_textclf(dataset: str, precision: str, max_rows: int | None, model: str =
     if max_rows:
         data.train = data.train.subset(range(min(max_rows, len(data.train))))
     timer = Timer()
-    config = textclf.TrainConfig(**HYPER, precision=precision, log_steps=50)
+    config = textclf.TrainConfig(**HYPER, precision=precision, log_steps=50, speedups=speedups)
     out = Path(os.environ.get("BENCH_WORK", "/tmp/textclf-bench")) / f"textclf-{dataset}-{precision}"
     trainer = textclf.Trainer(model=model, data=data, output_dir=out, config=config, callbacks=[timer],
                               overwrite=True, progress=False)
@@ -211,12 +212,15 @@ def systems() -> dict[str, list[str]]:
     best_precision = "bf16" if native_bf16() else "fp32"
     return {
         "textclf": ["--system", "textclf", "--precision", "auto"],
+        "textclf-plain": ["--system", "textclf", "--precision", "auto", "--no-speedups"],
         "peer-default": ["--system", "peer", "--precision", "fp32"],
         "peer-best": ["--system", "peer", "--precision", best_precision, "--group-by-length"],
     }
 
 
-SYSTEMS = ("textclf", "peer-default", "peer-best")
+# textclf-plain: textclf with train.speedups off, to show what those levers buy.
+SYSTEMS = ("textclf", "textclf-plain", "peer-default", "peer-best")
+COMPARED = ("peer-default", "peer-best", "textclf-plain")  # textclf's ratios are reported against these
 
 
 def measure(system: str, dataset: str, max_rows: int | None, commands: dict | None = None,
@@ -242,13 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--system", choices=("textclf", "peer"))
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--group-by-length", action="store_true")
+    parser.add_argument("--no-speedups", action="store_true", help="textclf with train.speedups off")
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--output", default=str(RESULTS / "train.json"))
     args = parser.parse_args(argv)
 
     if args.mode == "worker":
         if args.system == "textclf":
-            result = run_textclf(args.dataset, args.precision, args.max_train_rows, args.model)
+            result = run_textclf(args.dataset, args.precision, args.max_train_rows, args.model,
+                                 speedups=not args.no_speedups)
         else:
             result = run_peer(args.dataset, args.precision, args.group_by_length, args.max_train_rows, args.model)
         print(json.dumps(result))
@@ -290,7 +296,7 @@ def summarise(runs: dict, peaks: dict) -> dict:
             mean["mfu_vs_own_peak"] = mean["train_tokens_per_s"] * mean["flops_per_token"] / (precision_peak * 1e9)
             rows[system] = mean
         ours = rows["textclf"]
-        for peer in ("peer-default", "peer-best"):
+        for peer in COMPARED:
             theirs = rows[peer]
             rows[f"ratio-vs-{peer}"] = {
                 "train": ours["train_samples_per_s"] / theirs["train_samples_per_s"],
@@ -303,15 +309,15 @@ def summarise(runs: dict, peaks: dict) -> dict:
 
 
 def format_table(summary: dict) -> str:
-    lines = [f"{'dataset':>16} {'system':>12} {'prec':>4} {'train/s':>8} {'tok/s':>8} {'pred/s':>8} {'acc':>6} "
+    lines = [f"{'dataset':>16} {'system':>13} {'prec':>4} {'train/s':>8} {'tok/s':>8} {'pred/s':>8} {'acc':>6} "
              f"{'F1':>6} {'RSS MB':>7} {'MFU':>6}"]
     for dataset, rows in summary.items():
         for system in SYSTEMS:
             r = rows[system]
-            lines.append(f"{dataset:>16} {system:>12} {r['precision']:>4} {r['train_samples_per_s']:8.1f} "
+            lines.append(f"{dataset:>16} {system:>13} {r['precision']:>4} {r['train_samples_per_s']:8.1f} "
                          f"{r['train_tokens_per_s']:8.0f} {r['predict_samples_per_s']:8.1f} {r['test_accuracy']:6.4f} "
                          f"{r['test_macro_f1']:6.4f} {r['peak_rss_mb']:7.0f} {r['mfu_vs_own_peak']:6.1%}")
-        for peer in ("peer-default", "peer-best"):
+        for peer in COMPARED:
             ratio = rows[f"ratio-vs-{peer}"]
             lines.append(f"{dataset:>16} textclf/{peer}: train x{ratio['train']:.2f}, "
                          f"predict x{ratio['predict']:.2f}, "
@@ -329,10 +335,10 @@ def plot(summary: dict, path: Path) -> None:
         return
     datasets = list(summary)
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    width = 0.25
+    width = 0.2
     for i, system in enumerate(SYSTEMS):
         values = [summary[d][system]["train_samples_per_s"] for d in datasets]
-        ax.bar([x + (i - 1) * width for x in range(len(datasets))], values, width, label=system)
+        ax.bar([x + (i - 1.5) * width for x in range(len(datasets))], values, width, label=system)
     ax.set_xticks(range(len(datasets)), datasets)
     ax.set_ylabel("train samples / s")
     ax.set_title("Training throughput, minilm, 1 epoch, batch 32")

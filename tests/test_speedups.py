@@ -203,3 +203,58 @@ def test_no_sparse_gradients_under_ddp():
     model.encoder = _tiny_bert()
     with training_speedups(model, enabled=True, distributed=True) as sparse:
         assert sparse is None and not model.encoder.get_input_embeddings().sparse
+
+
+# ==================================================================================================================
+# attention
+# ==================================================================================================================
+
+
+def test_cpu_dropout_attention_is_sdpa_when_nothing_is_dropped():
+    """At a keep probability of 1 (p below 1/65536) the written-out attention must equal SDPA, padding included."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from textclf.speedups import cpu_dropout_attention
+
+    torch.manual_seed(0)
+    module = nn.Module()
+    module.is_causal = False  # an encoder's self-attention, as BertSelfAttention declares it
+    query, key, value = (torch.randn(3, 2, 7, 8) for _ in range(3))
+    mask = torch.ones(3, 1, 7, 7, dtype=torch.bool)
+    mask[1, :, :, 5:] = False  # the second text has 2 padding tokens
+    for attention_mask in (mask, None):
+        ours, _ = cpu_dropout_attention(module, query, key, value, attention_mask, dropout=1e-9, scaling=0.3)
+        reference, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=0.3)
+        assert ours.shape == (3, 7, 2, 8)
+        assert torch.allclose(ours, reference, atol=1e-5)
+
+
+def test_cpu_dropout_attention_drops_probabilities():
+    from textclf.speedups import cpu_dropout_attention
+
+    torch.manual_seed(0)
+    query = key = torch.zeros(1, 1, 4, 2)  # uniform attention: every probability is 1/4
+    value = torch.eye(4).view(1, 1, 4, 4)  # so the output is the (dropped, rescaled) probability matrix itself
+    module = nn.Module()
+    module.is_causal = False
+    out, _ = cpu_dropout_attention(module, query, key, value, None, dropout=0.5)
+    assert set(out.flatten().tolist()) <= {0.0, 0.5}
+
+
+def test_the_encoder_uses_the_cpu_dropout_attention_during_fit_only(tiny_model_dir, tiny_data, tmp_path):
+    from textclf.speedups import ATTENTION
+
+    seen = []
+
+    class Watch(textclf.Callback):
+        def on_step_end(self, trainer):
+            seen.append(trainer.model.encoder.config._attn_implementation)
+
+    data = DatasetSplits(tiny_data.train.subset(range(16)), None, None, tiny_data.label_map)
+    config = textclf.TrainConfig(max_length=32, batch_size=8, precision="fp32", device="cpu", epochs=1,
+                                 calibrate=False)
+    trainer = textclf.Trainer(str(tiny_model_dir), data, tmp_path / "run", config, callbacks=[Watch()],
+                              progress=False)
+    trainer.fit()
+    assert seen == [ATTENTION, ATTENTION]
+    assert trainer.model.encoder.config._attn_implementation == "sdpa"
