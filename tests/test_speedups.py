@@ -258,3 +258,12 @@ def test_the_encoder_uses_the_cpu_dropout_attention_during_fit_only(tiny_model_d
     trainer.fit()
     assert seen == [ATTENTION, ATTENTION]
     assert trainer.model.encoder.config._attn_implementation == "sdpa"
+
+
+def test_an_embedding_tied_to_an_mlm_head_keeps_dense_gradients():
+    from transformers import BertConfig, BertForMaskedLM
+
+    model = BertForMaskedLM(BertConfig(vocab_size=500, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=32))
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert SparseEmbeddingGradients(model).embeddings == []  # the head's gradient is dense every step anyway

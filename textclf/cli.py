@@ -499,7 +499,7 @@ def _train_cross_validation(args: argparse.Namespace, config: RunConfig, data) -
 # the dataclass, as for textclf train.
 PRETRAIN_TRAIN_FIELDS = ("epochs", "max_steps", "lr", "weight_decay", "warmup_ratio", "schedule", "batch_size",
                          "grad_accum", "max_length", "max_grad_norm", "precision", "device", "seed", "group_by_length",
-                         "max_tokens", "save_steps", "keep_checkpoints", "log_steps", "num_workers")
+                         "speedups", "max_tokens", "save_steps", "keep_checkpoints", "log_steps", "num_workers")
 PRETRAIN_FLAG_NAMES = {"architecture": "--config"}
 
 

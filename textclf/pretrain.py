@@ -47,6 +47,7 @@ from .loggers import JsonlLogger, TensorBoardLogger
 from .modeling import load_tokenizer, resolve_model_name
 from .optim import build_adamw, build_scheduler
 from .runtime import rng_state, seed_everything, set_rng_state, setup_runtime
+from .speedups import training_speedups, zero_grad
 
 MODEL_DIR = "model"  # the pretrained encoder (what fine-tuning loads) inside the output folder
 MLM_DIR = "mlm"  # the encoder with its MLM head (what continued pretraining loads)
@@ -473,7 +474,8 @@ class Pretrainer:
         self.print(f"pretraining on {self.runtime.device} in {self.runtime.precision}: {len(self.dataset)} texts, "
                    f"{int(self.dataset.lengths.sum())} tokens ({self.dataset.num_truncated} texts cut at "
                    f"max_length={self.config.max_length}), {self.total_steps} optimizer steps")
-        with self._stop_on_signals():
+        with self._stop_on_signals(), training_speedups(self.model, self.config.speedups,
+                                                        distributed=False) as self._sparse_grads:
             while not self._done():
                 self._train_one_epoch()
         return self._finish()
@@ -566,7 +568,7 @@ class Pretrainer:
         scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        zero_grad(self.optimizer, getattr(self, "_sparse_grads", None))
         if scale_before is not None and self.scaler.get_scale() < scale_before:  # the scaler skipped this step
             self.state.skipped_steps += 1
             if self.state.skipped_steps > self.max_skipped_steps:

@@ -147,7 +147,10 @@ class SparseEmbeddingGradients:
     """
 
     def __init__(self, model: nn.Module):
-        self.embeddings = [module for module in _input_embeddings(model) if not module.sparse]
+        # An embedding tied to the output layer (an MLM head) gets a dense gradient from that layer every step
+        # anyway: a sparse one on top would buy nothing.
+        self.embeddings = [module for module in _input_embeddings(model)
+                           if not module.sparse and not _tied_to_output(model, module)]
         self._hooks: dict[nn.Embedding, torch.utils.hooks.RemovableHandle] = {}
 
     def enable(self) -> None:
@@ -180,6 +183,20 @@ class SparseEmbeddingGradients:
             weight.grad = torch.zeros_like(weight)
         if module not in self._hooks:
             self._hooks[module] = weight.register_post_accumulate_grad_hook(_densify_grad)
+
+
+def zero_grad(optimizer: torch.optim.Optimizer, sparse: SparseEmbeddingGradients | None) -> None:
+    """``optimizer.zero_grad(set_to_none=True)``, keeping the embedding buffers when sparse gradients are on."""
+    if sparse is not None:
+        sparse.zero_grad(optimizer)
+    else:
+        optimizer.zero_grad(set_to_none=True)
+
+
+def _tied_to_output(model: nn.Module, embedding: nn.Embedding) -> bool:
+    getter = getattr(model, "get_output_embeddings", None)
+    output = getter() if callable(getter) else None
+    return output is not None and getattr(output, "weight", None) is embedding.weight
 
 
 def _densify_grad(weight: torch.Tensor) -> None:

@@ -65,7 +65,7 @@ from .runtime import (
     setup_runtime,
 )
 from .sampling import WeightedBatches, row_weights
-from .speedups import training_speedups
+from .speedups import training_speedups, zero_grad
 from .windows import WindowedTextDataset, WindowSpec, describe_windows, make_window_collate
 
 
@@ -371,10 +371,7 @@ class Trainer:
 
     def zero_grad(self) -> None:
         """Drop the gradients after a step; the sparse-gradient embedding's buffer is zeroed and kept (speedups)."""
-        if getattr(self, "_sparse_grads", None) is not None:
-            self._sparse_grads.zero_grad(self.optimizer)
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
+        zero_grad(self.optimizer, getattr(self, "_sparse_grads", None))
 
     def evaluation_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         """Forward and (when labels are present) loss of one evaluation batch, under autocast."""
