@@ -46,7 +46,7 @@ def data_dir(name: str) -> Path:
 
 
 def run_textclf(dataset: str, precision: str, max_rows: int | None, model: str = "minilm",
-                speedups: bool = True) -> dict:
+                speedups: bool = True, seed: int = HYPER["seed"]) -> dict:
     import textclf
 
     class Timer(textclf.Callback):
@@ -63,7 +63,7 @@ def run_textclf(dataset: str, precision: str, max_rows: int | None, model: str =
     if max_rows:
         data.train = data.train.subset(range(min(max_rows, len(data.train))))
     timer = Timer()
-    config = textclf.TrainConfig(**HYPER, precision=precision, log_steps=50, speedups=speedups)
+    config = textclf.TrainConfig(**{**HYPER, "seed": seed}, precision=precision, log_steps=50, speedups=speedups)
     out = Path(os.environ.get("BENCH_WORK", "/tmp/textclf-bench")) / f"textclf-{dataset}-{precision}"
     trainer = textclf.Trainer(model=model, data=data, output_dir=out, config=config, callbacks=[timer],
                               overwrite=True, progress=False)
@@ -83,7 +83,8 @@ def run_textclf(dataset: str, precision: str, max_rows: int | None, model: str =
                    lengths=trainer.train_dataset.lengths, precision=trainer.runtime.precision)
 
 
-def run_peer(dataset: str, precision: str, group_by_length: bool, max_rows: int | None, model: str = "minilm") -> dict:
+def run_peer(dataset: str, precision: str, group_by_length: bool, max_rows: int | None, model: str = "minilm",
+             seed: int = HYPER["seed"]) -> dict:
     import numpy as np
     import torch
     from sklearn.metrics import accuracy_score, f1_score
@@ -119,7 +120,7 @@ def run_peer(dataset: str, precision: str, group_by_length: bool, max_rows: int 
             return {"input_ids": self.ids[i], "attention_mask": [1] * len(self.ids[i]), "labels": self.labels[i]}
 
     train, test = Rows(data.train), Rows(data.test)
-    torch.manual_seed(HYPER["seed"])
+    torch.manual_seed(seed)
     classifier = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(label_map)).float()
 
     class Timer(TrainerCallback):
@@ -134,7 +135,7 @@ def run_peer(dataset: str, precision: str, group_by_length: bool, max_rows: int 
         output_dir=str(Path(os.environ.get("BENCH_WORK", "/tmp/textclf-bench")) / f"peer-{dataset}"),
         num_train_epochs=HYPER["epochs"], per_device_train_batch_size=HYPER["batch_size"],
         per_device_eval_batch_size=128, learning_rate=HYPER["lr"], warmup_steps=HYPER["warmup_ratio"],
-        weight_decay=HYPER["weight_decay"], max_grad_norm=HYPER["max_grad_norm"], seed=HYPER["seed"],
+        weight_decay=HYPER["weight_decay"], max_grad_norm=HYPER["max_grad_norm"], seed=seed,
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not torch.cuda.is_available(),
         train_sampling_strategy="group_by_length" if group_by_length else "random",
         eval_strategy="no", save_strategy="no", report_to="none", logging_steps=50, disable_tqdm=True,
@@ -224,9 +225,9 @@ COMPARED = ("peer-default", "peer-best", "textclf-plain")  # textclf's ratios ar
 
 
 def measure(system: str, dataset: str, max_rows: int | None, commands: dict | None = None,
-            model: str = "minilm") -> dict:
+            model: str = "minilm", seed: int = HYPER["seed"]) -> dict:
     command = [sys.executable, "-m", "bench.train_bench", "worker", "--dataset", dataset, "--model", model,
-               *(commands or systems())[system]]
+               "--seed", str(seed), *(commands or systems())[system]]
     if max_rows:
         command += ["--max-train-rows", str(max_rows)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
@@ -241,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("mode", nargs="?", default="compare", choices=("compare", "worker"))
     parser.add_argument("--datasets", default="trec,ag_news_subset")
     parser.add_argument("--max-train-rows", type=int)
-    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds per dataset")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds per dataset and seed")
+    parser.add_argument("--seeds", default=str(HYPER["seed"]), help="comma-separated seeds; accuracy is averaged "
+                        "over them (one test set's accuracy moves by a point or more with the seed alone)")
+    parser.add_argument("--seed", type=int, default=HYPER["seed"], help="worker: the run's seed")
     parser.add_argument("--dataset")
     parser.add_argument("--system", choices=("textclf", "peer"))
     parser.add_argument("--precision", default="auto")
@@ -254,9 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "worker":
         if args.system == "textclf":
             result = run_textclf(args.dataset, args.precision, args.max_train_rows, args.model,
-                                 speedups=not args.no_speedups)
+                                 speedups=not args.no_speedups, seed=args.seed)
         else:
-            result = run_peer(args.dataset, args.precision, args.group_by_length, args.max_train_rows, args.model)
+            result = run_peer(args.dataset, args.precision, args.group_by_length, args.max_train_rows, args.model,
+                              seed=args.seed)
         print(json.dumps(result))
         return 0
 
@@ -265,10 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, dict[str, list[dict]]] = {}
     for dataset in args.datasets.split(","):
         runs[dataset] = {name: [] for name in SYSTEMS}
-        for round_index in range(args.rounds):
+        plan = [int(seed) for seed in args.seeds.split(",") for _ in range(args.rounds)]
+        for round_index, seed in enumerate(plan):
             order = list(SYSTEMS) if round_index % 2 == 0 else list(reversed(SYSTEMS))
             for system in order:
-                result = measure(system, dataset, args.max_train_rows)
+                result = measure(system, dataset, args.max_train_rows, seed=seed)
                 runs[dataset][system].append(result)
                 print(f"{dataset:>16} {system:>12}: {result['train_samples_per_s']:7.1f} samples/s "
                       f"acc {result['test_accuracy']:.4f}", flush=True)
@@ -288,8 +294,11 @@ def summarise(runs: dict, peaks: dict) -> dict:
     for dataset, results_by_system in runs.items():
         rows = {}
         for system, results in results_by_system.items():
+            # Speed and memory: the median run; accuracy: the mean over runs (over seeds, with several --seeds).
             mean = {key: float(np.median([r[key] for r in results])) for key in results[0]
                     if key not in ("in_order", "precision")}
+            for key in ("test_accuracy", "test_macro_f1"):
+                mean[key] = float(np.mean([r[key] for r in results]))
             mean["precision"] = results[0].get("precision", "bf16" if system != "peer-default" else "fp32")
             precision_peak = peaks["bf16"] if mean["precision"] == "bf16" else peaks["fp32"]
             mean["mfu_vs_bf16_peak"] = mean["train_tokens_per_s"] * mean["flops_per_token"] / (peaks["bf16"] * 1e9)
