@@ -212,9 +212,9 @@ class TrainConfig:
     # Token budget of a training batch (rows x longest row); when set, length-grouped batches are filled up to it
     # instead of holding batch_size rows, so short texts travel in big batches. None keeps batch_size rows.
     max_tokens: int | None = None
-    # Training speed-ups that keep the maths (docs/precision-and-gpus.md): the word-embedding gradient accumulates
-    # as sparse rows into a dense buffer kept for the run, and CPU dropout masks (layers and attention) take 16
-    # random bits per element. false trains with the model's own modules untouched.
+    # Training speed-ups (docs/precision-and-gpus.md): the word-embedding gradient accumulates as sparse rows into a
+    # dense buffer kept for the run, CPU dropout masks take 16 random bits per element, and CPU attention under
+    # dropout runs in the autocast precision. false trains with the model's own modules untouched.
     speedups: bool = True
     # Evaluate on dev every N optimizer steps; None evaluates at the end of each epoch only.
     eval_steps: int | None = None
