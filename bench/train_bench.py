@@ -225,10 +225,10 @@ SYSTEMS = ("textclf", "textclf-plain", "peer-default", "peer-best")
 COMPARED = ("peer-default", "peer-best", "textclf-plain")  # textclf's ratios are reported against these
 
 
-def measure(system: str, dataset: str, max_rows: int | None, commands: dict | None = None,
+def measure(system: str, dataset: str, max_rows: int | None, commands: dict[str, list[str]],
             model: str = "minilm", seed: int = HYPER["seed"]) -> dict:
     command = [sys.executable, "-m", "bench.train_bench", "worker", "--dataset", dataset, "--model", model,
-               "--seed", str(seed), *(commands or systems())[system]]
+               "--seed", str(seed), *commands[system]]
     if max_rows:
         command += ["--max-train-rows", str(max_rows)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
     peaks = matmul_peaks()
     print(f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
+    commands = systems()
     runs: dict[str, dict[str, list[dict]]] = {}
     for dataset in args.datasets.split(","):
         runs[dataset] = {name: [] for name in SYSTEMS}
@@ -275,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_index, seed in enumerate(plan):
             order = list(SYSTEMS) if round_index % 2 == 0 else list(reversed(SYSTEMS))
             for system in order:
-                result = measure(system, dataset, args.max_train_rows, seed=seed)
+                result = measure(system, dataset, args.max_train_rows, commands, seed=seed)
                 runs[dataset][system].append(result)
                 print(f"{dataset:>16} {system:>12}: {result['train_samples_per_s']:7.1f} samples/s "
                       f"acc {result['test_accuracy']:.4f}", flush=True)
@@ -296,15 +297,15 @@ def summarise(runs: dict, peaks: dict) -> dict:
         rows = {}
         for system, results in results_by_system.items():
             # Speed and memory: the median run; accuracy: the mean over runs (over seeds, with several --seeds).
-            mean = {key: float(np.median([r[key] for r in results])) for key in results[0]
-                    if key not in ("in_order", "precision")}
+            row = {key: float(np.median([r[key] for r in results])) for key in results[0]
+                   if key not in ("in_order", "precision")}
             for key in ("test_accuracy", "test_macro_f1"):
-                mean[key] = float(np.mean([r[key] for r in results]))
-            mean["precision"] = results[0].get("precision", "bf16" if system != "peer-default" else "fp32")
-            precision_peak = peaks["bf16"] if mean["precision"] == "bf16" else peaks["fp32"]
-            mean["mfu_vs_bf16_peak"] = mean["train_tokens_per_s"] * mean["flops_per_token"] / (peaks["bf16"] * 1e9)
-            mean["mfu_vs_own_peak"] = mean["train_tokens_per_s"] * mean["flops_per_token"] / (precision_peak * 1e9)
-            rows[system] = mean
+                row[key] = float(np.mean([r[key] for r in results]))
+            row["precision"] = results[0]["precision"]
+            flops_per_s = row["train_tokens_per_s"] * row["flops_per_token"]
+            row["mfu_vs_bf16_peak"] = flops_per_s / (peaks["bf16"] * 1e9)
+            row["mfu_vs_own_peak"] = flops_per_s / (peaks["bf16" if row["precision"] == "bf16" else "fp32"] * 1e9)
+            rows[system] = row
         ours = rows["textclf"]
         for peer in COMPARED:
             theirs = rows[peer]

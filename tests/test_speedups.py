@@ -183,6 +183,8 @@ def test_fit_with_and_without_speedups_trains_the_same_weights(nodrop_model_dir,
         assert not any(isinstance(m, FastDropout) for m in trainer.model.modules())
         embedding = trainer.model.encoder.get_input_embeddings()
         assert not embedding.sparse and embedding.weight.grad is None
+        trainer.zero_grad()  # a step taken after fit() (a user's own) must not re-arm the buffer
+        assert not embedding.sparse and embedding.weight.grad is None
     for name, value in weights[False].items():
         assert torch.allclose(weights[True][name], value, atol=1e-5), name
 

@@ -441,6 +441,7 @@ class Pretrainer:
         self.callbacks: list[Callback] = list(callbacks or []) + ([ProgressBar()] if progress else [])
         self.loggers: list = []
         self.optimizer = self.scheduler = self.scaler = None
+        self._sparse_grads = None  # set by fit() while train.speedups keeps an embedding-gradient buffer
         self._interrupt_signal: int | None = None
 
     def _segment(self, segmenter) -> list[list[str]] | None:
@@ -568,7 +569,7 @@ class Pretrainer:
         scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        zero_grad(self.optimizer, getattr(self, "_sparse_grads", None))
+        zero_grad(self.optimizer, self._sparse_grads)
         if scale_before is not None and self.scaler.get_scale() < scale_before:  # the scaler skipped this step
             self.state.skipped_steps += 1
             if self.state.skipped_steps > self.max_skipped_steps:

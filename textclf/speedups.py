@@ -125,10 +125,10 @@ def use_cpu_dropout_attention(model: nn.Module) -> nn.Module | None:
 
     Only encoders that run on Hugging Face's attention interface with SDPA are switched; others keep their own.
     """
-    encoder = getattr(model, "encoder", model)
-    config = getattr(encoder, "config", None)
+    encoder = _pretrained_model(model)
     can_switch = getattr(encoder, "_can_set_attn_implementation", None)
-    if getattr(config, "_attn_implementation", None) != "sdpa" or not callable(can_switch) or not can_switch():
+    if (encoder is None or getattr(encoder.config, "_attn_implementation", None) != "sdpa" or not callable(can_switch)
+            or not can_switch()):
         return None
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -136,7 +136,7 @@ def use_cpu_dropout_attention(model: nn.Module) -> nn.Module | None:
     AttentionInterface.register(ATTENTION, cpu_dropout_attention)
     AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # the same boolean masks SDPA gets
     encoder.set_attn_implementation(ATTENTION)
-    return encoder if config._attn_implementation == ATTENTION else None
+    return encoder if encoder.config._attn_implementation == ATTENTION else None
 
 
 class SparseEmbeddingGradients:
@@ -153,8 +153,9 @@ class SparseEmbeddingGradients:
     def __init__(self, model: nn.Module):
         # An embedding tied to the output layer (an MLM head) gets a dense gradient from that layer every step
         # anyway: a sparse one on top would buy nothing.
-        self.embeddings = [module for module in _input_embeddings(model)
-                           if not module.sparse and not _tied_to_output(model, module)]
+        embedding = _input_embedding(model)
+        usable = embedding is not None and not embedding.sparse and not _tied_to_output(model, embedding)
+        self.embeddings = [embedding] if usable else []
         self._hooks: dict[nn.Embedding, torch.utils.hooks.RemovableHandle] = {}
 
     def enable(self) -> None:
@@ -177,6 +178,7 @@ class SparseEmbeddingGradients:
         for module in self.embeddings:
             module.sparse = False
             module.weight.grad = None  # the buffer goes, as optimizer.zero_grad(set_to_none=True) would drop it
+        self.embeddings = []  # from now on zero_grad is the optimizer's own: nothing re-arms after the run
 
     def _arm(self, module: nn.Embedding) -> None:
         weight = module.weight
@@ -208,18 +210,22 @@ def _densify_grad(weight: torch.Tensor) -> None:
         weight.grad = weight.grad.to_dense()
 
 
-def _input_embeddings(model: nn.Module) -> list[nn.Embedding]:
-    """The token embedding of a Hugging Face model, or of a TextClassifier's encoder; [] when there is none."""
+def _pretrained_model(model: nn.Module) -> nn.Module | None:
+    """The Hugging Face model: ``model`` itself (an MLM model) or a TextClassifier's ``encoder``; None otherwise."""
     for candidate in (model, getattr(model, "encoder", None)):
-        getter = getattr(candidate, "get_input_embeddings", None)
-        if not callable(getter):
-            continue
-        try:
-            embedding = getter()
-        except NotImplementedError:  # a Hugging Face model that does not expose it
-            return []
-        return [embedding] if isinstance(embedding, nn.Embedding) else []
-    return []
+        if callable(getattr(candidate, "get_input_embeddings", None)) and hasattr(candidate, "config"):
+            return candidate
+    return None
+
+
+def _input_embedding(model: nn.Module) -> nn.Embedding | None:
+    """The token embedding of the Hugging Face model inside ``model``, or None."""
+    pretrained = _pretrained_model(model)
+    try:
+        embedding = pretrained.get_input_embeddings() if pretrained is not None else None
+    except NotImplementedError:  # a Hugging Face model that does not expose it
+        return None
+    return embedding if isinstance(embedding, nn.Embedding) else None
 
 
 @contextlib.contextmanager

@@ -195,6 +195,7 @@ class Trainer:
             self.callbacks.append(ProgressBar())
         self.loggers: list = []
         self.optimizer = self.scheduler = self.scaler = None
+        self._sparse_grads = None  # set by fit() while train.speedups keeps an embedding-gradient buffer
         self._interrupt_signal: int | None = None
 
     @classmethod
@@ -248,7 +249,7 @@ class Trainer:
                    f"accumulation), {self.total_steps} optimizer steps")
         try:
             with self._stop_on_signals(), training_speedups(self.model, self.config.speedups,
-                                                            self.runtime.world_size > 1) as self._sparse_grads:
+                                                            self.runtime.distributed) as self._sparse_grads:
                 while not self._done():
                     self._train_one_epoch()
             return self._finish()
@@ -371,7 +372,7 @@ class Trainer:
 
     def zero_grad(self) -> None:
         """Drop the gradients after a step; the sparse-gradient embedding's buffer is zeroed and kept (speedups)."""
-        zero_grad(self.optimizer, getattr(self, "_sparse_grads", None))
+        zero_grad(self.optimizer, self._sparse_grads)
 
     def evaluation_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         """Forward and (when labels are present) loss of one evaluation batch, under autocast."""
