@@ -231,6 +231,19 @@ def test_an_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, ar
                    pretrain_config=FROM_SCRATCH, progress=False).fit(resume="auto")
 
 
+
+def test_the_epoch_plan_is_drawn_once_per_epoch_not_per_step(tmp_path, arch):
+    """total_steps is asked after every step; answering must not re-plan the epoch each time."""
+    trainer = Pretrainer(None, texts=CORPUS, output_dir=tmp_path / "mlm", config=tiny_config(save_steps=None),
+                         pretrain_config=PretrainConfig(architecture=arch, tokenizer=resolve_model_name("minilm")),
+                         progress=False)
+    planned = []
+    plan = trainer.sampler.epoch_batches
+    trainer.sampler.epoch_batches = lambda epoch: planned.append(epoch) or plan(epoch)
+    assert trainer.fit().global_step == 12  # 8 micro-batches of 16 per epoch, 2 per step: 3 epochs
+    assert planned == [0, 0, 1, 2]  # the count (once), then each epoch's batches
+
+
 # ---- data and tokenizer -------------------------------------------------------------------------------------------
 
 

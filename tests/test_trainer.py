@@ -494,3 +494,17 @@ def test_token_budget_batches_train_on_every_row(tiny_model_dir, tiny_data, tmp_
     assert all(len(b) * max(lengths[b]) <= 256 for b in batches)
     result = trainer.fit()
     assert result.global_step == len(batches)
+
+
+def test_the_epoch_plan_is_drawn_once_per_epoch_not_per_step(tiny_model_dir, tiny_data, tmp_path):
+    """The loop asks for total_steps after every step; answering must not re-plan the epoch (a shuffle and sort of
+    every row) each time."""
+    config = _config(epochs=2, eval_steps=None)
+    trainer = textclf.Trainer(str(tiny_model_dir), _train_only(tiny_data), tmp_path / "out", config, progress=False)
+    sampler = trainer.train_sampler
+    planned = []
+    plan = sampler.epoch_batches
+    sampler.epoch_batches = lambda epoch: planned.append(epoch) or plan(epoch)
+    result = trainer.fit()
+    assert result.global_step == trainer.total_steps > 4
+    assert planned == [0, 0, 1]  # the count (once), then each epoch's batches
