@@ -32,6 +32,20 @@ def test_fast_dropout_keeps_1_minus_p_and_scales_survivors(p):
     assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / (1 - p)))
 
 
+
+@pytest.mark.parametrize("p", [0.1, 1 / 65536, 1 - 1 / 65536])
+def test_fast_dropout_keeps_exactly_the_lanes_at_or_above_the_threshold(p):
+    """The mask, written with int16 arithmetic, against its definition on the same random lanes: a lane (uniform
+    over [-32768, 32767]) keeps its element when it is at least round(p * 65536) - 32768. Off by one, the keep
+    probability would move by 1/65536, which no statistical test sees."""
+    count = 100_003  # not a multiple of the four lanes per draw
+    torch.manual_seed(5)
+    out = FastDropout(p)(torch.ones(count))
+    torch.manual_seed(5)
+    draws = torch.empty((count + 3) // 4, dtype=torch.int64).random_(-(1 << 63), (1 << 63) - 1)
+    lanes = draws.view(torch.int16)[:count]
+    assert torch.equal(out != 0, lanes >= round(p * 65536) - 32768)
+
 def test_fast_dropout_masks_are_independent_across_positions():
     torch.manual_seed(0)
     kept = (FastDropout(0.5)(torch.ones(100_000, 8)) != 0).float()
