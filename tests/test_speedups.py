@@ -238,11 +238,19 @@ def test_cpu_dropout_attention_is_sdpa_when_nothing_is_dropped():
     query, key, value = (torch.randn(3, 2, 7, 8) for _ in range(3))
     mask = torch.ones(3, 1, 7, 7, dtype=torch.bool)
     mask[1, :, :, 5:] = False  # the second text has 2 padding tokens
-    for attention_mask in (mask, None):
+    additive = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)  # eager_mask's form
+    for attention_mask in (mask, additive, None):
         ours, _ = cpu_dropout_attention(module, query, key, value, attention_mask, dropout=1e-9, scaling=0.3)
         reference, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=0.3)
         assert ours.shape == (3, 7, 2, 8)
         assert torch.allclose(ours, reference, atol=1e-5)
+    # In bf16 the additive mask's minimum becomes -inf: padding still gets no weight, and nothing turns NaN.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, _ = cpu_dropout_attention(module, *(t.bfloat16() for t in (query, key, value)), additive, dropout=1e-9,
+                                        scaling=0.3)
+    reference, _ = sdpa_attention_forward(module, query, key, value, mask, dropout=0.0, scaling=0.3)
+    assert ours.dtype == torch.bfloat16 and not ours.isnan().any()
+    assert torch.allclose(ours.float(), reference, atol=0.05)
 
 
 def test_cpu_dropout_attention_drops_probabilities():

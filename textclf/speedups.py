@@ -121,8 +121,10 @@ def cpu_dropout_attention(module: nn.Module, query: torch.Tensor, key: torch.Ten
                                       **kwargs)
     scores = torch.matmul(query, key.transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
     if attention_mask is not None:
+        # An fp32 mask would promote the whole [batch, heads, length, length] sum to fp32; in bf16 its minimum
+        # becomes -inf, which softmax handles (no row of an encoder's padding mask is masked throughout).
         scores = (scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool
-                  else scores + attention_mask)
+                  else scores + attention_mask.to(scores.dtype))
     # Softmax in fp32, as Hugging Face's eager attention does: PyTorch's CPU softmax with a bf16 output is a slow
     # path (2.2 ms against 0.54 ms per [32, 12, 60, 60] scores).
     probabilities = fast_dropout(torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype), dropout)
