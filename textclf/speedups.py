@@ -12,13 +12,15 @@ the matmuls (measured on MiniLM, batch 32, bf16; docs/precision-and-gpus.md):
   and gradient clipping see the same dense gradient as before.
 * **Dropout masks.** ``nn.Dropout`` draws one random number per element through the CPU generator's bernoulli
   kernel, about 1 ms per ``[32, 16, 384]`` activation. :class:`FastDropout` draws 16 random bits per element
-  (four per 64-bit draw), the same keep probability to within 1/65536, for about a third of the time.
+  (four per 64-bit draw), the same keep probability to within 1/65536, for about a third of the time, and
+  makes the mask with int16 arithmetic rather than as a boolean tensor, whose CPU kernels are not vectorised.
 * **Attention under dropout.** With dropout on, PyTorch's SDPA cannot use its fused CPU kernel: its fallback
   upcasts bf16 inputs to fp32 and draws a bernoulli mask over every ``[batch, heads, length, length]`` probability
   tensor (6-8 ms of the mask alone per layer at 64 tokens). :func:`cpu_dropout_attention` writes attention out
   as Hugging Face's eager attention does, in the autocast precision (bf16 matmuls with fp32 accumulation, as on
-  a GPU), with the 16-bit mask. This one changes rounding, not the maths: in fp32 it equals SDPA; in bf16 its
-  mean error against fp32 attention is 0.0007 where SDPA's fallback has 0.0002 (64 tokens, unit-normal inputs).
+  a GPU; softmax in fp32), with the 16-bit mask. This one changes rounding, not the maths: in fp32 it equals
+  SDPA; in bf16 its mean error against fp32 attention is 0.0008 where SDPA's fallback has 0.0005 (64 tokens,
+  unit-normal inputs).
 
 :func:`training_speedups` applies them for the length of ``Trainer.fit`` and puts the model back as it was
 afterwards (a dense embedding gradient, the original dropout modules, SDPA attention), so the model a user holds
