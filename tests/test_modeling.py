@@ -140,6 +140,18 @@ def test_from_pretrained_names_missing_files(tmp_path):
         TextClassifier.from_pretrained(tmp_path)
 
 
+
+def test_load_weights_names_a_tensor_of_the_wrong_shape_and_a_damaged_file(tiny_model_dir, tokenizer, tmp_path):
+    """Loading weights into a model they do not fit names the file and the tensor, as a ModelLoadError."""
+    _classifier(tiny_model_dir).save_pretrained(tmp_path / "three", tokenizer)
+    four_labels = TextClassifier.from_encoder(str(tiny_model_dir), LabelMap(["a", "b", "c", "d"]))
+    with pytest.raises(ModelLoadError, match=r"does not fit this model.*size mismatch for head\.bias"):
+        four_labels.load_weights(tmp_path / "three")
+    weights = tmp_path / "three" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match="damaged or truncated"):
+        TextClassifier.from_pretrained(tmp_path / "three")
+
 # ---- custom heads -----------------------------------------------------------------------------------------------
 
 

@@ -289,7 +289,12 @@ class TextClassifier(nn.Module):
             prefix = self.encoder.base_model_prefix + "."
             state = {("encoder." + k[len(prefix):]) if k.startswith(prefix)
                      else k.replace("classifier.", "head.", 1): v for k, v in state.items()}
-        missing, unexpected = self.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = self.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # a tensor of another shape: PyTorch lists each one ("size mismatch for ...")
+            details = " ".join(str(exc).split()).rstrip(".")
+            raise ModelLoadError(f"{folder / WEIGHTS_FILE} does not fit this model: {details}. Load it into the "
+                                 "model it was saved from (TextClassifier.from_pretrained)") from None
         # Buffers such as position_ids are rebuilt by the encoder itself and need not be in the file.
         missing = [k for k in missing if not k.endswith("position_ids")]
         if missing or unexpected:
