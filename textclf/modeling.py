@@ -17,11 +17,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from .errors import ConfigError, ModelLoadError
 from .labels import LabelMap
+from .weight_file import WeightFileError, read_entries, read_into
 from .windows import aggregate_window_logits, attention_over_windows
 
 WEIGHTS_FILE = "model.safetensors"
@@ -277,30 +278,46 @@ class TextClassifier(nn.Module):
         return model
 
     def load_weights(self, folder: str | Path) -> None:
-        """Load the weights of a folder written by :meth:`save_pretrained` into this model, in place."""
+        """Load the weights of a folder written by :meth:`save_pretrained` into this model, in place.
+
+        The file is read straight into the model's tensors (:mod:`textclf.weight_file`), so loading needs no
+        memory beyond the model itself.
+        """
         folder = Path(folder)
+        path = folder / WEIGHTS_FILE
         meta = _read_json(folder / TEXTCLF_FILE)
         try:
-            state = load_file(str(folder / WEIGHTS_FILE))
-        except Exception as exc:  # safetensors raises its own error types for truncated or damaged files
-            raise ModelLoadError(f"{folder / WEIGHTS_FILE} is damaged or truncated ({exc}); "
-                                 "retrain or restore it") from None
-        if meta.get("hf_compatible"):  # Hugging Face names: "<prefix>.*" is the encoder, "classifier.*" the head
-            prefix = self.encoder.base_model_prefix + "."
-            state = {("encoder." + k[len(prefix):]) if k.startswith(prefix)
-                     else k.replace("classifier.", "head.", 1): v for k, v in state.items()}
-        try:
-            missing, unexpected = self.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # a tensor of another shape: PyTorch lists each one ("size mismatch for ...")
-            details = " ".join(str(exc).split()).rstrip(".")
-            raise ModelLoadError(f"{folder / WEIGHTS_FILE} does not fit this model: {details}. Load it into the "
-                                 "model it was saved from (TextClassifier.from_pretrained)") from None
+            entries = read_entries(path)
+        except WeightFileError as exc:
+            raise ModelLoadError(f"{path} is damaged or truncated ({exc}); retrain or restore it") from None
+        file_names = {self._own_name(name, meta): name for name in entries}
+        own = self.state_dict()
         # Buffers such as position_ids are rebuilt by the encoder itself and need not be in the file.
-        missing = [k for k in missing if not k.endswith("position_ids")]
+        missing = [k for k in own if k not in file_names and not k.endswith("position_ids")]
+        unexpected = [file_names[k] for k in file_names if k not in own]
         if missing or unexpected:
             hint = " (pass the custom head with head=...)" if meta.get("custom_head") else ""
-            raise ModelLoadError(f"{folder / WEIGHTS_FILE} does not match the model described in {folder}: "
+            raise ModelLoadError(f"{path} does not match the model described in {folder}: "
                                  f"missing {missing[:5]}, unexpected {unexpected[:5]}{hint}")
+        wrong_shape = [f"{file_names[k]} is {list(entries[file_names[k]].shape)}, the model's {list(own[k].shape)}"
+                       for k in file_names if entries[file_names[k]].shape != tuple(own[k].shape)]
+        if wrong_shape:
+            raise ModelLoadError(f"{path} does not fit this model: {'; '.join(wrong_shape[:5])}. Load it into the "
+                                 "model it was saved from (TextClassifier.from_pretrained)")
+        try:
+            read_into(path, entries, {file_names[k]: own[k] for k in file_names})
+        except WeightFileError as exc:
+            raise ModelLoadError(f"{path} is damaged or truncated ({exc}); retrain or restore it") from None
+
+    def _own_name(self, file_name: str, meta: dict) -> str:
+        """A weight's name in this model: files saved Hugging Face-compatible name the encoder ``<prefix>.*``
+        and the head ``classifier.*``, where the model says ``encoder.*`` and ``head.*``."""
+        if not meta.get("hf_compatible"):
+            return file_name
+        prefix = self.encoder.base_model_prefix + "."
+        if file_name.startswith(prefix):
+            return "encoder." + file_name[len(prefix):]
+        return file_name.replace("classifier.", "head.", 1)
 
 
 def _read_json(path: Path) -> dict:
