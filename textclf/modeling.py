@@ -281,7 +281,7 @@ class TextClassifier(nn.Module):
         """Load the weights of a folder written by :meth:`save_pretrained` into this model, in place.
 
         The file is read straight into the model's tensors (:mod:`textclf.weight_file`), so loading needs no
-        memory beyond the model itself.
+        memory beyond the model itself (and one tensor's worth where the file stores another dtype).
         """
         folder = Path(folder)
         path = folder / WEIGHTS_FILE
