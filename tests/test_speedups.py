@@ -284,6 +284,32 @@ def test_the_encoder_uses_the_cpu_dropout_attention_during_fit_only(tiny_model_d
     assert trainer.model.encoder.config._attn_implementation == "sdpa"
 
 
+
+@pytest.mark.parametrize("arch, extra", [
+    ("bert", {}), ("roberta", {"pad_token_id": 1}), ("albert", {"embedding_size": 8}),
+    ("distilbert", {"dim": 16, "n_layers": 1, "n_heads": 2, "hidden_dim": 32}), ("electra", {"embedding_size": 8})])
+def test_the_cpu_dropout_attention_and_its_mask_equal_sdpa_across_encoders(arch, extra):
+    """Switched on for a padded batch in training mode (an attention dropout too small to drop anything), each
+    encoder family computes what it computes with SDPA: the mask builder and the attention agree with its own."""
+    from transformers import AutoConfig, AutoModel
+
+    from textclf.speedups import use_cpu_dropout_attention
+
+    config = AutoConfig.for_model(arch, vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=40, hidden_dropout_prob=0.0,
+                                  attention_probs_dropout_prob=1e-9, dropout=0.0, attention_dropout=1e-9, **extra)
+    torch.manual_seed(0)
+    encoder = AutoModel.from_config(config, attn_implementation="sdpa").train()
+    ids = torch.randint(5, 100, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0  # padding in the second text
+    expected = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    model = nn.Module()
+    model.encoder = encoder
+    assert use_cpu_dropout_attention(model) is encoder
+    ours = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.allclose(ours[mask.bool()], expected[mask.bool()], atol=1e-5)
+
 def test_an_embedding_tied_to_an_mlm_head_keeps_dense_gradients():
     from transformers import BertConfig, BertForMaskedLM
 
