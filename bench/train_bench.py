@@ -1,7 +1,8 @@
 """Training and prediction throughput: textclf against the Hugging Face ``Trainer``, side by side in one run.
 
 Each measurement runs in a fresh subprocess (so peak RSS is that run's own), and the systems alternate
-per dataset (textclf, peer default, peer best, textclf, ...) so that a noisy machine slows them alike.
+per dataset (textclf, textclf-plain, peer default, peer best, then back in reverse order) so that a noisy
+machine slows them alike.
 
 Same encoder (``minilm``), data and hyper-parameters for both: 1 epoch, batch 32, max_length 128, lr 1e-4,
 warmup 10%, weight decay 0.01, gradient clipping 1.0, seed 0. The peer runs in its default configuration
@@ -209,8 +210,9 @@ def native_bf16() -> bool:
 
 
 def systems() -> dict[str, list[str]]:
-    """The three runs. The peer's best configuration uses bf16 only where it is native: on a CPU without it, bf16
-    is emulated (about 400x slower matmuls measured on an AVX2-only CPU), so its best there is fp32 + grouping."""
+    """The four systems' worker arguments. The peer's best configuration uses bf16 only where it is native: on a
+    CPU without it, bf16 is emulated (about 400x slower matmuls measured on an AVX2-only CPU), so its best there
+    is fp32 + grouping."""
     best_precision = "bf16" if native_bf16() else "fp32"
     return {
         "textclf": ["--system", "textclf", "--precision", "auto"],
