@@ -6,7 +6,10 @@ distributed ranks (each rank takes every ``world_size``-th batch), and testing (
 
 * :class:`RandomBatches` -- shuffled rows, fixed batch size.
 * :class:`LengthGroupedBatches` -- shuffled "mega-batches" sorted by length and cut into batches of
-  similar length, so little compute is spent on padding; the batch order is shuffled again.
+  similar length, so little compute is spent on padding; the batch order is shuffled again. Given the
+  labels, the sort is stratified: each batch takes the same length quantile of every class, so batches keep
+  the class mix of the data (a plain length sort makes batches class-homogeneous wherever length and class
+  correlate, and that costs accuracy on small data: docs/benchmarks.md, "Length grouping and accuracy").
 * :class:`TokenBudgetBatches` -- like length grouping, but each batch is filled up to a token budget
   (rows x longest row), so short texts travel in big batches and long ones in small batches.
 """
@@ -93,21 +96,47 @@ class LengthGroupedBatches:
     Rows are shuffled, cut into mega-batches of ``batch_size * group_factor`` rows, each mega-batch is
     sorted by length and cut into batches. The longest batch goes first so an out-of-memory error shows
     up on step one rather than hours in.
+
+    Args:
+        lengths: token count of every row.
+        batch_size: rows per batch.
+        seed: with the epoch, fixes the order.
+        group_factor: batches per mega-batch.
+        strata: one class id per row (see :func:`length_strata`); when given, each mega-batch is sorted by a
+            row's length *rank within its class* rather than by its length, so every batch holds the j-th length
+            quantile of each class: batches keep the class mix and most of the padding saving.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, group_factor: int = 50,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, strata: Sequence[int] | None = None):
         self.lengths = np.asarray(lengths)
         self.batch_size, self.seed, self.group_factor = batch_size, seed, group_factor
         self.rank, self.world_size = rank, world_size
+        self.strata = None if strata is None else np.asarray(strata)
+        if self.strata is not None and len(self.strata) != len(self.lengths):
+            raise ValueError(f"strata: {len(self.strata)} values for {len(self.lengths)} rows")
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         generator = _generator(self.seed, epoch)
         order = torch.randperm(len(self.lengths), generator=generator).numpy()
-        batches = [chunk[i : i + self.batch_size].tolist()
-                   for chunk in _sorted_megabatches(order, self.lengths, self.batch_size * self.group_factor)
+        pools = _sorted_megabatches(order, self.lengths, self.batch_size * self.group_factor, self.strata)
+        batches = [chunk[i : i + self.batch_size].tolist() for chunk in pools
                    for i in range(0, len(chunk), self.batch_size)]
         return _shard(_shuffle_longest_first(batches, self.lengths, generator), self.rank, self.world_size, True)
+
+
+def length_strata(labels: np.ndarray | None) -> np.ndarray | None:
+    """The class that stratifies length grouping, per row: the label id, or for multi-hot rows ``[N, C]`` the
+    row's rarest label (-1 for a row without labels). None for unlabelled data (plain length sort)."""
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        return labels.astype(np.int64)
+    positive = labels > 0.5
+    counts = positive.sum(0)
+    rarity = np.where(positive, counts[None, :], np.iinfo(np.int64).max)
+    return np.where(positive.any(1), rarity.argmin(1), -1)
 
 
 class TokenBudgetBatches:
@@ -145,13 +174,15 @@ class TokenBudgetBatches:
 
 
 def training_batches(lengths: Sequence[int], batch_size: int, seed: int, max_tokens: int | None = None,
-                     group_by_length: bool = True, rank: int = 0, world_size: int = 1):
+                     group_by_length: bool = True, rank: int = 0, world_size: int = 1,
+                     strata: Sequence[int] | None = None):
     """The training sampler a recipe asks for: token-budget batches when ``max_tokens`` is set, else length-grouped
-    or plain random batches of ``batch_size`` rows. Shared by fine-tuning and MLM pretraining."""
+    (stratified by ``strata`` when given) or plain random batches of ``batch_size`` rows. Shared by fine-tuning and
+    MLM pretraining."""
     if max_tokens is not None:
         return TokenBudgetBatches(lengths, max_tokens, seed, rank=rank, world_size=world_size)
     if group_by_length:
-        return LengthGroupedBatches(lengths, batch_size, seed, rank=rank, world_size=world_size)
+        return LengthGroupedBatches(lengths, batch_size, seed, rank=rank, world_size=world_size, strata=strata)
     return RandomBatches(len(lengths), batch_size, seed, rank=rank, world_size=world_size)
 
 
@@ -180,10 +211,23 @@ def _generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
-def _sorted_megabatches(order: np.ndarray, lengths: np.ndarray, size: int):
+def _sorted_megabatches(order: np.ndarray, lengths: np.ndarray, size: int, strata: np.ndarray | None = None):
+    """Consecutive chunks of ``order``, each sorted longest first; with ``strata``, by the length quantile of each
+    row within its stratum, so consecutive rows (one batch) come from every stratum in proportion."""
     for start in range(0, len(order), size):
         chunk = order[start : start + size]
-        yield chunk[np.argsort(-lengths[chunk], kind="stable")]
+        if strata is None:
+            yield chunk[np.argsort(-lengths[chunk], kind="stable")]
+            continue
+        keys = strata[chunk]
+        by_stratum = np.lexsort((-lengths[chunk], keys))  # stratum by stratum, longest first within each
+        sorted_keys = keys[by_stratum]
+        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        sizes = np.diff(np.r_[starts, len(chunk)])
+        rank_in_stratum = np.arange(len(chunk)) - np.repeat(starts, sizes)
+        quantile = np.empty(len(chunk))
+        quantile[by_stratum] = (rank_in_stratum + 0.5) / np.repeat(sizes, sizes)
+        yield chunk[np.argsort(quantile, kind="stable")]  # ties keep the shuffled order
 
 
 def _shuffle_longest_first(batches: list[list[int]], lengths: np.ndarray, generator: torch.Generator):

@@ -53,16 +53,19 @@ class WeightedBatches:
         seed: with the epoch, fixes the draw.
         lengths: token counts per row; when given, the drawn rows are length-grouped as in
             :class:`~textclf.collate.LengthGroupedBatches` (less padding).
+        strata: class id per row (:func:`~textclf.collate.length_strata`); length grouping then keeps each batch's
+            class mix (as in :class:`~textclf.collate.LengthGroupedBatches`).
     """
 
     def __init__(self, weights: Sequence[float], batch_size: int, seed: int = 0, lengths: Sequence[int] | None = None,
-                 group_factor: int = 50, rank: int = 0, world_size: int = 1):
+                 group_factor: int = 50, rank: int = 0, world_size: int = 1, strata: Sequence[int] | None = None):
         self.weights = torch.as_tensor(np.asarray(weights, dtype=np.float64))
         if len(self.weights) == 0 or not bool((self.weights >= 0).all()) or float(self.weights.sum()) <= 0:
             raise ConfigError("train.sampler: the sampling weights must be non-negative and not all zero")
         self.batch_size, self.seed, self.group_factor = batch_size, seed, group_factor
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.rank, self.world_size = rank, world_size
+        self.strata = None if strata is None else np.asarray(strata)
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         generator = _generator(self.seed, epoch)
@@ -71,7 +74,8 @@ class WeightedBatches:
             batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
         else:
             batches = [chunk[i : i + self.batch_size].tolist()
-                       for chunk in _sorted_megabatches(order, self.lengths, self.batch_size * self.group_factor)
+                       for chunk in _sorted_megabatches(order, self.lengths, self.batch_size * self.group_factor,
+                                                        self.strata)
                        for i in range(0, len(chunk), self.batch_size)]
             batches = _shuffle_longest_first(batches, self.lengths, generator)
         return _shard(batches, self.rank, self.world_size, True)
