@@ -148,6 +148,47 @@ def test_a_disagreeing_export_fails_and_leaves_nothing_loadable(bundle, tmp_path
     assert not list(tmp_path.glob(".bad.partial-*"))  # no staging folder left behind
 
 
+def test_a_failed_export_leaves_the_previous_export_untouched(bundle, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "export"
+    export_model(bundle, out, format="onnx", log=quiet)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_wrap = export_module._wrap
+    monkeypatch.setattr(export_module, "_input_names", lambda model: ["input_ids", "attention_mask"])
+    monkeypatch.setattr(export_module, "_wrap", lambda model, inputs: _Skewed(real_wrap(model, inputs)).eval())
+    code = main(["export", "--model", str(bundle), "--format", "onnx", "--output", str(out), "--overwrite"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"the previous contents of {out} are untouched" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not json.loads((tmp_path / "export.parity-failed.json").read_text())["passed"]
+    Predictor.from_pretrained(out)  # still loads
+
+
+@pytest.mark.parametrize("where", ["the model folder", "a folder holding it"])
+def test_export_never_replaces_its_own_input(bundle, tmp_path, where, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(bundle, run / "best")
+    (run / "metrics.json").write_text("{}")
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    output = run / "best" if where == "the model folder" else run
+    code = main(["export", "--model", str(run / "best"), "--format", "onnx", "--output", str(output), "--overwrite"])
+    err = capsys.readouterr().err
+    assert code == 2 and "would replace the command's own input" in err
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
+
+
+def test_export_overwrite_replaces_only_an_export(bundle, tmp_path):
+    from textclf import outputs
+
+    out = tmp_path / "export"
+    export_model(bundle, out, format="onnx", log=quiet)
+    assert outputs.EXPORT.foreign(out) == [] and (out / outputs.MARKER).is_file()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match=r"notes\.txt"):
+        export_model(bundle, out, format="onnx", overwrite=True, log=quiet)
+    (out / "notes.txt").unlink()
+    export_model(bundle, out, format="onnx", overwrite=True, log=quiet)
+
+
 def test_argument_errors(bundle, tmp_path):
     with pytest.raises(ConfigError, match="needs --format onnx"):
         export_model(bundle, tmp_path / "x", format="torchscript", quantize="int8")

@@ -342,6 +342,38 @@ def test_foreign_folder_is_never_deleted_even_with_overwrite(tmp_path, tiny_mode
     assert (out / "thesis.tex").read_text() == "years of work"
 
 
+def test_overwrite_never_deletes_a_project_folder_that_holds_a_config_yaml(tmp_path, tiny_model_dir, tiny_data_dir):
+    # A project folder with its own config.yaml (any tool's) beside notes and code: --overwrite used to delete it.
+    out = tmp_path / "proj"
+    (out / "src").mkdir(parents=True)
+    (out / "config.yaml").write_text("lr: 1\n")
+    (out / "notes.md").write_text("results so far")
+    (out / "src" / "model.py").write_text("print(1)")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    with pytest.raises(OutputDirError, match=r"holds files textclf did not write next to its run: notes\.md, src"):
+        _trainer(tiny_model_dir, tiny_data_dir, out, overwrite=True).fit()
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert (out / "notes.md").read_text() == "results so far"
+
+
+def test_overwrite_replaces_textclf_runs_marked_or_written_before_the_marker(tmp_path, tiny_model_dir,
+                                                                             tiny_data_dir):
+    from textclf import outputs
+
+    out = tmp_path / "run"
+    _trainer(tiny_model_dir, tiny_data_dir, out, max_steps=2).fit()
+    assert json.loads((out / outputs.MARKER).read_text())["kind"] == "run"
+    assert outputs.RUN.foreign(out) == []  # the layout lists everything a run writes
+    (out / outputs.MARKER).unlink()  # as a run folder of the previous release
+    _trainer(tiny_model_dir, tiny_data_dir, out, max_steps=2, overwrite=True).fit()
+    assert (out / "best").is_dir() and (out / outputs.MARKER).is_file()
+    # A file of the user's inside a run folder makes it theirs: --overwrite stops, and the run stays.
+    (out / "my-analysis.ipynb").write_text("{}")
+    with pytest.raises(OutputDirError, match=r"my-analysis\.ipynb"):
+        _trainer(tiny_model_dir, tiny_data_dir, out, max_steps=2, overwrite=True).fit()
+    assert (out / "best").is_dir() and (out / "my-analysis.ipynb").is_file()
+
+
 def test_evaluation_leaves_every_rng_untouched(tmp_path, tiny_model_dir, tiny_data_dir):
     """An evaluation between two steps must not shift the dropout masks that follow it."""
     import random

@@ -266,7 +266,9 @@ def test_grad_accumulation_equals_big_batch(nodrop_model_dir, tiny_data, tmp_pat
     big, big_result = _accum_run(nodrop_model_dir, data, tmp_path / "big", 8, 1, max_steps=4)
     small, small_result = _accum_run(nodrop_model_dir, data, tmp_path / "small", 4, 2, max_steps=4)
     assert big_result.global_step == small_result.global_step == 4
-    _assert_same_weights(_weights(big), _weights(small), atol=1e-6)
+    # fp32 sums of 8 rows and of 2 x 4 rows round differently: 1.7e-6 after 4 Adam steps on an Intel Xeon with
+    # AVX-512 bf16 (the earlier 1e-6 held on an AMD EPYC); a wrong accumulation moves weights by about a step (1e-3).
+    _assert_same_weights(_weights(big), _weights(small), atol=1e-5)
     # Same gradient at every step, not only similar end points: the pre-clip norms and losses agree.
     big_logs, small_logs = _train_logs(tmp_path / "big"), _train_logs(tmp_path / "small")
     assert [r["train/grad_norm"] for r in small_logs] == pytest.approx([r["train/grad_norm"] for r in big_logs],
@@ -460,15 +462,19 @@ def test_output_folder_refuses_to_mix_runs(tiny_model_dir, tiny_data, tmp_path):
     out = tmp_path / "run"
     data = _train_only(tiny_data, 16)
     _fit(tiny_model_dir, data, out, _config(max_steps=1))
-    (out / "notes.txt").write_text("part of the first run's folder")
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(OutputDirError, match="overwrite"):
         _fit(tiny_model_dir, data, out, _config(max_steps=2))
     assert sorted(p.name for p in out.iterdir()) == before  # refused before touching anything
     assert RunConfig.load(out / "config.yaml").train.max_steps == 1
+    # A file of the user's in the run folder: --overwrite refuses too, as the folder is no longer textclf's alone.
+    (out / "notes.txt").write_text("written into the first run's folder")
+    with pytest.raises(OutputDirError, match="notes.txt"):
+        _fit(tiny_model_dir, data, out, _config(max_steps=2), overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*before, "notes.txt"])
+    (out / "notes.txt").unlink()
     _, result = _fit(tiny_model_dir, data, out, _config(max_steps=2), overwrite=True)
     assert result.global_step == 2
-    assert not (out / "notes.txt").exists()  # replaced, not mixed
     assert RunConfig.load(out / "config.yaml").train.max_steps == 2
     assert [r["step"] for r in _train_logs(out)] == [1, 2]  # the log holds the new run only
 

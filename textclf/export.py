@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import outputs
 from .errors import ConfigError, OutputDirError, TextclfError
 from .labels import LABELS_FILE
 from .modeling import TEXTCLF_FILE, WEIGHTS_FILE
@@ -201,6 +202,7 @@ def export_model(model_dir: str | Path, output_dir: str | Path, format: str = "o
     if format == "torchscript" and not _torchscript_available():
         log("torch.jit is not available in this torch; exporting with torch.export (model.pt2) instead")
         format = "torch-export"
+    outputs.check_not_input(output_dir, {"--model": model_dir})
     _check_output_dir(output_dir, overwrite)
     from .ensemble import is_ensemble
 
@@ -264,14 +266,18 @@ def export_model(model_dir: str | Path, output_dir: str | Path, format: str = "o
         for line in report.format_lines():
             log(line)
         if not report.passed:
-            # Overwrite was asked for (or the folder is new): leave only the report, nothing loadable.
-            shutil.rmtree(output_dir, ignore_errors=True)
-            output_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(staging / PARITY_FILE, output_dir / PARITY_FILE)
+            # Nothing loadable is written and a previous export stays as it was: the report goes into a new or
+            # empty --output folder, else next to it.
+            empty = not output_dir.exists() or (output_dir.is_dir() and not any(output_dir.iterdir()))
+            details = (output_dir / PARITY_FILE if empty
+                       else output_dir.with_name(f"{output_dir.name}.parity-failed.json"))
+            details.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(staging / PARITY_FILE, details)
+            kept = "" if empty else f"; the previous contents of {output_dir} are untouched"
             raise ExportError(f"the exported model disagrees with PyTorch ({'; '.join(report.failures)}); "
-                              f"nothing was exported. Details: {output_dir / PARITY_FILE}")
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
+                              f"nothing was exported{kept}. Details: {details}")
+        outputs.claim(staging, outputs.EXPORT)
+        outputs.replace(output_dir, outputs.EXPORT)  # checked before the work; checked again before it deletes
         output_dir.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, output_dir)
     finally:
@@ -455,6 +461,7 @@ def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise OutputDirError(f"{output_dir} is not empty; pass --overwrite (overwrite=True) to replace it "
                              "or choose another --output")
+    outputs.check_replaceable(output_dir, outputs.EXPORT)  # --overwrite replaces an earlier export and nothing else
 
 
 def _sample_texts(data, reference, text_column: str, label_column: str, encoding: str):

@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import checkpoint as ckpt
+from . import outputs
 from .callbacks import Callback, ProgressBar
 from .collate import count_optimizer_steps, training_batches
 from .config import DataConfig, PretrainConfig, TrainConfig, load_mapping, save_mapping
@@ -730,18 +731,16 @@ class Pretrainer:
             self.print(f"resuming from {checkpoint}")
             return checkpoint
         if out.is_dir() and any(out.iterdir()):
-            if not (out / "config.yaml").is_file():
-                raise OutputDirError(f"output folder {out} is not empty and holds no textclf run (no config.yaml); "
-                                     "choose a new or empty folder with --output")
+            outputs.check_replaceable(out, outputs.PRETRAIN_RUN)  # never delete a folder textclf did not write
             # --resume auto without a checkpoint starts over, but only over a run of the same settings and data
             same_run = resume == "auto" and not self._setting_changes(load_mapping(out / "config.yaml"))
             if not self.overwrite and not same_run:
                 raise OutputDirError(f"output folder {out} already holds a run; pass --overwrite (overwrite=True) to "
                                      "replace it, --resume auto to continue it, or choose another folder")
-            import shutil
-
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
+            outputs.replace(out, outputs.PRETRAIN_RUN)
+        elif out.exists() and not out.is_dir():
+            raise OutputDirError(f"{out} exists and is not a folder; choose another --output")
+        outputs.claim(out, outputs.PRETRAIN_RUN)
         save_mapping(self.resolved_config(), out / "config.yaml")
         return None
 

@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
+from . import outputs
 from .analysis import RunAnalysis
 from .augment import augment_dataset
 from .callbacks import Callback, EarlyStopping, ProgressBar
@@ -677,10 +678,7 @@ class Trainer:
                                      "in the checkpoint's own output folder or in a new, empty one")
             self.print(f"resuming from {checkpoint}")
         elif out.is_dir() and any(out.iterdir()):
-            held = sorted(p.name for p in out.iterdir())
-            if not (out / "config.yaml").is_file():  # never delete a folder textclf did not write, not even now
-                raise OutputDirError(f"output folder {out} is not empty and holds no textclf run (no config.yaml; "
-                                     f"it holds {held[:5]}); choose a new or empty folder with --output")
+            outputs.check_replaceable(out, outputs.RUN)  # never delete a folder textclf did not write, not even now
             changed = self._setting_changes(_read_yaml(out / "config.yaml")) if resume == "auto" else None
             if not self.overwrite and changed != []:
                 if resume == "auto":
@@ -691,9 +689,11 @@ class Trainer:
                                      "to replace it, --resume auto to continue it, or choose another folder")
             self.print(f"no checkpoint in {out}; starting fresh" if resume == "auto" else f"replacing {out}")
             if self.runtime.is_main:
-                shutil.rmtree(out)
+                outputs.replace(out, outputs.RUN)
+        elif out.exists() and not out.is_dir():
+            raise OutputDirError(f"{out} exists and is not a folder; choose another --output")
         if self.runtime.is_main and checkpoint is None:  # a resume writes only once the checkpoint has loaded
-            out.mkdir(parents=True, exist_ok=True)
+            outputs.claim(out, outputs.RUN)
             self.run_config.save(out / "config.yaml")
         return checkpoint
 
