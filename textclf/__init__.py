@@ -47,8 +47,9 @@ __all__ += ["PretrainConfig", "PretrainResult", "Pretrainer", "pretrain", "train
 from .analysis import ErrorCollector, evaluate_with_errors  # noqa: E402
 from .augment import Augmenter  # noqa: E402
 from .calibration import expected_calibration_error, fit_temperature  # noqa: E402
-from .ensemble import EnsembleClassifier, EnsembleResult, train_ensemble  # noqa: E402
+from .ensemble import EnsembleClassifier  # noqa: E402
 from .normalize import TextNormalizer  # noqa: E402
+from .seed_ensemble import EnsembleResult, train_ensemble  # noqa: E402
 
 __all__ += ["Augmenter", "EnsembleClassifier", "EnsembleResult", "ErrorCollector", "TextNormalizer",
             "evaluate_with_errors", "expected_calibration_error", "fit_temperature", "train_ensemble"]

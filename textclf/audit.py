@@ -183,21 +183,11 @@ def out_of_fold_probabilities(texts: list[str], labels: list, label_map, folds: 
 
                 trainer = train_fold(fit_texts, fit_labels, label_map, Path(work_dir) / f"fold-{k + 1}", model,
                                      train_config)
-                out[held_rows] = trainer_probabilities(trainer, held_texts)
+                out[held_rows] = trainer.predictor().predict_proba(held_texts).astype(np.float64)
     finally:
         if temporary is not None:
             temporary.cleanup()
     return out
-
-
-def trainer_probabilities(trainer, texts: list[str]) -> np.ndarray:
-    """Softmax (sigmoid for multi-label) probabilities of a trained :class:`~textclf.trainer.Trainer`'s model."""
-    from .predict import Predictor
-
-    predictor = Predictor(trainer.model, trainer.tokenizer, trainer.label_map, device=trainer.runtime.device,
-                          max_length=trainer.config.max_length, precision=trainer.runtime.precision,
-                          batch_size=trainer.config.eval_batch_size)
-    return predictor.predict_proba(texts).astype(np.float64)
 
 
 # ================================================================================================ the audit

@@ -265,7 +265,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_ensemble(args: argparse.Namespace, config: RunConfig, data) -> int:
     """``textclf train --seeds 1,2,3``: one run per seed, then the soft-voting ensemble (textclf.ensemble)."""
-    from .ensemble import train_ensemble
+    from .seed_ensemble import train_ensemble
 
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

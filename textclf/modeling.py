@@ -20,10 +20,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from .aggregation import aggregate_window_logits, attention_over_windows
 from .errors import ConfigError, ModelLoadError
 from .labels import LabelMap
 from .weight_file import WeightFileError, read_entries, read_into
-from .windows import aggregate_window_logits, attention_over_windows
 
 WEIGHTS_FILE = "model.safetensors"
 TEXTCLF_FILE = "textclf.json"

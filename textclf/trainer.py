@@ -57,6 +57,7 @@ from .multilabel import (
 )
 from .normalize import TextNormalizer
 from .optim import build_adamw, build_scheduler
+from .predict import Predictor
 from .runtime import (
     broadcast_module,
     gather_to_main,
@@ -448,12 +449,15 @@ class Trainer:
 
     def predict(self, texts: list[str], top_k: int = 1, batch_size: int | None = None):
         """Predict labels and probabilities for raw texts with the current weights (see :class:`Predictor`)."""
-        from .predict import Predictor
+        return self.predictor().predict(texts, top_k=top_k, batch_size=batch_size or self.config.eval_batch_size)
 
-        predictor = Predictor(self.model, self.tokenizer, self.label_map, device=self.runtime.device,
-                              max_length=self.config.max_length, precision=self.runtime.precision,
-                              thresholds=self.thresholds, windows=self.windows)
-        return predictor.predict(texts, top_k=top_k, batch_size=batch_size or self.config.eval_batch_size)
+    def predictor(self) -> Predictor:
+        """A :class:`Predictor` over the current weights that reads texts as this trainer does (length, windows,
+        normaliser, thresholds): what cross-validation and the label audit score held-out rows with."""
+        return Predictor(self.model, self.tokenizer, self.label_map, device=self.runtime.device,
+                         max_length=self.config.max_length, precision=self.runtime.precision,
+                         thresholds=self.thresholds, windows=self.windows, batch_size=self.config.eval_batch_size,
+                         normalizer=self.normalizer)
 
     # ==================================================================================================
     # derived quantities

@@ -1,0 +1,83 @@
+"""The package's shape: no import cycles inside ``textclf/``, counting imports inside functions too (a function-level
+import must not be a way to hide a cycle). Imports under ``if TYPE_CHECKING:`` never run and do not count."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "textclf"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_imports(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+    """Modules of the package that ``module`` imports when it runs (any depth, TYPE_CHECKING blocks skipped)."""
+    found: set[str] = set()
+    base = module.split(".") if is_package else module.split(".")[:-1]
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = base[: len(base) - node.level + 1]
+                target = ".".join(anchor + ([node.module] if node.module else []))
+                # "from . import outputs" names a module; "from .x import name" names something in x
+                found.update(f"{target}.{a.name}" for a in node.names) if not node.module else found.add(target)
+            elif node.module and node.module.split(".")[0] == "textclf":
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "textclf")
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in files.items():
+        targets = _runtime_imports(ast.parse(path.read_text(encoding="utf-8")), name, path.name == "__init__.py")
+        # "from . import __version__" reads the package itself: the package's __init__ is not a module cycle
+        graph[name] = {t for t in targets if t in files and t != name and t != "textclf"}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    cycles, state, stack = [], {}, []
+
+    def walk(node: str) -> None:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                walk(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            walk(node)
+    return cycles
+
+
+def test_no_import_cycles_inside_the_package():
+    assert _cycles(_graph()) == [], "import cycles (each a function in the wrong module)"
+
+
+def test_the_cycle_finder_finds_a_cycle_hidden_in_a_function():
+    tree = ast.parse("def f():\n    from .b import x\n")
+    assert _runtime_imports(tree, "textclf.a", False) == {"textclf.b"}
+    guarded = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import x\n")
+    assert _runtime_imports(guarded, "textclf.a", False) == set()
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
