@@ -81,6 +81,9 @@ CASES = [
     # ---- model, settings, output folder, resources
     case("model-unreachable", {}, ["--model", "no-such-org/no-such-model"],
          r"'no-such-org/no-such-model' is neither a local folder nor reachable.*offline"),
+    case("model-is-a-run-folder", {}, ["--model", str(Path(__file__).parent / "data" / "legacy" / "run")],
+         r"legacy/run is a textclf training run folder, not a model folder; its best model is in .*legacy/run/best: "
+         r"pass --model .*legacy/run/best"),
     case("max-length-over-model-limit", {}, ["--max-length", "512"],
          r"train\.max_length: 512 exceeds the model's limit of 128 tokens; use --max-length 128"),
     case("output-holds-another-run", {}, [],

@@ -267,3 +267,16 @@ def test_broken_local_folder_names_the_folder(tmp_path):
     (tmp_path / "config.json").write_text("not json")
     with pytest.raises(ModelLoadError, match=str(tmp_path)):
         load_encoder(str(tmp_path))
+
+
+def test_a_pretraining_run_folder_as_model_names_the_encoder_inside(tiny_model_dir, tmp_path):
+    # textclf pretrain prints OUTPUT/model, but OUTPUT is the natural thing to pass
+    import shutil
+
+    shutil.copytree(tiny_model_dir, tmp_path / "pretrained" / "model")
+    (tmp_path / "pretrained" / "config.yaml").write_text("train: {}\n")
+    for load in (load_tokenizer, load_encoder):
+        with pytest.raises(ModelLoadError, match=r"pretrained is a textclf pretraining run folder, not a model "
+                                                 r"folder; the pretrained encoder is in .*pretrained/model"):
+            load(str(tmp_path / "pretrained"))
+    assert load_tokenizer(str(tmp_path / "pretrained" / "model")).is_fast

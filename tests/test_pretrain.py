@@ -216,7 +216,7 @@ def test_an_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, ar
     # 128 texts / 16 = 8 micro-batches per epoch, 2 per step: step 6 is mid-epoch (epoch 1, batch 4), between
     # checkpoints 4 and 8, so the resume also replays steps 5 and 6
     cut, result = run(tmp_path / "cut", [InterruptAt(6)])
-    assert result.interrupted and result.model_dir is None
+    assert result.interrupted and result.model_dir is None and result.signal == 15
     assert (tmp_path / "cut" / "checkpoints" / "step-000006").is_dir()
     resumed, result = run(tmp_path / "cut", resume="auto")
     assert result.global_step == 12

@@ -301,6 +301,7 @@ def test_sigterm_checkpoints_and_resume_auto_continues_in_process(tmp_path, tiny
     trainer = _trainer(tiny_model_dir, tiny_data_dir, out, callbacks=[_SignalAt(3), _SignalAt(5)])
     result = trainer.fit()
     assert result.interrupted and result.global_step == 3 and not (out / "last").exists()
+    assert result.signal == signal.SIGTERM  # what the command line exits with (128 + 15), no private state read
     assert ckpt.latest_checkpoint(out / "checkpoints").name == "step-000003"  # 3 is not a save step: the signal's
 
     before = sorted(p.name for p in out.rglob("*"))

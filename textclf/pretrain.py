@@ -372,6 +372,7 @@ class PretrainResult:
     global_step: int
     final_loss: float | None
     interrupted: bool = False
+    signal: int | None = None  # the signal that interrupted pretraining; exit status 128 + signal
 
 
 class Pretrainer:
@@ -782,7 +783,8 @@ class Pretrainer:
             name = signal.Signals(self._interrupt_signal).name
             self.print(f"stopped by {name} after optimizer step {self.state.global_step}; continue with "
                        "Pretrainer.fit(resume='auto') or the same textclf pretrain command with --resume auto")
-            return PretrainResult(self.output_dir, None, self.state.global_step, last_loss, interrupted=True)
+            return PretrainResult(self.output_dir, None, self.state.global_step, last_loss, interrupted=True,
+                                  signal=self._interrupt_signal)
         meta = {"pretrained_by": "textclf pretrain", "base_model": self.model_name,
                 "pretrain_config": dataclasses.asdict(self.pretrain_config),
                 "train_config": dataclasses.asdict(self.config), "global_step": self.state.global_step,

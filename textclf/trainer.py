@@ -109,6 +109,7 @@ class FitResult:
     test: dict | None
     stopped_early: bool = False
     interrupted: bool = False
+    signal: int | None = None  # the signal (SIGINT, SIGTERM) that interrupted training; exit status 128 + signal
 
 
 class Trainer:
@@ -844,7 +845,7 @@ class Trainer:
                        "everything. Continue with Trainer.fit(resume='auto'), or run the same textclf train "
                        "command with --resume auto")
             return FitResult(self.output_dir, self.state.global_step, self.state.best_step, self.state.best_metric,
-                             None, None, stopped_early=False, interrupted=True)
+                             None, None, stopped_early=False, interrupted=True, signal=self._interrupt_signal)
         self._save_bundle(self.output_dir / "last", {"step": self.state.global_step})
         # Rank 0 wrote best/ and reloads it; the other ranks take its weights over the process group, so none
         # reads a folder rank 0 may still be writing, and no filesystem shared between nodes is needed.
