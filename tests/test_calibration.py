@@ -97,4 +97,10 @@ def test_fit_calibrates_and_predictor_applies_the_temperature(tiny_model_dir, ti
     report = trainer.evaluate(tiny_data.dev, batch_hook=analysis.hook("dev", tiny_data.dev))
     analysis.after("dev", report)
     assert analysis.temperature > 1.5
-    assert report.extra["ece_after"] < report.extra["ece_before"]
+    # What the temperature is fitted for: a lower dev cross-entropy. (ECE on 50 dev rows is not guaranteed to fall:
+    # it moved either way with the training run's batches, 0.041 -> 0.073 in one run.)
+    logits = torch.as_tensor(trainer.predictor().logits(tiny_data.dev.texts), dtype=torch.float64)
+    targets = torch.tensor([trainer.label_map.encode(name) for name in tiny_data.dev.labels])
+    nll = [torch.nn.functional.cross_entropy(logits / t, targets).item() for t in (1.0, analysis.temperature)]
+    assert nll[1] < nll[0], nll
+    assert report.extra["ece_after"] >= 0 and report.extra["ece_before"] >= 0

@@ -207,7 +207,8 @@ class TrainConfig:
     device: str = "auto"
     # Seed of weights init, dropout and data order.
     seed: int = 42
-    # Group texts of similar length into batches (less padding) when training.
+    # Group texts of similar length into batches (less padding) when training. Grouping is stratified by class: each
+    # batch takes the same length quantile of every class, so batches keep the class mix of the data.
     group_by_length: bool = True
     # Token budget of a training batch (rows x longest row); when set, length-grouped batches are filled up to it
     # instead of holding batch_size rows, so short texts travel in big batches. None keeps batch_size rows.

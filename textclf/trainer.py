@@ -37,7 +37,7 @@ from . import outputs
 from .analysis import RunAnalysis
 from .augment import augment_dataset
 from .callbacks import Callback, EarlyStopping, ProgressBar
-from .collate import count_optimizer_steps, make_collate, sequential_shard, training_batches
+from .collate import count_optimizer_steps, length_strata, make_collate, sequential_shard, training_batches
 from .config import DataConfig, ModelConfig, RunConfig, RunPaths, TrainConfig
 from .data import DatasetSplits, Split, TextClassificationDataset, load_dataset
 from .ensemble import load_model
@@ -136,6 +136,10 @@ class Trainer:
     # gradient sets True (else DDP stops with "Expected to have finished reduction in the prior iteration"); it costs
     # one walk of the autograd graph per step. The built-in model uses every parameter (mean pooling drops the pooler).
     ddp_find_unused_parameters: bool = False
+    # Length-grouped batches keep the class mix of the data (a plain length sort makes them class-homogeneous where
+    # length and class correlate, which cost 2-8 accuracy points on small data: docs/benchmarks.md). A checkpoint
+    # written before stratification existed resumes with the plain sort it started with, so its epochs stay exact.
+    stratify_lengths: bool = True
 
     def __init__(self, model: str | TextClassifier = "minilm", data=None, output_dir: str | Path = "runs/textclf",
                  config: TrainConfig | None = None, *, model_config: ModelConfig | None = None,
@@ -477,14 +481,17 @@ class Trainer:
     def train_sampler(self):
         if not hasattr(self, "_train_sampler"):
             cfg, rt = self.config, self.runtime
+            # Length grouping is stratified by class: every batch keeps the class mix (docs/benchmarks.md).
+            strata = length_strata(self.train_dataset.labels) if self.stratify_lengths else None
             if cfg.sampler != "random":  # class-balanced or class-weighted draws (textclf.sampling)
                 weights = row_weights(self.train_dataset.labels, len(self.label_map), cfg.sampler)
                 lengths = self.train_dataset.lengths if cfg.group_by_length else None
                 self._train_sampler = WeightedBatches(weights, cfg.batch_size, cfg.seed, lengths, rank=rt.rank,
-                                                      world_size=rt.world_size)
+                                                      world_size=rt.world_size, strata=strata)
             else:
                 self._train_sampler = training_batches(self.train_dataset.lengths, cfg.batch_size, cfg.seed,
-                                                       cfg.max_tokens, cfg.group_by_length, rt.rank, rt.world_size)
+                                                       cfg.max_tokens, cfg.group_by_length, rt.rank, rt.world_size,
+                                                       strata)
         return self._train_sampler
 
     @functools.cached_property
@@ -777,6 +784,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
                 # by class, so adding or removing a stateless callback between runs cannot misassign a state
                 "callbacks": [{"class": type(cb).__name__, "state": cb.state_dict()} for cb in self.callbacks],
+                "batching": "stratified" if self.stratify_lengths else "plain",
                 "meters": meters,
                 "config": self.run_config.to_dict(),
                 "labels": self.label_map.to_dict(),
@@ -798,6 +806,9 @@ class Trainer:
         # Every rank loads the checkpoint (weights and optimizer are the same for all), with its own RNG states.
         state, rng = ckpt.load_checkpoint(folder, self.model, self.optimizer, self.runtime.device, self.runtime.rank)
         self.state = TrainState(**state["train_state"])
+        if state.get("batching", "plain") == "plain" and self.stratify_lengths:  # written by a 0.x release
+            self.stratify_lengths = False
+            vars(self).pop("_train_sampler", None)  # same number of batches, the order of the plain length sort
         self.scheduler.load_state_dict(state["scheduler"])
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
