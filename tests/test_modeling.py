@@ -280,3 +280,15 @@ def test_a_pretraining_run_folder_as_model_names_the_encoder_inside(tiny_model_d
                                                  r"folder; the pretrained encoder is in .*pretrained/model"):
             load(str(tmp_path / "pretrained"))
     assert load_tokenizer(str(tmp_path / "pretrained" / "model")).is_fast
+
+
+def test_a_model_with_non_finite_weights_is_never_saved(tiny_model_dir, tmp_path):
+    from textclf.errors import TrainingError
+
+    model = _classifier(tiny_model_dir)
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("inf")
+    with pytest.raises(TrainingError, match=r"refusing to save .*bad: 1 weight tensor\(s\) hold NaN or infinity "
+                                            r"\(classifier\.weight\); lower the learning rate"):
+        model.save_pretrained(tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

@@ -388,3 +388,14 @@ def test_evaluation_leaves_every_rng_untouched(tmp_path, tiny_model_dir, tiny_da
     assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[1]
     assert (np.random.get_state()[1] == before[2]).all()
     assert trainer.model.training  # and the train/eval mode is given back
+
+
+def test_only_checkpoint_folders_count_as_checkpoints(tmp_path):
+    # A backup copy made by hand (step-000002.bak), a state file that is not an object, a stray file: ignored.
+    for name, state in (("step-000001", {"complete": True}), ("step-000002.bak", {"complete": True}),
+                        ("step-000003", None), ("step-latest", {"complete": True})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / ckpt.STATE_FILE).write_text(json.dumps(state))
+    (tmp_path / "step-000009").write_text("a file, not a folder")
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000001"]
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-000001"

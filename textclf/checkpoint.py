@@ -158,10 +158,12 @@ def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
         return []
     found = []
     for folder in checkpoint_dir.glob(f"{PREFIX}*"):
+        if not folder.name[len(PREFIX):].isdigit():  # a user's copy (step-000002.bak) is not a checkpoint
+            continue
         try:
             if json.loads((folder / STATE_FILE).read_text(encoding="utf-8")).get("complete"):
                 found.append(folder)
-        except (OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError, AttributeError):  # AttributeError: a state file that is not a dict
             continue
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 

@@ -213,6 +213,9 @@ def _parser_for(kind: type, optional: bool, flag: str):
 def resolve_run_config(args: argparse.Namespace) -> RunConfig:
     """Defaults, then the --config file, then flags; every section validated with errors that name the field."""
     raw = load_mapping(args.config) if getattr(args, "config", None) else {}
+    for name, _ in SECTIONS:
+        if not isinstance(raw.get(name) or {}, dict):
+            raise ConfigError(f"{args.config}: {name}: expected a mapping of fields, got {type(raw[name]).__name__}")
     sections = {name: dict(raw.get(name) or {}) for name, _ in SECTIONS}
     unknown = set(raw) - set(sections)
     if unknown:

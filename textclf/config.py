@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import numbers
 import typing
 from dataclasses import dataclass, field, fields
@@ -42,6 +43,8 @@ def _check_types(config: Any, section: str) -> None:
             continue
         allowed = tuple(_KINDS.get(k, k) for k in kinds if k is not type(None))
         if isinstance(value, allowed) and (bool in kinds or not isinstance(value, bool)):
+            if isinstance(value, float) and not math.isfinite(value):  # inf trains to non-finite weights
+                raise ConfigError(f"{section}.{f.name}: must be a finite number, got {value}")
             continue
         hint = ""
         if isinstance(value, str) and (int in kinds or float in kinds) and _is_number(value):
@@ -107,6 +110,8 @@ class DataConfig:
         _check(0.0 < self.dev_size < 1.0, "data", "dev_size", f"must be in (0, 1), got {self.dev_size}")
         _check(0.0 <= self.test_size < 1.0, "data", "test_size", f"must be in [0, 1), got {self.test_size}")
         _check(self.dev_size + self.test_size < 1.0, "data", "dev_size", "dev_size + test_size must be < 1")
+        _check(0 <= self.split_seed < 2**32, "data", "split_seed",
+               f"must be between 0 and 2**32 - 1, got {self.split_seed}")
         try:
             "".encode(self.encoding)
         except LookupError:
@@ -159,6 +164,8 @@ class ModelConfig:
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("linear", "cosine", "constant")
 METRICS = ("macro_f1", "micro_f1", "accuracy", "loss")
+# DataLoader worker processes: each holds a copy of the tokenized data; more than this only costs memory.
+MAX_WORKERS = 64
 SAMPLERS = ("random", "balanced", "weighted")
 THRESHOLD_MODES = ("none", "global", "per_label")
 LONG_TEXTS = ("truncate", "windows")
@@ -295,7 +302,10 @@ class TrainConfig:
         _check(self.patience is None or self.patience > 0, "train", "patience", "must be > 0 when set")
         _check(self.log_steps > 0, "train", "log_steps", "must be > 0")
         _check(self.eval_batch_size > 0, "train", "eval_batch_size", "must be > 0")
-        _check(self.num_workers >= 0, "train", "num_workers", "must be >= 0")
+        _check(0 <= self.num_workers <= MAX_WORKERS, "train", "num_workers",
+               f"must be between 0 and {MAX_WORKERS}, got {self.num_workers}; each worker is a process holding a "
+               "copy of the tokenized data, and 2 to 8 are plenty")
+        _check(0 <= self.seed < 2**32, "train", "seed", f"must be between 0 and 2**32 - 1, got {self.seed}")
         self._check_imbalance_and_finetuning()
 
     def _check_imbalance_and_finetuning(self) -> None:
@@ -443,7 +453,12 @@ def load_mapping(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
@@ -453,7 +468,12 @@ def load_mapping(path: str | Path) -> dict[str, Any]:
             raw = json.loads(text)
     except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError carry the line number
         raise ConfigError(f"config file {path} cannot be parsed: {exc}") from None
-    return raw or {}
+    if raw is None:  # an empty file, or one holding only comments
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections (run:, data:, model:, train:), got "
+                          f"a {type(raw).__name__} ({raw!r:.60})")
+    return raw
 
 
 def save_mapping(mapping: dict[str, Any], path: str | Path) -> None:

@@ -499,7 +499,7 @@ def _read_table(path: Path, name: str, config: DataConfig, require_labels: bool,
     text_idx = _column_index(header, config.text_column, "text", path, header_line)
     label_idx = None
     if config.label_column in header:
-        label_idx = header.index(config.label_column)
+        label_idx = _column_index(header, config.label_column, "label", path, header_line)
     elif require_labels:
         _column_index(header, config.label_column, "label", path, header_line)
 
@@ -570,6 +570,10 @@ def _tsv_records(text: str):
 
 
 def _column_index(header: list[str], column: str, role: str, path: Path, line: int) -> int:
+    if header.count(column) > 1:  # which of the two columns holds the labels is anyone's guess
+        where = ", ".join(str(i + 1) for i, name in enumerate(header) if name == column)
+        raise DataError(f"{path}: line {line} (header) names the {role} column {column!r} more than once (columns "
+                        f"{where}); rename one of them, or pick another with --{role}-column NAME")
     if column in header:
         return header.index(column)
     raise DataError(

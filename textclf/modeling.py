@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .aggregation import aggregate_window_logits, attention_over_windows
-from .errors import ConfigError, ModelLoadError
+from .errors import ConfigError, ModelLoadError, TrainingError
 from .labels import LabelMap
 from .weight_file import WeightFileError, read_entries, read_into
 
@@ -244,8 +244,13 @@ class TextClassifier(nn.Module):
     def save_pretrained(self, folder: str | Path, tokenizer=None, extra: dict | None = None) -> None:
         """Write the model folder (weights, configs, labels, tokenizer); see the module docstring."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         state = self._hf_state_dict() if self.hf_compatible else self.state_dict()
+        broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if broken:  # a model that predicts NaN is worse than no model: never write one
+            raise TrainingError(f"refusing to save {folder}: {len(broken)} weight tensor(s) hold NaN or infinity "
+                                f"({', '.join(broken[:3])}); lower the learning rate (--lr) or keep gradient clipping "
+                                "on (--max-grad-norm), and train again")
+        folder.mkdir(parents=True, exist_ok=True)
         # safetensors refuses tensors that share memory (tied embeddings); contiguous copies are safe to save.
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / WEIGHTS_FILE))
         config = self.config.to_dict()
