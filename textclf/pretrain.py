@@ -48,6 +48,7 @@ from .errors import ConfigError, DataError, ModelLoadError, OutputDirError, Trai
 from .loggers import JsonlLogger, TensorBoardLogger
 from .modeling import load_tokenizer, resolve_model_name
 from .optim import build_adamw, build_scheduler
+from .run_folder import setting_changes, truncate_log
 from .runtime import rng_state, seed_everything, set_rng_state, setup_runtime
 from .speedups import training_speedups, zero_grad
 
@@ -619,9 +620,11 @@ class Pretrainer:
         self.state.stop_requested = bool(value)
 
     def print(self, message: str) -> None:
-        from tqdm.auto import tqdm
+        """Print on rank 0 only."""
+        if self.runtime.is_main:
+            from tqdm.auto import tqdm
 
-        tqdm.write(message)
+            tqdm.write(message)
 
     def _emit(self, event: str, *args) -> None:
         for callback in self.callbacks:
@@ -697,10 +700,7 @@ class Pretrainer:
                           "train.epochs", "train.max_steps", "train.save_steps", "train.keep_checkpoints")
 
     def _setting_changes(self, saved: dict | None) -> list[str]:
-        now = _flatten(self.resolved_config())
-        then = _flatten(saved or {})
-        return [f"{key}: {then.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(now) | set(then))
-                if not key.startswith(self.RESUMABLE_SETTINGS) and then.get(key) != now.get(key)]
+        return setting_changes(self.resolved_config(), saved, self.RESUMABLE_SETTINGS)
 
     def _fingerprint(self) -> dict:
         digest = hashlib.sha256()
@@ -771,7 +771,7 @@ class Pretrainer:
             if saved.get(type(callback).__name__):
                 callback.load_state_dict(saved[type(callback).__name__].pop(0))
         self._resumed_meters = state.get("meters")
-        _truncate_log(self.output_dir / "log.jsonl", self.state.global_step)
+        truncate_log(self.output_dir / "log.jsonl", self.state.global_step)
         set_rng_state(rng)
 
     def _finish(self) -> PretrainResult:
@@ -858,25 +858,6 @@ class _Untied(nn.Module):
 
 def _mask_seed(seed: int, epoch: int, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"textclf-mlm:{seed}:{epoch}:{index}".encode()).digest()[:8], "little") >> 1
-
-
-def _flatten(config: dict) -> dict:
-    return {f"{section}.{key}": value for section, fields_ in config.items() if isinstance(fields_, dict)
-            for key, value in fields_.items()}
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines a killed run wrote after the checkpoint being resumed: the resumed run writes them again."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
-        except (json.JSONDecodeError, AttributeError):
-            continue
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
 def pretrain(model: str | None = None, data=None, output_dir: str | Path = "runs/pretrain",

@@ -20,7 +20,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import shutil
 import signal
 import threading
@@ -58,6 +57,7 @@ from .multilabel import (
 from .normalize import TextNormalizer
 from .optim import build_adamw, build_scheduler
 from .predict import Predictor
+from .run_folder import setting_changes, truncate_log
 from .runtime import (
     broadcast_module,
     gather_to_main,
@@ -719,10 +719,7 @@ class Trainer:
 
     def _setting_changes(self, saved: dict) -> list[str]:
         """``"section.field: then -> now"`` for every setting that differs from ``saved`` and matters to a resume."""
-        now = _flatten(self.run_config.to_dict())
-        then = _flatten(saved or {})
-        return [f"{key}: {then.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(now) | set(then))
-                if not key.startswith(self.RESUMABLE_SETTINGS) and then.get(key) != now.get(key)]
+        return setting_changes(self.run_config.to_dict(), saved, self.RESUMABLE_SETTINGS)
 
     def _data_fingerprint(self) -> dict:
         """What a checkpoint must agree with: the label set and the exact training rows (order included)."""
@@ -824,7 +821,7 @@ class Trainer:
         if self.runtime.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)  # --resume DIR may point outside the output folder
             ckpt.recover_bundles(self.output_dir)
-            _truncate_log(self.output_dir / "log.jsonl", self.state.global_step)
+            truncate_log(self.output_dir / "log.jsonl", self.state.global_step)
             self.run_config.save(self.output_dir / "config.yaml")
         set_rng_state(rng)
 
@@ -987,12 +984,6 @@ def _window_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {"num_windows": batch["num_windows"]} if "num_windows" in batch else {}
 
 
-def _flatten(config: dict) -> dict:
-    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}``."""
-    return {f"{section}.{key}": value for section, fields in config.items() if isinstance(fields, dict)
-            for key, value in fields.items()}
-
-
 def _read_yaml(path: Path) -> dict:
     import yaml
 
@@ -1000,19 +991,3 @@ def _read_yaml(path: Path) -> dict:
         return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         return {}
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop the lines a killed run logged after the checkpoint being resumed: the resumed run logs them again."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
-        except (json.JSONDecodeError, AttributeError):  # a line torn by the kill
-            continue
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
