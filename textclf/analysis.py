@@ -15,13 +15,12 @@ dev logits that temperature fitting needs; the error collector keeps only the mi
 from __future__ import annotations
 
 import csv
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import bundle
 from .calibration import CalibrationBins, fit_temperature, plot_confusion, plot_reliability, softmax
 
 ERRORS_FILE = "errors.csv"
@@ -103,11 +102,9 @@ def evaluate_with_errors(trainer, split, path: str | Path, temperature: float = 
 
 def saved_temperature(folder: str | Path) -> float:
     """The calibration temperature recorded in a model folder's ``textclf.json`` (1.0 when none)."""
-    meta_path = Path(folder) / "textclf.json"
-    if not meta_path.is_file():
+    if not bundle.has_meta(folder):
         return 1.0
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    return float((meta.get("calibration") or {}).get("temperature", 1.0))
+    return float((bundle.read_meta(folder).get("calibration") or {}).get("temperature", 1.0))
 
 
 class RunAnalysis:
@@ -207,9 +204,4 @@ class RunAnalysis:
 
 def record_calibration(model_dir: str | Path, calibration: dict) -> None:
     """Add ``"calibration"`` to ``model_dir/textclf.json`` (atomically: a reader never sees half a file)."""
-    path = Path(model_dir) / "textclf.json"
-    meta = json.loads(path.read_text(encoding="utf-8"))
-    meta["calibration"] = calibration
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    bundle.update_meta(model_dir, calibration=calibration)

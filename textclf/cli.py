@@ -24,8 +24,10 @@ import typing
 import warnings
 from pathlib import Path
 
+from . import bundle
 from .config import DataConfig, ModelConfig, RunConfig, RunPaths, TrainConfig, field_docs, load_mapping
-from .errors import ConfigError, DataError, TextclfError
+from .errors import ConfigError, TextclfError
+from .labels import LABELS_FILE, LabelMap
 
 # Config sections whose fields become flags; a field may get a flag name other than its own.
 SECTIONS = (("run", RunPaths), ("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig))
@@ -328,21 +330,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .modeling import LABELS_FILE, TEXTCLF_FILE
-
     folder = Path(args.model)
-    meta_path = folder / TEXTCLF_FILE
-    if not meta_path.is_file():
-        raise DataError(f"{folder} is not a textclf model folder ({TEXTCLF_FILE} is missing); "
-                        "use OUTPUT/best or OUTPUT/last of a training run")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    labels = json.loads((folder / LABELS_FILE).read_text(encoding="utf-8")) if (folder / LABELS_FILE).is_file() else {}
+    meta = bundle.read_meta(folder)
+    labels = LabelMap.load(folder) if (folder / LABELS_FILE).is_file() else None
     metrics_path = folder.parent / "metrics.json"
     summary = {
         "model": str(folder),
         "base_model": meta.get("base_model"),
-        "labels": labels.get("names"),
-        "multi_label": labels.get("multi_label", False),
+        "labels": labels.names if labels else None,
+        "multi_label": labels.multi_label if labels else False,
         "pooling": meta.get("pooling"),
         "windows": meta.get("windows"),
         "hf_compatible": meta.get("hf_compatible"),
@@ -350,12 +346,22 @@ def cmd_info(args: argparse.Namespace) -> int:
         "train_config": meta.get("train_config"),
         "dev": {k: v for k, v in (meta.get("dev") or {}).items() if k in ("accuracy", "macro_f1", "micro_f1", "loss")},
     }
-    if metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    metrics = _read_json_object(metrics_path) if metrics_path.is_file() else None
+    if metrics is not None:
         summary["test"] = {k: v for k, v in (metrics.get("test") or {}).items()
                            if k in ("accuracy", "macro_f1", "micro_f1", "loss")}
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0
+
+
+def _read_json_object(path: Path) -> dict | None:
+    """A JSON object from ``path``; None, with a warning naming the file, when it is damaged (info goes on)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        print(f"textclf info: warning: {path} cannot be read ({exc}); its scores are left out", file=sys.stderr)
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -22,7 +22,6 @@ Members must share the tokenizer and label set, as seed ensembles do.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import bundle
 from .errors import ConfigError, ModelLoadError
 from .labels import LabelMap
 from .modeling import LABELS_FILE, TEXTCLF_FILE, TextClassifier
@@ -90,7 +90,7 @@ class EnsembleClassifier(nn.Module):
     def from_pretrained(cls, folder: str | Path) -> EnsembleClassifier:
         """Load an ensemble folder written by :func:`save_ensemble`."""
         folder = Path(folder)
-        meta = read_meta(folder)
+        meta = bundle.read_meta(folder)
         spec = meta.get("ensemble") or {}
         members, temperatures = [], []
         for relative in spec.get("members", []):
@@ -99,24 +99,15 @@ class EnsembleClassifier(nn.Module):
                 raise ModelLoadError(f"{folder}: ensemble member {relative} is missing ({member_dir}); the ensemble "
                                      "folder is incomplete, rebuild it with textclf train --seeds")
             members.append(TextClassifier.from_pretrained(member_dir))
-            member_meta = read_meta(member_dir)
+            member_meta = bundle.read_meta(member_dir)
             temperatures.append(float((member_meta.get("calibration") or {}).get("temperature", 1.0)))
         label_map = LabelMap.load(folder / LABELS_FILE)
         return cls(members, label_map, temperatures)
 
 
-def read_meta(folder: Path) -> dict:
-    path = Path(folder) / TEXTCLF_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path} cannot be read ({exc}); is {folder} a textclf model folder?") from None
-
-
 def is_ensemble(folder: str | Path) -> bool:
     """True for a folder written by :func:`save_ensemble`."""
-    path = Path(folder) / TEXTCLF_FILE
-    return path.is_file() and "ensemble" in json.loads(path.read_text(encoding="utf-8"))
+    return bundle.has_meta(folder) and "ensemble" in bundle.read_meta(folder)
 
 
 def load_model(folder: str | Path) -> nn.Module:
@@ -149,7 +140,7 @@ def save_ensemble(member_dirs: list[str | Path], folder: str | Path, names: list
     labels = [LabelMap.load(d / LABELS_FILE).to_dict() for d in member_dirs]
     if any(label != labels[0] for label in labels):
         raise ConfigError(f"ensemble members {[str(d) for d in member_dirs]} have different label sets")
-    first = read_meta(member_dirs[0])
+    first = bundle.read_meta(member_dirs[0])
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -162,7 +153,7 @@ def save_ensemble(member_dirs: list[str | Path], folder: str | Path, names: list
     meta = {"ensemble": {"members": [f"{MEMBERS_DIR}/{n}" for n in names], "voting": "soft"},
             "num_labels": first.get("num_labels"), "base_model": first.get("base_model"),
             "train_config": first.get("train_config"), "normalizer": first.get("normalizer"), **(extra or {})}
-    (tmp / TEXTCLF_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    bundle.write_meta(tmp, meta)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return folder

@@ -42,10 +42,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import outputs
+from . import bundle, outputs
 from .errors import ConfigError, OutputDirError, TextclfError
 from .labels import LABELS_FILE
-from .modeling import TEXTCLF_FILE, WEIGHTS_FILE
+from .modeling import WEIGHTS_FILE
 from .normalize import copy_inference_settings
 
 FORMATS = ("onnx", "torchscript", "torch-export")
@@ -250,7 +250,7 @@ def export_model(model_dir: str | Path, output_dir: str | Path, format: str = "o
         meta = copy_inference_settings(model_dir, staging, meta)  # synonym table, width folding, temperature
         reference.tokenizer.save_pretrained(str(staging))
         reference.label_map.save(staging / LABELS_FILE)
-        (staging / TEXTCLF_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        bundle.write_meta(staging, meta)
 
         exported = Predictor.from_pretrained(staging, device="cpu", precision="fp32", batch_size=batch_size)
         report = check_parity(reference, exported, sample, source, format, quantize, atol, min_agreement)
@@ -510,7 +510,7 @@ def _export_metadata(model_dir: Path, reference, format: str, quantize: str | No
                      inputs: list[str], opset: int | None) -> dict:
     from . import __version__
 
-    source_meta = json.loads((model_dir / TEXTCLF_FILE).read_text(encoding="utf-8"))
+    source_meta = bundle.read_meta(model_dir)
     versions = {"textclf": __version__, "torch": torch.__version__}
     if format == "onnx":
         import onnx

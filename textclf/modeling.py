@@ -20,13 +20,14 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from . import bundle
 from .aggregation import aggregate_window_logits, attention_over_windows
 from .errors import ConfigError, ModelLoadError, TrainingError
 from .labels import LabelMap
 from .weight_file import WeightFileError, read_entries, read_into
 
 WEIGHTS_FILE = "model.safetensors"
-TEXTCLF_FILE = "textclf.json"
+TEXTCLF_FILE = bundle.META_FILE
 LABELS_FILE = "labels.json"
 
 # Encoders whose Hugging Face sequence-classification model is exactly pooler -> dropout -> linear
@@ -268,7 +269,7 @@ class TextClassifier(nn.Module):
                 "hf_compatible": self.hf_compatible, "custom_head": self.custom_head,
                 "head_class": type(self.head).__name__, "window_aggregation": self.window_aggregation,
                 **(extra or {})}
-        (folder / TEXTCLF_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        bundle.write_meta(folder, meta)
         if self.label_map is not None:
             self.label_map.save(folder / LABELS_FILE)
         if tokenizer is not None:
@@ -289,7 +290,7 @@ class TextClassifier(nn.Module):
                     f"{folder} is not a textclf model folder: {required} is missing "
                     "(use the best/ or last/ folder inside a training output folder)"
                 )
-        meta = _read_json(folder / TEXTCLF_FILE)
+        meta = bundle.read_meta(folder)
         label_map = LabelMap.load(folder / LABELS_FILE) if (folder / LABELS_FILE).is_file() else None
         config = AutoConfig.from_pretrained(str(folder))
         encoder = AutoModel.from_config(config)
@@ -306,7 +307,7 @@ class TextClassifier(nn.Module):
         """
         folder = Path(folder)
         path = folder / WEIGHTS_FILE
-        meta = _read_json(folder / TEXTCLF_FILE)
+        meta = bundle.read_meta(folder)
         try:
             entries = read_entries(path)
         except WeightFileError as exc:
@@ -339,10 +340,3 @@ class TextClassifier(nn.Module):
         if file_name.startswith(prefix):
             return "encoder." + file_name[len(prefix):]
         return file_name.replace("classifier.", "head.", 1)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path} cannot be read ({exc}); the model folder is damaged") from None

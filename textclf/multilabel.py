@@ -21,14 +21,13 @@ predicted labels), subset accuracy the share of rows whose predicted label set i
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import bundle
 from .config import THRESHOLD_MODES
 from .errors import ConfigError
 from .metrics import ClassScores, EvalReport
@@ -92,19 +91,14 @@ class Thresholds:
 
 def read_thresholds(folder: str | Path, names: list[str]) -> Thresholds:
     """The thresholds saved in ``folder/textclf.json``, or 0.5 for every label when none were saved."""
-    path = Path(folder) / "textclf.json"
-    raw = json.loads(path.read_text(encoding="utf-8")).get("thresholds") if path.is_file() else None
-    return Thresholds.from_dict(raw, names, str(path)) if raw else Thresholds.fixed(len(names))
+    raw = bundle.read_meta(folder).get("thresholds") if bundle.has_meta(folder) else None
+    return Thresholds.from_dict(raw, names, str(Path(folder) / bundle.META_FILE)) if raw else Thresholds.fixed(
+        len(names))
 
 
 def save_thresholds(folder: str | Path, thresholds: Thresholds, names: list[str]) -> None:
     """Add ``"thresholds"`` to ``folder/textclf.json`` (atomically: a reader never sees half a file)."""
-    path = Path(folder) / "textclf.json"
-    meta = json.loads(path.read_text(encoding="utf-8"))
-    meta["thresholds"] = thresholds.to_dict(names)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    bundle.update_meta(folder, thresholds=thresholds.to_dict(names))
 
 
 def tune_thresholds(histograms: np.ndarray, mode: str = "per_label", min_positives: int = 5,

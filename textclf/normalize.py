@@ -28,6 +28,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from . import bundle
 from .errors import DataError, ModelLoadError
 
 NORMALIZER_FILE = "normalizer.json"
@@ -186,8 +187,7 @@ class TextNormalizer:
         """
         folder = Path(folder)
         if meta is None:
-            meta_path = folder / "textclf.json"
-            meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+            meta = bundle.read_meta(folder) if bundle.has_meta(folder) else {}
         name = meta.get("normalizer")
         if not name:
             return None
@@ -213,7 +213,7 @@ def copy_inference_settings(source: str | Path, target: str | Path, meta: dict) 
     import shutil
 
     source, target = Path(source), Path(target)
-    source_meta = json.loads((source / "textclf.json").read_text(encoding="utf-8"))
+    source_meta = bundle.read_meta(source)
     for key in ("normalizer", "calibration"):
         if source_meta.get(key):
             meta[key] = source_meta[key]

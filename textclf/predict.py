@@ -18,7 +18,6 @@ bundle (``OUTPUT/best``) runs in PyTorch, an export folder in the format it was 
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import bundle
 from .collate import make_collate, sequential_shard
 from .ensemble import load_model
 from .errors import ModelLoadError
 from .labels import LabelMap
-from .modeling import LABELS_FILE, TEXTCLF_FILE, WEIGHTS_FILE, load_tokenizer
+from .modeling import LABELS_FILE, WEIGHTS_FILE, load_tokenizer
 from .normalize import TextNormalizer
 from .runtime import resolve_device, resolve_precision, setup_runtime
 from .windows import WindowSpec, check_backend, windowed_logits
@@ -248,14 +248,7 @@ class Predictor:
         folder = Path(folder)
         if backend not in BACKENDS:
             raise ModelLoadError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        meta_path = folder / TEXTCLF_FILE
-        if not meta_path.is_file():
-            raise ModelLoadError(f"{folder} is not a textclf model folder ({TEXTCLF_FILE} is missing); use "
-                                 "OUTPUT/best or OUTPUT/last of a training run, or a `textclf export` folder")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ModelLoadError(f"{meta_path} cannot be read ({exc}); the model folder is damaged") from None
+        meta = bundle.read_meta(folder)
         export = meta.get("export")
         if export is None:  # a training bundle: PyTorch weights
             if backend == "onnx":

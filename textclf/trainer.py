@@ -31,8 +31,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from . import bundle, outputs
 from . import checkpoint as ckpt
-from . import outputs
 from .analysis import RunAnalysis
 from .augment import augment_dataset
 from .callbacks import Callback, EarlyStopping, ProgressBar
@@ -214,7 +214,7 @@ class Trainer:
         ``max_length`` is the one the model was trained with; ``kwargs`` go to the constructor.
         """
         model = load_model(folder)  # a TextClassifier, or an EnsembleClassifier for an ensemble folder
-        trained = json.loads((Path(folder) / "textclf.json").read_text(encoding="utf-8")).get("train_config", {})
+        trained = bundle.read_meta(folder).get("train_config") or {}
         windowed = {k: trained[k] for k in ("long_texts", "window_overlap", "window_aggregation", "max_windows")
                     if k in trained}  # evaluate reads long texts the way the model was trained to
         config = TrainConfig(max_length=trained.get("max_length", 128), device=device, precision=precision,
