@@ -133,3 +133,28 @@ def test_confusion_image_shape_and_shading():
     assert image[:, 0, 0].tolist() != [255, 255, 255]  # a 90% cell is dark
     assert image[:, 4, 4].tolist() == [255, 255, 255]  # an empty row stays white
     assert image[2, 0, 0] < image[2, 0, 4] or image[0, 0, 0] < image[0, 0, 4]
+
+
+def test_thousands_of_classes_draw_a_bounded_image_of_the_most_frequent(tmp_path):
+    import time
+
+    from textclf.calibration import plot_confusion
+    from textclf.metrics import MAX_IMAGE_CLASSES, MAX_IMAGE_PIXELS, most_frequent_classes
+
+    classes = 3000  # at 24 pixels a cell the full image needed 38.6 GiB and the run died at its first evaluation
+    rng = np.random.default_rng(0)
+    counts = np.zeros((classes, classes), dtype=np.int64)
+    truth = rng.integers(0, classes, 20_000)
+    np.add.at(counts, (truth, np.where(rng.random(20_000) < 0.8, truth, rng.integers(0, classes, 20_000))), 1)
+    counts[7, 7] += 5000  # a dominant class must be among those drawn
+    started = time.perf_counter()
+    image = confusion_image(counts)
+    assert image.shape[0] == 3 and image.shape[1] == image.shape[2] <= MAX_IMAGE_PIXELS
+    assert image.shape[1] == MAX_IMAGE_CLASSES * 4  # 256 classes at 4 pixels a cell
+    kept = most_frequent_classes(counts, MAX_IMAGE_CLASSES)
+    assert len(kept) == MAX_IMAGE_CLASSES and 7 in kept and list(kept) == sorted(kept)
+    plot_confusion(tmp_path / "confusion.png", counts, [f"class-{i}" for i in range(classes)])
+    assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert time.perf_counter() - started < 60  # seconds, not an allocation of tens of GiB
+    small = np.eye(4, dtype=np.int64) * 3
+    assert confusion_image(small).shape == (3, 96, 96)  # a few classes keep 24-pixel cells

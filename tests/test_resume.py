@@ -399,3 +399,38 @@ def test_only_checkpoint_folders_count_as_checkpoints(tmp_path):
     (tmp_path / "step-000009").write_text("a file, not a folder")
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000001"]
     assert ckpt.latest_checkpoint(tmp_path).name == "step-000001"
+
+
+def test_a_second_process_on_the_same_run_folder_stops_at_once(tmp_path, tiny_model_dir, tiny_data_dir):
+    from textclf import outputs
+
+    out = tmp_path / "run"
+    # This process plays the job that is still running: it holds the folder's lock, as fit() does.
+    with outputs.locked(out):
+        with pytest.raises(OutputDirError, match=rf"run is in use by another textclf process \(PID {os.getpid()}\)"):
+            _trainer(tiny_model_dir, tiny_data_dir, out, max_steps=2).fit(resume="auto")
+        assert [p.name for p in out.iterdir()] == [outputs.LOCK_FILE]  # the refused run wrote nothing
+    assert not out.exists()  # the holder wrote nothing either: no empty folder is left behind
+    result = _trainer(tiny_model_dir, tiny_data_dir, out, max_steps=2).fit()
+    assert result.global_step == 2 and not (out / outputs.LOCK_FILE).exists()  # released when fit returns
+
+
+def test_the_run_lock_of_a_killed_process_is_released(tmp_path):
+    # flock dies with its holder: a job killed with SIGKILL never blocks the resumed one.
+    from textclf import outputs
+
+    out = tmp_path / "run"
+    code = ("import os, sys, time; from textclf import outputs\n"
+            f"with outputs.locked(__import__('pathlib').Path({str(out)!r})):\n"
+            "    print('locked', flush=True); time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputDirError, match=rf"PID {holder.pid}\)"), outputs.locked(out):
+            pass
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    with outputs.locked(out):  # the kernel dropped the dead holder's lock; its stale file is reused
+        assert (out / outputs.LOCK_FILE).read_text().strip() == str(os.getpid())

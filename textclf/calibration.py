@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .metrics import confusion_image, most_frequent_classes
+
 NUM_BINS = 15
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
 
@@ -187,16 +189,23 @@ def _reliability_png(path, curves: list[CalibrationBins], size: int = 300) -> No
     write_png(path, image)
 
 
+# Class names stay readable up to about this many per axis.
+MAX_PLOTTED_CLASSES = 60
+
+
 def plot_confusion(path: str | Path, counts, label_names: list[str], title: str = "") -> None:
     """Confusion matrix (rows: true label, columns: predicted), shaded by share of the true class, with counts."""
     counts = np.asarray(counts)
     plt = _matplotlib()
     if plt is None:
-        from .metrics import confusion_image
-
         write_png(path, confusion_image(counts).transpose(1, 2, 0))
         return
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    if len(label_names) > MAX_PLOTTED_CLASSES:  # a readable picture of the classes that matter most
+        keep = most_frequent_classes(counts, MAX_PLOTTED_CLASSES)
+        title = f"{title or 'confusion matrix'} ({len(keep)} most frequent of {len(label_names)} classes)"
+        counts, shares = counts[np.ix_(keep, keep)], shares[np.ix_(keep, keep)]
+        label_names = [label_names[i] for i in keep]
     side = max(4.0, 0.5 * len(label_names) + 2)
     figure, axis = plt.subplots(figsize=(side, side), dpi=100)
     axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)

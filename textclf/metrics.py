@@ -140,14 +140,33 @@ def _format_matrix(report: EvalReport) -> str:
     return "\n".join(lines)
 
 
+# Large label sets (thousands of classes) are drawn as their most frequent classes: a full 3,000-class image at
+# 24 pixels a cell would take 38 GiB, and no one can read it.
+MAX_IMAGE_CLASSES = 256
+MAX_IMAGE_PIXELS = 1024
+
+
+def most_frequent_classes(counts: np.ndarray, limit: int) -> np.ndarray:
+    """Indices of the ``limit`` classes with the most rows (true plus predicted), in label order."""
+    counts = np.asarray(counts)
+    if len(counts) <= limit:
+        return np.arange(len(counts))
+    support = counts.sum(0) + counts.sum(1)
+    return np.sort(np.argsort(-support, kind="stable")[:limit])
+
+
 def confusion_image(counts: np.ndarray, cell_pixels: int = 24) -> np.ndarray:
     """Render a row-normalised confusion matrix as an ``[3, H, W]`` uint8 image for TensorBoard.
 
-    Darker blue means a larger share of the true class; the diagonal of a good model is dark.
+    Darker blue means a larger share of the true class; the diagonal of a good model is dark. At most
+    :data:`MAX_IMAGE_CLASSES` classes (the most frequent) are drawn, in cells shrunk so the image stays within
+    :data:`MAX_IMAGE_PIXELS` pixels a side.
     """
-    counts = np.asarray(counts, dtype=float)
-    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    shades = np.kron(shares, np.ones((cell_pixels, cell_pixels)))
-    white, blue = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
+    counts = np.asarray(counts, dtype=np.float64)
+    keep = most_frequent_classes(counts, MAX_IMAGE_CLASSES)
+    shares = (counts / np.maximum(counts.sum(axis=1, keepdims=True), 1))[np.ix_(keep, keep)].astype(np.float32)
+    cell_pixels = max(1, min(cell_pixels, MAX_IMAGE_PIXELS // len(keep)))
+    shades = np.kron(shares, np.ones((cell_pixels, cell_pixels), dtype=np.float32))
+    white, blue = np.array([255.0, 255.0, 255.0], np.float32), np.array([8.0, 48.0, 107.0], np.float32)
     image = white[:, None, None] * (1 - shades)[None] + blue[:, None, None] * shades[None]
     return image.astype(np.uint8)

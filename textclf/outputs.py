@@ -14,8 +14,10 @@ emptied. :func:`check_not_input` refuses an output folder that is, or contains, 
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 from .errors import OutputDirError
 
 MARKER = ".textclf"
+LOCK_FILE = ".textclf.lock"  # held by the process writing the folder (see locked())
 # Left behind by a crash mid-write (checkpoint.write_atomically, atomic file writes, staged exports).
 _LEFTOVERS = (".tmp-*", ".old-*", ".trash-*", "*.tmp", ".*.partial-*", "*.partial")
 
@@ -40,7 +43,7 @@ class Layout:
         """Entries of ``folder`` that are not textclf's (sorted)."""
         patterns = self.patterns + _LEFTOVERS
         return sorted(entry.name for entry in folder.iterdir()
-                      if entry.name != MARKER and entry.name not in self.names
+                      if entry.name not in (MARKER, LOCK_FILE) and entry.name not in self.names
                       and not any(fnmatch.fnmatchcase(entry.name, p) for p in patterns))
 
 
@@ -78,11 +81,11 @@ def check_replaceable(folder: Path, layout: Layout) -> None:
         return
     if not folder.is_dir():
         raise OutputDirError(f"{folder} exists and is not a folder; choose another --output")
-    if not any(folder.iterdir()):
+    if not has_content(folder):
         return
     foreign = layout.foreign(folder)
     if not (folder / MARKER).is_file() and not (folder / layout.sign).is_file():
-        held = sorted(p.name for p in folder.iterdir())
+        held = sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE)
         raise OutputDirError(f"output folder {folder} is not empty and holds no textclf {layout.kind} (no "
                              f"{layout.sign}; it holds {_some(held)}); choose a new or empty folder with --output")
     if foreign:
@@ -96,11 +99,26 @@ def _some(names: list[str]) -> str:
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
+def has_content(folder: Path) -> bool:
+    """Whether ``folder`` holds anything besides a run lock."""
+    return Path(folder).is_dir() and any(p.name != LOCK_FILE for p in Path(folder).iterdir())
+
+
 def replace(folder: Path, layout: Layout) -> None:
-    """Delete ``folder`` after :func:`check_replaceable`; the one place textclf removes an output folder."""
+    """Empty ``folder`` after :func:`check_replaceable`; the one place textclf removes an output folder's contents.
+
+    The run lock stays: the process replacing the folder holds it.
+    """
     check_replaceable(folder, layout)
-    if Path(folder).is_dir():
-        shutil.rmtree(folder)
+    if not Path(folder).is_dir():
+        return
+    for entry in Path(folder).iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def check_not_input(output: Path, inputs: dict[str, Path]) -> None:
@@ -112,3 +130,51 @@ def check_not_input(output: Path, inputs: dict[str, Path]) -> None:
             raise OutputDirError(
                 f"--output {output} {'is' if out == source else 'contains'} the {flag} folder {path}: writing there "
                 f"would replace the command's own input; choose another --output")
+
+
+@contextlib.contextmanager
+def locked(folder: Path):
+    """Hold ``folder``'s run lock while the block runs; a second process gets :class:`OutputDirError` at once.
+
+    Two jobs writing one run folder (a restarted job whose first copy still runs, two ``--resume auto``) would
+    interleave their logs and overwrite each other's checkpoints. The lock is an ``flock`` on :data:`LOCK_FILE`
+    inside the folder (created for the purpose, and removed again if the run leaves it empty); the kernel releases
+    it when the holder exits, even on SIGKILL, so a crash never leaves a stale lock. Where ``fcntl`` does not exist
+    (Windows) runs are not locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputDirError(f"{folder} exists and is not a folder; choose another --output")
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # under a file, or in a folder this user may not write
+        raise OutputDirError(f"output folder {folder} cannot be created ({exc.strerror or exc}); choose another "
+                             "--output") from None
+    path = folder / LOCK_FILE
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise OutputDirError(f"output folder {folder} is in use by another textclf process (PID {holder}); wait "
+                                 "for it to finish or stop it, or choose another --output") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            if created and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()  # the run wrote nothing: leave no empty folder behind
+    finally:
+        handle.close()

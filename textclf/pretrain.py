@@ -469,21 +469,22 @@ class Pretrainer:
 
     def fit(self, resume: str | Path | None = None) -> PretrainResult:
         """Pretrain; ``resume="auto"`` continues the newest checkpoint. Writes ``OUTPUT/model`` at the end."""
-        checkpoint = self._prepare_output_dir(resume)
-        self.optimizer, self.scheduler = self.configure_optimizers()
-        self.scaler = self.runtime.grad_scaler()
-        if checkpoint is not None:
-            self._restore(checkpoint)  # RNG states last, right before the first step
-        self._open_loggers()
-        self._emit("on_train_begin")
-        self.print(f"pretraining on {self.runtime.device} in {self.runtime.precision}: {len(self.dataset)} texts, "
-                   f"{int(self.dataset.lengths.sum())} tokens ({self.dataset.num_truncated} texts cut at "
-                   f"max_length={self.config.max_length}), {self.total_steps} optimizer steps")
-        with self._stop_on_signals(), training_speedups(self.model, self.config.speedups,
-                                                        distributed=False) as self._sparse_grads:
-            while not self._done():
-                self._train_one_epoch()
-        return self._finish()
+        with outputs.locked(self.output_dir):  # one process writes a run folder at a time
+            checkpoint = self._prepare_output_dir(resume)
+            self.optimizer, self.scheduler = self.configure_optimizers()
+            self.scaler = self.runtime.grad_scaler()
+            if checkpoint is not None:
+                self._restore(checkpoint)  # RNG states last, right before the first step
+            self._open_loggers()
+            self._emit("on_train_begin")
+            self.print(f"pretraining on {self.runtime.device} in {self.runtime.precision}: {len(self.dataset)} texts, "
+                       f"{int(self.dataset.lengths.sum())} tokens ({self.dataset.num_truncated} texts cut at "
+                       f"max_length={self.config.max_length}), {self.total_steps} optimizer steps")
+            with self._stop_on_signals(), training_speedups(self.model, self.config.speedups,
+                                                            distributed=False) as self._sparse_grads:
+                while not self._done():
+                    self._train_one_epoch()
+            return self._finish()
 
     def _train_one_epoch(self) -> None:
         """The rest of the current epoch, from ``state.batch_in_epoch`` (non-zero after a resume)."""
@@ -731,7 +732,7 @@ class Pretrainer:
                                      f"{out / 'config.yaml'}), or pass --overwrite without --resume to start over")
             self.print(f"resuming from {checkpoint}")
             return checkpoint
-        if out.is_dir() and any(out.iterdir()):
+        if outputs.has_content(out):
             outputs.check_replaceable(out, outputs.PRETRAIN_RUN)  # never delete a folder textclf did not write
             # --resume auto without a checkpoint starts over, but only over a run of the same settings and data
             same_run = resume == "auto" and not self._setting_changes(load_mapping(out / "config.yaml"))

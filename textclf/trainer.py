@@ -239,30 +239,33 @@ class Trainer:
         if self.train_dataset is None:
             raise ConfigError("Trainer.fit: no training data; pass data= to the Trainer")
         created = not self.output_dir.exists()
-        self._interrupt_signal = None  # a notebook may call fit(resume="auto") again after a Ctrl-C
-        # Rank 0 checks and prepares the folder; the other ranks take its answer (deciding themselves would race it).
-        checkpoint = on_main_process(self.runtime, self._prepare_output_dir, resume)
-        self.optimizer, self.scheduler = self.configure_optimizers()
-        self.scaler = self.runtime.grad_scaler()
-        self.ddp_model = self._wrap_distributed(self.model)
-        if checkpoint is not None:
-            self._restore(checkpoint)  # restores RNG states last, right before the first step
-        if self.unfreezing is not None:  # which layers train is a function of the step: a resume thaws the same
-            self.unfreezing.apply(self.state.global_step)
-        self._open_loggers()
-        self._emit("on_train_begin")
-        self.print(f"training on {self.runtime.device} in {self.runtime.precision}: {len(self.train_dataset)} rows, "
-                   f"global batch {self.global_batch_size} "
-                   f"({self.config.batch_size} x {self.runtime.world_size} device(s) x {self.config.grad_accum} "
-                   f"accumulation), {self.total_steps} optimizer steps")
-        try:
-            with self._stop_on_signals(), training_speedups(self.model, self.config.speedups,
-                                                            self.runtime.distributed) as self._sparse_grads:
-                while not self._done():
-                    self._train_one_epoch()
-            return self._finish()
-        except torch.OutOfMemoryError as exc:
-            raise self._out_of_memory(exc, created) from None
+        # One process writes a run folder at a time (a second one stops at once, naming this one's PID).
+        with outputs.locked(self.output_dir) if self.runtime.is_main else contextlib.nullcontext():
+            self._interrupt_signal = None  # a notebook may call fit(resume="auto") again after a Ctrl-C
+            # Rank 0 checks and prepares the folder; the other ranks take its answer (deciding themselves would race
+            # it).
+            checkpoint = on_main_process(self.runtime, self._prepare_output_dir, resume)
+            self.optimizer, self.scheduler = self.configure_optimizers()
+            self.scaler = self.runtime.grad_scaler()
+            self.ddp_model = self._wrap_distributed(self.model)
+            if checkpoint is not None:
+                self._restore(checkpoint)  # restores RNG states last, right before the first step
+            if self.unfreezing is not None:  # which layers train is a function of the step: a resume thaws the same
+                self.unfreezing.apply(self.state.global_step)
+            self._open_loggers()
+            self._emit("on_train_begin")
+            self.print(f"training on {self.runtime.device} in {self.runtime.precision}: {len(self.train_dataset)} "
+                       f"rows, global batch {self.global_batch_size} "
+                       f"({self.config.batch_size} x {self.runtime.world_size} device(s) x {self.config.grad_accum} "
+                       f"accumulation), {self.total_steps} optimizer steps")
+            try:
+                with self._stop_on_signals(), training_speedups(self.model, self.config.speedups,
+                                                                self.runtime.distributed) as self._sparse_grads:
+                    while not self._done():
+                        self._train_one_epoch()
+                return self._finish()
+            except torch.OutOfMemoryError as exc:
+                raise self._out_of_memory(exc, created) from None
 
     def _train_one_epoch(self) -> None:
         """Run the rest of the current epoch, from ``state.batch_in_epoch`` (non-zero after a resume)."""
@@ -685,11 +688,11 @@ class Trainer:
         if checkpoint is not None:
             self._check_resumable(checkpoint)
             elsewhere = checkpoint.resolve().parent.parent != out.resolve()  # --resume OTHER_RUN/checkpoints/...
-            if elsewhere and out.is_dir() and any(out.iterdir()):
+            if elsewhere and outputs.has_content(out):
                 raise OutputDirError(f"--resume {checkpoint}: the output folder {out} holds another run; continue "
                                      "in the checkpoint's own output folder or in a new, empty one")
             self.print(f"resuming from {checkpoint}")
-        elif out.is_dir() and any(out.iterdir()):
+        elif outputs.has_content(out):
             outputs.check_replaceable(out, outputs.RUN)  # never delete a folder textclf did not write, not even now
             changed = self._setting_changes(_read_yaml(out / "config.yaml")) if resume == "auto" else None
             if not self.overwrite and changed != []:
