@@ -142,6 +142,16 @@ def test_predict_file_to_jsonl(run_dir, tmp_path, capsys):
     assert all(row["label"] in TINY_LABELS and len(row["top_k"]) == 1 for row in rows)
 
 
+def test_predict_top_k_is_bounded_by_the_labels_as_in_the_service(run_dir, capsys):
+    import textclf
+
+    code, _, err = run_main(capsys, "predict", "--model", run_dir / "best", "--top-k", "1000", "a title")
+    labels = len(textclf.Predictor.from_pretrained(run_dir / "best").label_map)
+    assert code == 2 and f"--top-k must be between 1 and {labels} (the model's labels), got 1000" in err
+    with pytest.raises(textclf.ConfigError, match="top_k must be >= 1, got 0"):
+        textclf.Predictor.from_pretrained(run_dir / "best").predict(["a title"], top_k=0)
+
+
 def test_info(run_dir, tiny_model_dir):
     result = run_cli("info", "--model", run_dir / "best")
     assert_ok(result)
@@ -196,6 +206,26 @@ def run_main(capsys, *args) -> tuple[int, str, str]:
         (["info", "--model", "{tmp}"], ["not a textclf model folder"]),
         (["evaluate", "--data", "x.csv"], ["the following arguments are required: --model"]),
         (["serve-me"], ["invalid choice: 'serve-me'"]),
+        # values that used to be accepted silently, or ended in a traceback
+        (["predict", "--model", "{tmp}", "--batch-size", "0", "hi"], ["--batch-size", "must be a number >= 1, got 0"]),
+        (["predict", "--model", "{tmp}", "--top-k", "0", "hi"], ["--top-k", "must be a number >= 1, got 0"]),
+        (["predict", "--model", "{tmp}", "--top-k", "-3", "hi"], ["--top-k", "must be a number >= 1, got -3"]),
+        (["predict", "--model", "{tmp}", "--output", "{tmp}", "hi"], ["is a folder; give a file name inside it"]),
+        (["predict", "--model", "{tmp}", "--output", "{tmp}/missing/p.jsonl", "hi"],
+         ["missing does not exist; create the folder"]),
+        (["predict", "--model", "{tmp}", "fine", "   "], ["text 2 is empty"]),
+        (["predict", "--model", "{tmp}", "bad \udcff byte"], ["text 1 is not valid UTF-8 (at character 5)"]),
+        (["evaluate", "--model", "{tmp}", "--data", "x.csv", "--output", "{tmp}/missing/r.json"],
+         ["missing does not exist"]),
+        (["evaluate", "--model", "{tmp}", "--data", "x.csv", "--batch-size", "-1"], ["must be a number >= 1"]),
+        (["export", "--model", "{tmp}", "--output", "{tmp}/e", "--num-samples", "0"],
+         ["--num-samples", ">= 1, got 0"]),
+        (["export", "--model", "{tmp}", "--output", "{tmp}/e", "--atol", "nan"], ["--atol", "got nan"]),
+        (["export", "--model", "{tmp}", "--output", "{tmp}/e", "--min-agreement", "1.5"],
+         ["between 0 and 1, got 1.5"]),
+        (["export", "--model", "{tmp}", "--output", "{tmp}/e", "--opset", "-2"], ["--opset", ">= 1, got -2"]),
+        (["train", "--data", "tests/data/tiny", "--output", "{tmp}/x", "--seeds", "1,2", "--cv", "3"],
+         ["--seeds (a seed ensemble) and --cv (cross-validation) are separate runs"]),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(capsys, tmp_path, args, needles):

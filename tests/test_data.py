@@ -361,3 +361,18 @@ def test_dataset_multi_label_and_unlabelled(tokenizer):
         TextClassificationDataset(["x"], ["z"], tokenizer, 16, label_map=LabelMap(["a", "b"]))
     empty = TextClassificationDataset([], [], tokenizer, 16, label_map=LabelMap(["a", "b"]))
     assert len(empty) == 0 and empty.num_truncated == 0
+
+
+def test_a_huge_text_is_cut_before_tokenizing_and_counted_as_truncated(tokenizer):
+    import time
+
+    from textclf.data import CHARS_PER_TOKEN, TextClassificationDataset
+
+    huge = "the patient reports chest pain and shortness of breath " * 100_000  # 5.5 MB, about a million tokens
+    started = time.perf_counter()
+    data = TextClassificationDataset(["a short one", huge], ["a", "b"], tokenizer, max_length=32)
+    assert time.perf_counter() - started < 20  # the whole text used to be encoded (a 200 MB one aborted)
+    assert data.num_truncated == 1 and data.lengths.tolist()[1] == 32
+    alone = tokenizer(huge[:2000], truncation=True, max_length=32)["input_ids"]  # 2,000 characters hold 32 tokens
+    assert data[1]["input_ids"].tolist() == alone  # the same first 32 tokens as the full text gives
+    assert 32 * CHARS_PER_TOKEN < len(huge)

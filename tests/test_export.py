@@ -189,6 +189,23 @@ def test_export_overwrite_replaces_only_an_export(bundle, tmp_path):
     export_model(bundle, out, format="onnx", overwrite=True, log=quiet)
 
 
+def test_an_opset_the_exporter_cannot_write_is_refused_not_ignored(bundle, tmp_path):
+    with pytest.raises(ExportError, match=r"--opset 3: the installed exporter cannot write that opset \(it wrote "
+                                          r"opset \d+\); use --opset \d+ or leave --opset out"):
+        export_model(bundle, tmp_path / "old", format="onnx", opset=3, log=quiet)
+    assert not (tmp_path / "old").exists() and not list(tmp_path.glob(".old.partial-*"))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"num_samples": 0}, "num_samples must be >= 1"), ({"atol": float("nan")}, "atol must be a finite number"),
+    ({"min_agreement": 1.5}, "min_agreement must be a finite number between 0 and 1"),
+    ({"max_accuracy_drop": -0.1}, "max_accuracy_drop must be a finite number between 0 and 1")])
+def test_check_settings_are_validated_before_any_work(bundle, tmp_path, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        export_model(bundle, tmp_path / "e", log=quiet, **kwargs)
+    assert not (tmp_path / "e").exists()
+
+
 def test_argument_errors(bundle, tmp_path):
     with pytest.raises(ConfigError, match="needs --format onnx"):
         export_model(bundle, tmp_path / "x", format="torchscript", quantize="int8")

@@ -143,3 +143,11 @@ def test_multi_label_predictions(tiny_model_dir, tmp_path):
     assert ((probabilities > 0) & (probabilities < 1)).all()
     for result, row in zip(predictor.predict(TEXTS), probabilities):
         assert result.label == [name for name, p in zip("xyz", row) if p >= 0.5]
+
+
+def test_a_huge_text_predicts_as_its_beginning_and_is_flagged_truncated(predictor):
+    huge = "what is the capital of china " * 200_000  # 5.8 MB
+    start = " ".join(huge.split()[:400])  # far more than the model's max_length tokens
+    got, expected = predictor.predict([huge, start])
+    assert got.truncated and expected.truncated
+    assert got.label == expected.label and got.score == pytest.approx(expected.score, abs=1e-6)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import shlex
 import sys
 import types
@@ -24,7 +25,7 @@ import typing
 import warnings
 from pathlib import Path
 
-from . import bundle
+from . import bundle, outputs
 from .config import DataConfig, ModelConfig, RunConfig, RunPaths, TrainConfig, field_docs, load_mapping
 from .errors import ConfigError, TextclfError
 from .labels import LABELS_FILE, LabelMap
@@ -36,6 +37,40 @@ FLAG_NAMES = {("model", "name"): "--model"}
 
 class UsageError(TextclfError):
     """The command line itself is wrong."""
+
+
+def _int_range(low: int | None, high: int | None):
+    """An argparse type: an integer within [low, high] (None: unbounded), else a usage error naming the range."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(_range_message(low, high, text))
+        return value
+
+    return parse
+
+
+def _float_range(low: float | None, high: float | None):
+    """An argparse type: a finite number within [low, high] (``nan`` would turn a check off silently)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(_range_message(low, high, text))
+        return value
+
+    return parse
+
+
+def _range_message(low, high, text: str) -> str:
+    if high is None:
+        return f"must be a number >= {low}, got {text}"
+    return f"must be a number between {low} and {high}, got {text}"
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -80,7 +115,8 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--data", required=True, metavar="FILE", help="labelled CSV/TSV/JSONL file or class folder")
     evaluate.add_argument("--output", metavar="FILE", help="also write the report as JSON to FILE")
     _add_reading_flags(evaluate)
-    evaluate.add_argument("--batch-size", type=int, default=128, help="texts per batch (default 128)")
+    evaluate.add_argument("--batch-size", type=_int_range(1, None), default=128,
+                          help="texts per batch (default 128)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     evaluate.add_argument("--errors", metavar="FILE.csv", help="write the misclassified rows (line, text, label, "
                           "top-2 labels and probabilities) to FILE.csv, most confident mistakes first")
@@ -92,11 +128,12 @@ def build_parser() -> ArgumentParser:
     predict.add_argument("--input", metavar="FILE",
                          help=".txt (one text per line) or CSV/TSV/JSONL with a text column")
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify (instead of --input)")
-    predict.add_argument("--top-k", type=int, default=1, metavar="K", help="also list the K most likely labels")
+    predict.add_argument("--top-k", type=_int_range(1, None), default=1, metavar="K",
+                         help="also list the K most likely labels (1 to the number of labels)")
     predict.add_argument("--output", metavar="FILE.jsonl",
                          help="write one JSON object per text here instead of stdout")
     _add_reading_flags(predict, labels=False)
-    predict.add_argument("--batch-size", type=int, default=64, help="texts per batch (default 64)")
+    predict.add_argument("--batch-size", type=_int_range(1, None), default=64, help="texts per batch (default 64)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     predict.set_defaults(handler=cmd_predict)
 
@@ -118,15 +155,18 @@ def build_parser() -> ArgumentParser:
     export.add_argument("--data", metavar="FILE", help="texts for the parity check (CSV/TSV/JSONL/class folder); with "
                         "labels the accuracy change is checked too (default: a built-in sample of sentences)")
     _add_reading_flags(export)
-    export.add_argument("--num-samples", type=int, default=512, metavar="N", help="texts from --data compared "
+    export.add_argument("--num-samples", type=_int_range(1, None), default=512, metavar="N",
+                        help="texts from --data compared "
                         "logit by logit (default 512)")
-    export.add_argument("--atol", type=float, metavar="X", help="largest allowed max |logit diff| "
+    export.add_argument("--atol", type=_float_range(0, None), metavar="X", help="largest allowed max |logit diff| "
                         "(default 1e-3; not checked for int8)")
-    export.add_argument("--min-agreement", type=float, metavar="F", help="smallest allowed fraction of equal labels "
+    export.add_argument("--min-agreement", type=_float_range(0, 1), metavar="F",
+                        help="smallest allowed fraction of equal labels "
                         "(default 0.99, int8 0.95)")
-    export.add_argument("--max-accuracy-drop", type=float, default=0.01, metavar="F", help="largest allowed "
+    export.add_argument("--max-accuracy-drop", type=_float_range(0, 1), default=0.01, metavar="F",
+                        help="largest allowed "
                         "accuracy loss on a labelled --data file, as a fraction (default 0.01 = 1 point)")
-    export.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's current one)")
+    export.add_argument("--opset", type=_int_range(1, None), help="ONNX opset (default: the exporter's current one)")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
     export.set_defaults(handler=cmd_export)
 
@@ -233,6 +273,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .trainer import Trainer
 
+    if getattr(args, "seeds", None) and getattr(args, "cv", None) is not None:
+        raise UsageError("textclf train: --seeds (a seed ensemble) and --cv (cross-validation) are separate runs; "
+                         "give one of them")
     config = resolve_run_config(args)
     if not config.run.data:
         raise UsageError("textclf train: no training data; pass --data DIR_OR_FILE (or set run.data in --config)")
@@ -292,6 +335,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import read_split
     from .trainer import Trainer
 
+    for path in (args.output, getattr(args, "errors", None)):
+        if path:
+            outputs.check_output_file(path, "--output" if path == args.output else "--errors")
     trainer = Trainer.from_pretrained(args.model, device=args.device, eval_batch_size=args.batch_size)
     data_config = DataConfig(text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
                              multi_label=trainer.label_map.multi_label)
@@ -316,9 +362,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if bool(args.input) == bool(args.texts):
         raise UsageError("textclf predict: give either --input FILE or texts as arguments (not both, not neither)")
+    for i, text in enumerate(args.texts, start=1):
+        if not text.strip():
+            raise UsageError(f"textclf predict: text {i} is empty; give the texts to classify")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # the shell passed bytes that are not UTF-8 (a lone surrogate here)
+            raise UsageError(f"textclf predict: text {i} is not valid UTF-8 (at character {exc.start + 1}); pass "
+                             "UTF-8 text, or put the texts in a file and use --input FILE --encoding ...") from None
+    if args.output:
+        outputs.check_output_file(args.output)
     texts = read_texts(args.input, DataConfig(text_column=args.text_column, encoding=args.encoding)) \
         if args.input else args.texts
     predictor = Predictor.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
+    if args.top_k > len(predictor.label_map):
+        raise UsageError(f"textclf predict: --top-k must be between 1 and {len(predictor.label_map)} (the model's "
+                         f"labels), got {args.top_k}")
     lines = [json.dumps({"text": text, **p.to_dict()}, ensure_ascii=False)
              for text, p in zip(texts, predictor.predict(texts, top_k=args.top_k))]
     if args.output:

@@ -32,6 +32,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -202,6 +203,12 @@ def export_model(model_dir: str | Path, output_dir: str | Path, format: str = "o
     if format == "torchscript" and not _torchscript_available():
         log("torch.jit is not available in this torch; exporting with torch.export (model.pt2) instead")
         format = "torch-export"
+    if num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+    for name, value, low, high in (("atol", atol, 0, math.inf), ("min_agreement", min_agreement, 0, 1),
+                                   ("max_accuracy_drop", max_accuracy_drop, 0, 1)):
+        if value is not None and not (math.isfinite(value) and low <= value <= high):  # nan turns a check off
+            raise ConfigError(f"{name} must be a finite number between {low} and {high}, got {value}")
     outputs.check_not_input(output_dir, {"--model": model_dir})
     _check_output_dir(output_dir, overwrite)
     from .ensemble import is_ensemble
@@ -399,7 +406,11 @@ def _export_onnx(model, example, inputs: list[str], path: Path, opset: int | Non
         raise
     except Exception as exc:  # the exporter raises many types; the user needs the message, not the class
         raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {exc}") from exc
-    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    used = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if opset is not None and used != opset:  # the exporter writes its own opset rather than refuse the one asked for
+        raise ExportError(f"--opset {opset}: the installed exporter cannot write that opset (it wrote opset {used}); "
+                          f"use --opset {used} or leave --opset out")
+    return used
 
 
 def _quantize_int8(fp32_path: Path, int8_path: Path) -> None:

@@ -178,3 +178,17 @@ def locked(folder: Path):
                 folder.rmdir()  # the run wrote nothing: leave no empty folder behind
     finally:
         handle.close()
+
+
+def check_output_file(path: str | Path, flag: str = "--output") -> Path:
+    """Refuse, before any work, an output file path that is a folder or whose folder is missing or read-only."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputDirError(f"{flag} {path} is a folder; give a file name inside it, e.g. {path / 'out.jsonl'}")
+    parent = path.parent
+    if not parent.is_dir():
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise OutputDirError(f"{flag} {path}: {parent} {what}; create the folder or choose another path")
+    if not os.access(parent, os.W_OK):
+        raise OutputDirError(f"{flag} {path}: the folder {parent} is not writable by this user; choose another path")
+    return path

@@ -27,8 +27,9 @@ import torch
 
 from . import bundle
 from .collate import make_collate, sequential_shard
+from .data import bounded_texts
 from .ensemble import load_model
-from .errors import ModelLoadError
+from .errors import ConfigError, ModelLoadError
 from .labels import LabelMap
 from .modeling import LABELS_FILE, WEIGHTS_FILE, load_tokenizer
 from .normalize import TextNormalizer
@@ -307,7 +308,9 @@ class Predictor:
         logits, truncated = self._forward(batch, batch_size or self.batch_size)
         probabilities = self._probabilities(logits)
         names = self.label_map.names
-        k = max(1, min(top_k, len(names)))
+        if top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {top_k}")
+        k = min(top_k, len(names))  # more than the labels lists them all
         results = []
         for row, was_truncated in zip(probabilities, truncated):
             order = np.argsort(-row)[:k]
@@ -336,6 +339,7 @@ class Predictor:
         if self.windows is not None:
             return windowed_logits(self.backend, self.collate, self.tokenizer, self.windows, texts, batch_size,
                                    len(self.label_map))
+        texts, _ = bounded_texts(texts, self.max_length)  # a huge text costs no more than max_length tokens
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False,
                                  return_attention_mask=False, return_token_type_ids=False,
                                  return_overflowing_tokens=False)
