@@ -39,27 +39,15 @@ class UsageError(TextclfError):
     """The command line itself is wrong."""
 
 
-def _int_range(low: int | None, high: int | None):
-    """An argparse type: an integer within [low, high] (None: unbounded), else a usage error naming the range."""
-    def parse(text: str) -> int:
+def _number_in(kind: type, low: float | None, high: float | None):
+    """An argparse type: an ``int`` or a finite ``float`` within [low, high] (None: unbounded), else a usage error
+    naming the range (``nan`` would turn a check off silently, 0 texts per batch would never finish)."""
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(_range_message(low, high, text))
-        return value
-
-    return parse
-
-
-def _float_range(low: float | None, high: float | None):
-    """An argparse type: a finite number within [low, high] (``nan`` would turn a check off silently)."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got "
+                                             f"{text!r}") from None
         if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
             raise argparse.ArgumentTypeError(_range_message(low, high, text))
         return value
@@ -115,7 +103,7 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--data", required=True, metavar="FILE", help="labelled CSV/TSV/JSONL file or class folder")
     evaluate.add_argument("--output", metavar="FILE", help="also write the report as JSON to FILE")
     _add_reading_flags(evaluate)
-    evaluate.add_argument("--batch-size", type=_int_range(1, None), default=128,
+    evaluate.add_argument("--batch-size", type=_number_in(int, 1, None), default=128,
                           help="texts per batch (default 128)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     evaluate.add_argument("--errors", metavar="FILE.csv", help="write the misclassified rows (line, text, label, "
@@ -128,12 +116,13 @@ def build_parser() -> ArgumentParser:
     predict.add_argument("--input", metavar="FILE",
                          help=".txt (one text per line) or CSV/TSV/JSONL with a text column")
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify (instead of --input)")
-    predict.add_argument("--top-k", type=_int_range(1, None), default=1, metavar="K",
+    predict.add_argument("--top-k", type=_number_in(int, 1, None), default=1, metavar="K",
                          help="also list the K most likely labels (1 to the number of labels)")
     predict.add_argument("--output", metavar="FILE.jsonl",
                          help="write one JSON object per text here instead of stdout")
     _add_reading_flags(predict, labels=False)
-    predict.add_argument("--batch-size", type=_int_range(1, None), default=64, help="texts per batch (default 64)")
+    predict.add_argument("--batch-size", type=_number_in(int, 1, None), default=64,
+                         help="texts per batch (default 64)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     predict.set_defaults(handler=cmd_predict)
 
@@ -155,18 +144,20 @@ def build_parser() -> ArgumentParser:
     export.add_argument("--data", metavar="FILE", help="texts for the parity check (CSV/TSV/JSONL/class folder); with "
                         "labels the accuracy change is checked too (default: a built-in sample of sentences)")
     _add_reading_flags(export)
-    export.add_argument("--num-samples", type=_int_range(1, None), default=512, metavar="N",
+    export.add_argument("--num-samples", type=_number_in(int, 1, None), default=512, metavar="N",
                         help="texts from --data compared "
                         "logit by logit (default 512)")
-    export.add_argument("--atol", type=_float_range(0, None), metavar="X", help="largest allowed max |logit diff| "
+    export.add_argument("--atol", type=_number_in(float, 0, None), metavar="X",
+                        help="largest allowed max |logit diff| "
                         "(default 1e-3; not checked for int8)")
-    export.add_argument("--min-agreement", type=_float_range(0, 1), metavar="F",
+    export.add_argument("--min-agreement", type=_number_in(float, 0, 1), metavar="F",
                         help="smallest allowed fraction of equal labels "
                         "(default 0.99, int8 0.95)")
-    export.add_argument("--max-accuracy-drop", type=_float_range(0, 1), default=0.01, metavar="F",
+    export.add_argument("--max-accuracy-drop", type=_number_in(float, 0, 1), default=0.01, metavar="F",
                         help="largest allowed "
                         "accuracy loss on a labelled --data file, as a fraction (default 0.01 = 1 point)")
-    export.add_argument("--opset", type=_int_range(1, None), help="ONNX opset (default: the exporter's current one)")
+    export.add_argument("--opset", type=_number_in(int, 1, None),
+                        help="ONNX opset (default: the exporter's current one)")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
     export.set_defaults(handler=cmd_export)
 
