@@ -61,6 +61,17 @@ CASES = [
          r"a\.csv: line 3 is not valid utf-8 .*--encoding gbk"),
     case("jsonl-not-json", {"a.jsonl": '{"text": "a", "label": "x"}\n{"text": "b", "label": \n'},
          ["--data", "{tmp}/a.jsonl"], r"a\.jsonl: line 2: not valid JSON .*one\s+JSON object"),
+    case("bom-offset", {"a.csv": b"\xef\xbb\xbftext,label\nab\xffc,x\n"}, [],
+         r"a\.csv: line 2 is not valid utf-8 \(byte b'\\xff' at offset 16\)"),
+    case("zip-renamed-csv", {"a.csv": b"PK\x03\x04\x14\x00\x06\x00" + bytes(range(256))}, [],
+         r"a\.csv: this is a binary file \(a zip archive; \.xlsx and \.docx files are zip archives too\), not text"),
+    case("json-object-not-jsonl", {"a.jsonl": '{\n  "text": "a",\n  "label": "x"\n}\n'}, ["--data", "{tmp}/a.jsonl"],
+         r"a\.jsonl: the file holds one JSON object spread over several lines; expected one object per line"),
+    case("symlink-loop", {}, ["--data", "{tmp}/d"],
+         r"d: train\.csv is a symbolic link that points nowhere \(or, through other links, to itself\)",
+         setup="symlink-loop"),
+    case("named-pipe", {}, ["--data", "{tmp}/pipe.csv"], r"pipe\.csv: not a regular file \(a named pipe",
+         setup="named-pipe"),
     # ---- rows and labels
     case("empty-text-strict", {"a.csv": GOOD + " ,pos\n"}, ["--strict"],
          r"a\.csv: 1 row\(s\) with an empty or whitespace-only text \(line 22\); remove those rows \(strict"),
@@ -172,6 +183,11 @@ def prepare(tmp: Path, files: dict, args: list[str], setup: str | None, model: P
     elif setup == "foreign-folder":
         out.mkdir()
         (out / "notes.txt").write_text("not a training run")
+    elif setup == "symlink-loop":
+        (tmp / "d").mkdir()
+        (tmp / "d" / "train.csv").symlink_to("train.csv")  # points at itself
+    elif setup == "named-pipe":
+        os.mkfifo(tmp / "pipe.csv")  # opening it for reading would wait for a writer for ever
     elif setup in ("checkpoint", "damaged-checkpoint"):
         shutil.copytree(template, out)
         if setup == "damaged-checkpoint":

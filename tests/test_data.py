@@ -376,3 +376,20 @@ def test_a_huge_text_is_cut_before_tokenizing_and_counted_as_truncated(tokenizer
     alone = tokenizer(huge[:2000], truncation=True, max_length=32)["input_ids"]  # 2,000 characters hold 32 tokens
     assert data[1]["input_ids"].tolist() == alone  # the same first 32 tokens as the full text gives
     assert 32 * CHARS_PER_TOKEN < len(huge)
+
+
+def test_an_unreadable_file_names_itself(tmp_path, monkeypatch):
+    # chmod 000 does not stop root (the CI user), so the refusal is simulated where the file is read
+    path = tmp_path / "a.csv"
+    path.write_text("text,label\na,x\nb,y\n")
+    real = Path.read_bytes
+
+    def refuse(self):
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(DataError, match=r"a\.csv: cannot be read \(Permission denied\); check that the file is "
+                                        r"readable by this user"):
+        read_split(path)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -204,6 +207,18 @@ def test_check_settings_are_validated_before_any_work(bundle, tmp_path, kwargs, 
     with pytest.raises(ConfigError, match=message):
         export_model(bundle, tmp_path / "e", log=quiet, **kwargs)
     assert not (tmp_path / "e").exists()
+
+
+def test_the_staging_folder_of_a_killed_export_is_removed_by_the_next(bundle, tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a PID that no longer runs: an export killed mid-way
+    stale = tmp_path / f".model.partial-{dead.pid}"
+    (stale / "half").mkdir(parents=True)
+    alive = tmp_path / f".model.partial-{os.getppid()}"  # the test runner's parent: a live export elsewhere
+    alive.mkdir()
+    export_model(bundle, tmp_path / "model", format="onnx", log=quiet)
+    assert not stale.exists() and (tmp_path / "model" / "model.onnx").is_file()
+    assert alive.is_dir()  # a running export's staging folder is never touched
 
 
 def test_argument_errors(bundle, tmp_path):

@@ -206,10 +206,16 @@ def read_split(
         return dataclasses.replace(source, name=name)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        if path.is_symlink() and not path.exists():
+            raise DataError(f"{path}: a symbolic link that points nowhere (or, through other links, to itself); "
+                            "point it at the data file")
         if not path.exists():
             raise DataError(f"{path}: no such file or directory (relative paths start at {Path.cwd()})")
         if path.is_dir():
             return _read_class_folders(path, name, config)
+        if not path.is_file():  # reading a named pipe or a device would wait for ever
+            raise DataError(f"{path}: not a regular file (a named pipe, socket or device); save the data to a file "
+                            "first")
         kind = SUFFIXES.get(path.suffix.lower())
         if kind is None:
             raise DataError(
@@ -469,6 +475,10 @@ def _read_layout(data: Any, config: DataConfig) -> tuple[Split, Split | None, Sp
     if any(d.is_dir() and not d.name.startswith(".") for d in root.iterdir()):
         return _read_class_folders(root, "train", config), None, None
     present = ", ".join(sorted(p.name for p in root.iterdir())[:10]) or "nothing"
+    broken = sorted(p.name for p in root.iterdir() if p.is_symlink() and not p.exists())
+    if broken:
+        raise DataError(f"{root}: {', '.join(broken)} is a symbolic link that points nowhere (or, through other "
+                        "links, to itself); point it at the data file")
     raise DataError(
         f"{root}: no training data found (it holds: {present}). Expected train.csv / train.tsv / train.jsonl "
         "(plus optional dev.* and test.*), class folders train/<label>/*.txt, or class folders <label>/*.txt"
@@ -478,16 +488,41 @@ def _read_layout(data: Any, config: DataConfig) -> tuple[Split, Split | None, Sp
 # ====================================================================================================== readers
 
 
+# Files that are not text, by their first bytes: what users save with a .csv name by mistake.
+BINARY_SIGNATURES = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0", b"%PDF", b"\x1f\x8b", b"SQLite format 3")
+
+
+def _binary_kind(data: bytes) -> str:
+    if data.startswith(b"PK\x03\x04"):
+        return "a zip archive; .xlsx and .docx files are zip archives too"
+    if data.startswith(b"\xd0\xcf\x11\xe0"):
+        return "an old Office file such as .xls"
+    names = {b"%PDF": "a PDF", b"\x1f\x8b": "a gzip archive", b"SQLite format 3": "an SQLite database"}
+    return next((v for k, v in names.items() if data.startswith(k)), "it holds NUL bytes")
+
+
 def _decode(path: Path, config: DataConfig) -> str:
     """Read and decode a whole file; a UTF-8 BOM is dropped, a wrong encoding names the line and the option."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:  # permissions, a folder that vanished, an I/O error
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}); check that the file is readable by this "
+                        "user") from None
     encoding = config.encoding
+    # UTF-16/32 text holds NUL bytes: recognised by the encoding asked for, or by its byte order mark
+    wide = codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")) or data.startswith((b"\xff\xfe", b"\xfe\xff"))
+    if not wide and (data.startswith(BINARY_SIGNATURES) or b"\x00" in data[:4096]):
+        raise DataError(f"{path}: this is a binary file ({_binary_kind(data)}), not text; export the data as CSV, "
+                        "TSV or JSONL (in Excel: Save As, CSV UTF-8)")
     if codecs.lookup(encoding).name == "utf-8":
         encoding = "utf-8-sig"  # Excel and Notepad write a BOM; it must not end up in the first column name
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
+        # utf-8-sig reports offsets after the BOM it skipped; the message counts bytes of the file
+        start = exc.start + (len(codecs.BOM_UTF8) if encoding == "utf-8-sig" and data.startswith(codecs.BOM_UTF8)
+                             else 0)
+        line = data.count(b"\n", 0, start) + 1
         if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
             hint = "the file starts with a UTF-16 byte order mark: pass --encoding utf-16"
         else:
@@ -496,8 +531,8 @@ def _decode(path: Path, config: DataConfig) -> str:
                 "saved by Excel on Windows, or re-save the file as UTF-8"
             )
         raise DataError(
-            f"{path}: line {line} is not valid {config.encoding} (byte {data[exc.start:exc.start + 1]!r} at offset "
-            f"{exc.start}); {hint}"
+            f"{path}: line {line} is not valid {config.encoding} (byte {data[start:start + 1]!r} at offset "
+            f"{start}); {hint}"
         ) from None
 
 
@@ -601,6 +636,15 @@ def _read_jsonl(path: Path, name: str, config: DataConfig, require_labels: bool)
     if not text.strip():
         raise DataError(f'{path}: the file is empty; it needs one JSON object per line, e.g. {{"text": "...", '
                         f'"label": "..."}}')
+    if text.lstrip().startswith("{") and "\n" in text.strip():  # maybe one pretty-printed object, not JSONL
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict):
+            example = f'{{"{config.text_column}": "...", "{config.label_column}": "..."}}'
+            raise DataError(f"{path}: the file holds one JSON object spread over several lines; expected one object "
+                            f"per line (JSON Lines: {example}) or an array of such objects")
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)

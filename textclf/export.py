@@ -231,6 +231,7 @@ def export_model(model_dir: str | Path, output_dir: str | Path, format: str = "o
     texts, labels, source = _sample_texts(data, reference, text_column, label_column, encoding)
     sample = _pick(texts, num_samples)
 
+    _remove_stale_staging(output_dir)
     staging = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -464,6 +465,24 @@ def _export_torch_export(model, example, inputs: list[str], path: Path) -> None:
 
 
 # ==================================================================================================== helpers
+
+
+def _remove_stale_staging(output_dir: Path) -> None:
+    """Delete the staging folders of exports that were killed (their process is gone); a running one's stays."""
+    for folder in output_dir.parent.glob(f".{output_dir.name}.partial-*"):
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
