@@ -434,3 +434,45 @@ def test_the_run_lock_of_a_killed_process_is_released(tmp_path):
         holder.wait(timeout=30)
     with outputs.locked(out):  # the kernel dropped the dead holder's lock; its stale file is reused
         assert (out / outputs.LOCK_FILE).read_text().strip() == str(os.getpid())
+
+
+def test_a_resume_that_would_end_before_the_saved_best_model_is_refused(tmp_path, tiny_model_dir, tiny_data_dir):
+    # The run was killed right after best/ was written at step 6, before any checkpoint after step 4.
+    out = tmp_path / "run"
+    _trainer(tiny_model_dir, tiny_data_dir, out, patience=None).fit()  # 6 steps, checkpoints at 2 and 4
+    assert ckpt.latest_checkpoint(out / "checkpoints").name == "step-000004"
+    meta = json.loads((out / "best" / "textclf.json").read_text())
+    meta["step"] = 6
+    (out / "best" / "textclf.json").write_text(json.dumps(meta))
+    with pytest.raises(OutputDirError, match=r"step 4\) with 5 optimizer steps: .*best was saved at step 6 .*"
+                                             r"Resume with --max-steps 6 or more"):
+        _trainer(tiny_model_dir, tiny_data_dir, out, patience=None, max_steps=5).fit(resume="auto")
+    assert json.loads((out / "best" / "textclf.json").read_text())["step"] == 6  # nothing was touched
+    # As long as the original run (it reaches step 6 and evaluates there again): allowed.
+    assert _trainer(tiny_model_dir, tiny_data_dir, out, patience=None).fit(resume="auto").global_step == 6
+
+
+@pytest.mark.parametrize("full_at", [1, 2])
+def test_a_full_disk_gives_a_clear_error_and_leaves_nothing_half_written(tmp_path, tiny_model_dir, tiny_data_dir,
+                                                                        monkeypatch, full_at):
+    # safetensors reports ENOSPC as its own error type; the n-th checkpoint write hits the full disk.
+    real, writes = ckpt.save_file, []
+
+    def save_file(tensors, filename, *args, **kwargs):
+        if filename.endswith("model.safetensors"):
+            writes.append(filename)
+            if len(writes) == full_at:
+                raise RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                                   '"No space left on device" })')
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_file", save_file)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"the disk holding .*run is full: no space left while writing at "
+                                            rf"optimizer step {2 * full_at}; free some space"):
+        _trainer(tiny_model_dir, tiny_data_dir, out, eval_steps=None, patience=None).fit()
+    if full_at == 1:  # nothing saved yet: no folder to --overwrite, the same command starts afresh
+        assert not out.exists()
+    else:  # the first checkpoint is intact and resumable; no temporary folder is left
+        assert ckpt.latest_checkpoint(out / "checkpoints").name == "step-000002"
+        assert not [p for p in out.rglob(".*") if p.name != ".textclf"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -266,6 +267,10 @@ class Trainer:
                 return self._finish()
             except torch.OutOfMemoryError as exc:
                 raise self._out_of_memory(exc, created) from None
+            except Exception as exc:  # safetensors reports a full disk as its own error type, not an OSError
+                if not _is_disk_full(exc):
+                    raise
+                raise self._disk_full(exc, created) from None
 
     def _train_one_epoch(self) -> None:
         """Run the rest of the current epoch, from ``state.batch_in_epoch`` (non-zero after a resume)."""
@@ -754,6 +759,23 @@ class Trainer:
                 f"({'; '.join(problems)}). Resume with the original data and settings (see "
                 f"{self.output_dir / 'config.yaml'}), or pass --overwrite without --resume to start over"
             )
+        self._check_best_is_not_ahead(checkpoint, (state.get("train_state") or {}).get("global_step", 0))
+
+    def _check_best_is_not_ahead(self, checkpoint: Path, resumed_at: int) -> None:
+        """Refuse a resume that would end before the step that wrote ``best/``.
+
+        A run killed after saving ``best/`` at step 16 but before its next checkpoint (12) resumes at 12; it writes
+        ``best/`` again at 16 only if it gets there. Ending earlier would report one best step in metrics.json and
+        keep another one's weights in ``best/``.
+        """
+        best = self.output_dir / "best"
+        best_step = bundle.read_meta(best).get("step") if bundle.has_meta(best) else None
+        if isinstance(best_step, int) and resumed_at < best_step and self.total_steps < best_step:
+            raise OutputDirError(
+                f"cannot resume from {checkpoint} (step {resumed_at}) with {self.total_steps} optimizer steps: {best} "
+                f"was saved at step {best_step} by the run that was interrupted, and this run would end before it "
+                f"(best/ would hold weights its own metrics never saw). Resume with --max-steps {best_step} or more "
+                "(or the original --epochs), or pass --overwrite without --resume to start over")
 
     @property
     def run_config(self) -> RunConfig:
@@ -935,12 +957,34 @@ class Trainer:
             "No weights were updated by this step and no model was saved from it."
         )
 
+    def _drop_unsaved_run(self, created: bool) -> bool:
+        """After a failure: remove half-written folders, and the output folder itself when this call created it and
+        nothing was saved yet (only config and logs: the corrected command then needs no --overwrite)."""
+        self._close_loggers()
+        if not self.runtime.is_main:
+            return False
+        ckpt.recover_bundles(self.output_dir)  # .tmp-best-PID and the like, from the write that failed
+        for leftover in (self.output_dir / "checkpoints").glob(".tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        saved = any((self.output_dir / name).exists() for name in ("best", "last")) or bool(
+            ckpt.list_checkpoints(self.output_dir / "checkpoints"))
+        if created and not saved:
+            shutil.rmtree(self.output_dir, ignore_errors=True)
+            return True
+        return False
+
+    def _disk_full(self, exc: Exception, created: bool) -> TrainingError:
+        dropped = self._drop_unsaved_run(created)
+        resume = ("nothing was saved, so the same command starts afresh" if dropped else
+                  "the last complete checkpoint is intact: continue with --resume auto")
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        return TrainingError(f"the disk holding {self.output_dir} is full: no space left while writing{where} at "
+                             f"optimizer step {self.state.global_step}; free some space, or lower --keep-checkpoints "
+                             f"(now {self.config.keep_checkpoints}); {resume}")
+
     def _out_of_memory(self, exc: BaseException, created: bool) -> TrainingError:
         """Translate a CUDA out-of-memory error into the knobs that fix it; drop an output folder holding nothing."""
-        self._close_loggers()
-        saved = any((self.output_dir / name).exists() for name in ("checkpoints", "best", "last"))
-        if created and not saved and self.runtime.is_main:
-            shutil.rmtree(self.output_dir, ignore_errors=True)  # only config and logs: a rerun needs no --overwrite
+        self._drop_unsaved_run(created)
         cfg = self.config
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return TrainingError(
@@ -994,3 +1038,9 @@ def _read_yaml(path: Path) -> dict:
         return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         return {}
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return "No space left on device" in str(exc) or "StorageFull" in str(exc)
