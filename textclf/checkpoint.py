@@ -135,9 +135,12 @@ def read_state(folder: Path) -> dict:
     path = Path(folder) / STATE_FILE
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TrainingError(f"checkpoint state {path} cannot be read ({exc}); delete {folder} to resume "
                             "from the previous checkpoint") from None
+    if not isinstance(state, dict):
+        raise TrainingError(f"checkpoint state {path} holds a JSON {type(state).__name__}, not the state of a run; "
+                            f"delete {folder} to resume from the previous checkpoint")
     if not state.get("complete"):
         raise TrainingError(f"checkpoint {folder} is incomplete; delete it to resume from the previous one")
     return state

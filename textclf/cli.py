@@ -159,7 +159,7 @@ def build_parser() -> ArgumentParser:
     export.add_argument("--opset", type=_number_in(int, 1, None),
                         help="ONNX opset (default: the exporter's current one)")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
-    export.set_defaults(handler=cmd_export)
+    export.set_defaults(handler=cmd_export, output_folder=True)
 
     serve = commands.add_parser("serve", help="serve a model over HTTP (FastAPI, micro-batching)",
                                 description="Serve POST /classify, GET /health, /metadata, /stats and /docs. "
@@ -272,6 +272,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("textclf train: no training data; pass --data DIR_OR_FILE (or set run.data in --config)")
     if not config.run.output:
         raise UsageError("textclf train: no output folder; pass --output DIR (or set run.output in --config)")
+    outputs.check_output_folder(config.run.output)
     data = load_dataset(config.run.data, dev=config.run.dev, test=config.run.test, config=config.data)
     if getattr(args, "seeds", None):
         return _train_ensemble(args, config, data)
@@ -471,7 +472,7 @@ def _add_baseline_and_audit_commands(commands) -> None:
         sub.add_argument("--analyzer", default="auto", choices=["auto", "word", "char"], help="n-grams of words, "
                          "or of characters (auto: characters when most text is Chinese/Japanese)")
     baseline.add_argument("--output", metavar="DIR", help="write report.txt, metrics.json and baseline.pkl here")
-    baseline.set_defaults(handler=cmd_baseline)
+    baseline.set_defaults(handler=cmd_baseline, output_folder=True)
 
     audit.add_argument("--output", metavar="DIR", help="write audit.csv and audit.json here (default: print the top "
                        "rows only)")
@@ -489,7 +490,7 @@ def _add_baseline_and_audit_commands(commands) -> None:
     audit.add_argument("--batch-size", type=int, default=32, help="batch size for --method transformer")
     audit.add_argument("--lr", type=float, default=5e-5, help="learning rate for --method transformer")
     audit.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N for --method transformer")
-    audit.set_defaults(handler=cmd_audit)
+    audit.set_defaults(handler=cmd_audit, output_folder=True)
 
 
 def _toolbox_data(args: argparse.Namespace):
@@ -590,7 +591,7 @@ def _add_pretrain_commands(commands) -> None:
                           "output folder (auto) or from the checkpoint folder DIR")
     pretrain.add_argument("--overwrite", action="store_true", help="replace a previous run in the output folder")
     pretrain.add_argument("--quiet", action="store_true", help="no progress bar")
-    pretrain.set_defaults(handler=cmd_pretrain)
+    pretrain.set_defaults(handler=cmd_pretrain, output_folder=True)
 
     tokenizer = commands.add_parser("tokenizer", help="train a WordPiece tokenizer on a corpus",
                                     description="Tokenizer tools. `textclf tokenizer train` trains a BERT-style "
@@ -611,7 +612,7 @@ def _add_pretrain_commands(commands) -> None:
     train.add_argument("--text-column", default="text", help="column/key holding the text (default text)")
     train.add_argument("--encoding", default="utf-8", help="file encoding, e.g. gbk (default utf-8)")
     train.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
-    train.set_defaults(handler=cmd_tokenizer_train)
+    train.set_defaults(handler=cmd_tokenizer_train, output_folder=True)
 
 
 def _add_field_flag(group, section: str, f: dataclasses.Field, docs: dict, hints: dict, flag: str | None = None):
@@ -706,6 +707,8 @@ def main(argv: list[str] | None = None) -> int:
 
         warnings.showwarning = show
         try:
+            if getattr(args, "output_folder", False) and getattr(args, "output", None):
+                outputs.check_output_folder(args.output)  # before any model or data is loaded
             return args.handler(args)
         except TextclfError as exc:
             print(f"{prefix}: error: {exc}", file=sys.stderr)

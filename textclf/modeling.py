@@ -14,6 +14,7 @@ Custom heads: subclass and override :meth:`TextClassifier.build_head`, or pass `
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -81,7 +82,7 @@ def load_encoder(name: str) -> nn.Module:
     path = resolve_model_name(name)
     try:
         encoder = AutoModel.from_pretrained(path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, pickle.UnpicklingError, RuntimeError) as exc:  # RuntimeError: a damaged weight file
         raise ModelLoadError(_unloadable_message(name, exc)) from None
     return encoder.float()  # fp32 master weights; autocast handles the low-precision compute
 
@@ -292,9 +293,18 @@ class TextClassifier(nn.Module):
                 )
         meta = bundle.read_meta(folder)
         label_map = LabelMap.load(folder / LABELS_FILE) if (folder / LABELS_FILE).is_file() else None
-        config = AutoConfig.from_pretrained(str(folder))
-        encoder = AutoModel.from_config(config)
-        model = cls(encoder, meta["num_labels"], meta["pooling"], meta["dropout"], head, label_map)
+        try:
+            config = AutoConfig.from_pretrained(str(folder))
+            encoder = AutoModel.from_config(config)
+            num_labels, pooling, dropout = int(meta["num_labels"]), meta["pooling"], float(meta["dropout"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"{folder} is damaged: its config.json or {TEXTCLF_FILE} cannot be used ({exc}); "
+                                 "retrain, or restore the folder from a copy") from None
+        if label_map is not None and len(label_map) != num_labels:
+            raise ModelLoadError(f"{folder / LABELS_FILE} lists {len(label_map)} labels but the model's head has "
+                                 f"{num_labels} outputs; the folder is damaged: restore labels.json from the training "
+                                 "run, or retrain")
+        model = cls(encoder, num_labels, pooling, dropout, head, label_map)
         model.configure_windows(meta.get("window_aggregation", "mean"))  # before loading: may add window_scorer
         model.load_weights(folder)
         return model

@@ -192,3 +192,17 @@ def check_output_file(path: str | Path, flag: str = "--output") -> Path:
     if not os.access(parent, os.W_OK):
         raise OutputDirError(f"{flag} {path}: the folder {parent} is not writable by this user; choose another path")
     return path
+
+
+def check_output_folder(path: str | Path, flag: str = "--output") -> Path:
+    """Refuse, before any work, an output folder that is a file, lies under a file, or cannot be created here."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"{flag} {path} is a file, not a folder; choose another {flag}")
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor or "."))
+    if not existing.is_dir():
+        raise OutputDirError(f"{flag} {path}: {existing} is a file, so no folder can be made under it; choose "
+                             f"another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputDirError(f"{flag} {path}: {existing} is not writable by this user; choose another {flag}")
+    return path
