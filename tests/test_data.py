@@ -393,3 +393,21 @@ def test_an_unreadable_file_names_itself(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"a\.csv: cannot be read \(Permission denied\); check that the file is "
                                         r"readable by this user"):
         read_split(path)
+
+
+def test_an_unreadable_data_folder_names_itself(tmp_path, monkeypatch):
+    from textclf.data import load_dataset
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "train.csv").write_text("text,label\na,x\nb,y\n")
+    real = Path.iterdir
+
+    def refuse(self):
+        if self == folder:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    with pytest.raises(DataError, match=r"d: cannot be read \(Permission denied\); check that it is readable"):
+        load_dataset(folder)

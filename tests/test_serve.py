@@ -156,6 +156,14 @@ def test_chunked_body_over_the_limit_is_413(client):
     assert response.status_code == 413 and "over the limit of 4000 bytes" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("key", ["clé-secrète", "密钥", "tab\tkey"])
+def test_an_api_key_no_header_can_carry_is_refused_at_start(key):
+    from textclf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="serve.api_key: .*printable ASCII"):
+        ServeConfig(api_key=key)
+
+
 def test_api_key(predictor):
     with running(create_app(predictor, ServeConfig(api_key="s3cret"))) as (url, _), httpx.Client(base_url=url) as http:
         assert http.get("/health").status_code == 200  # health checks need no key

@@ -13,6 +13,7 @@ Texts are only stripped of surrounding whitespace: casing and normalisation are 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import dataclasses
 import io
@@ -143,9 +144,10 @@ def load_dataset(
         ConfigError: for an unknown override.
     """
     config = _resolve_config(config, overrides)
-    train, found_dev, found_test = _read_layout(data, config)
-    dev_split = read_split(dev, "dev", config) if dev is not None else found_dev
-    test_split = read_split(test, "test", config) if test is not None else found_test
+    with _permission_errors_named():
+        train, found_dev, found_test = _read_layout(data, config)
+        dev_split = read_split(dev, "dev", config) if dev is not None else found_dev
+        test_split = read_split(test, "test", config) if test is not None else found_test
 
     if len(train) == 0:
         raise DataError(f"{train.source}: no usable training rows (every row was empty or dropped)")
@@ -204,6 +206,11 @@ def read_split(
     config = config or DataConfig()
     if isinstance(source, Split):
         return dataclasses.replace(source, name=name)
+    with _permission_errors_named():
+        return _read_split(source, name, config, require_labels)
+
+
+def _read_split(source: Any, name: str, config: DataConfig, require_labels: bool) -> Split:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_symlink() and not path.exists():
@@ -428,6 +435,16 @@ def _tokenize(
 
 
 # ====================================================================================================== layouts
+
+
+@contextlib.contextmanager
+def _permission_errors_named():
+    """A folder or file this user may not read (``chmod 000``) becomes a DataError naming it."""
+    try:
+        yield
+    except PermissionError as exc:
+        raise DataError(f"{exc.filename or 'the data'}: cannot be read ({exc.strerror}); check that it is readable "
+                        "by this user") from None
 
 
 def _resolve_config(config: DataConfig | None, overrides: dict[str, Any]) -> DataConfig:

@@ -69,6 +69,10 @@ class ServeConfig:
                 raise ConfigError(f"serve.{name}: must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise ConfigError(f"serve.max_wait_ms: must be >= 0, got {self.max_wait_ms}")
+        if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()):
+            # HTTP headers carry ASCII: a key with other characters could never be sent, so no request would pass
+            raise ConfigError("serve.api_key: the API key (TEXTCLF_API_KEY) holds characters other than printable "
+                              "ASCII, which no HTTP header can carry; use letters, digits and punctuation")
 
     def public(self) -> dict:
         """The settings without the key itself."""
