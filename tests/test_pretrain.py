@@ -345,3 +345,27 @@ def test_the_measurement_example_runs_end_to_end(tmp_path, tiny_data_dir, arch):
     assert set(out["test_accuracy"]) == {"finetune_random_init", "finetune_pretrained", "baseline"}
     assert out["stages"]["pretrain"]["texts"] == 800 and out["cpu_minutes_pretrain_plus_finetunes"] > 0
     assert json.loads(results.read_text()) == out
+
+
+def test_a_full_disk_while_pretraining_names_the_folder_and_the_step(tmp_path, monkeypatch):
+    from textclf import checkpoint as ckpt
+    from textclf.errors import TrainingError
+
+    real, calls = ckpt.save_file, []
+
+    def save_file(tensors, filename, *args, **kwargs):
+        calls.append(filename)
+        if len(calls) > 2:  # the first checkpoint's files are written; the second one hits the full disk
+            raise RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                               '"No space left on device" })')
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_file", save_file)
+    scratch = PretrainConfig(architecture="small", tokenizer=resolve_model_name("minilm"))
+    trainer = Pretrainer(None, texts=CORPUS, output_dir=tmp_path / "pre", config=tiny_config(), progress=False,
+                         pretrain_config=scratch)
+    with pytest.raises(TrainingError, match=r"the disk holding .*pre is full: no space left while writing at "
+                                            r"optimizer step 8; free some space"):
+        trainer.fit()
+    assert not list((tmp_path / "pre" / "checkpoints").glob(".tmp-*"))
+    assert [p.name for p in (tmp_path / "pre" / "checkpoints").iterdir()] == ["step-000004"]

@@ -104,6 +104,18 @@ def test_max_windows_keeps_the_first_windows_and_counts_the_text_as_truncated(to
     assert capped.lengths[0] == 3 * 16 and capped.lengths[1] == len(full[1]["windows"][0])
 
 
+def test_a_huge_text_is_cut_past_its_last_window_before_tokenizing(tokenizer):
+    import time
+
+    huge = LONG + " filler words" * 500_000  # 6.5 MB: every window past the third is never read
+    started = time.perf_counter()
+    capped = WindowedTextDataset([huge], None, tokenizer, WindowSpec(16, 4, max_windows=3))
+    assert time.perf_counter() - started < 20
+    reference = WindowedTextDataset([LONG], None, tokenizer, WindowSpec(16, 4, max_windows=3))
+    assert capped.num_truncated == 1 and capped.num_windows.tolist() == [3]
+    assert [w.tolist() for w in capped[0]["windows"]] == [w.tolist() for w in reference[0]["windows"]]
+
+
 def test_config_validation_names_the_field():
     with pytest.raises(ConfigError, match="train.long_texts"):
         TrainConfig(long_texts="chunks")

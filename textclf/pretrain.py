@@ -26,6 +26,7 @@ import functools
 import hashlib
 import json
 import math
+import shutil
 import signal
 import threading
 import time
@@ -48,7 +49,7 @@ from .errors import ConfigError, DataError, ModelLoadError, OutputDirError, Trai
 from .loggers import JsonlLogger, TensorBoardLogger
 from .modeling import load_tokenizer, resolve_model_name
 from .optim import build_adamw, build_scheduler
-from .run_folder import setting_changes, truncate_log
+from .run_folder import disk_full_error, is_disk_full, setting_changes, truncate_log
 from .runtime import rng_state, seed_everything, set_rng_state, setup_runtime
 from .speedups import training_speedups, zero_grad
 
@@ -480,11 +481,20 @@ class Pretrainer:
             self.print(f"pretraining on {self.runtime.device} in {self.runtime.precision}: {len(self.dataset)} texts, "
                        f"{int(self.dataset.lengths.sum())} tokens ({self.dataset.num_truncated} texts cut at "
                        f"max_length={self.config.max_length}), {self.total_steps} optimizer steps")
-            with self._stop_on_signals(), training_speedups(self.model, self.config.speedups,
-                                                            distributed=False) as self._sparse_grads:
-                while not self._done():
-                    self._train_one_epoch()
-            return self._finish()
+            try:
+                with self._stop_on_signals(), training_speedups(self.model, self.config.speedups,
+                                                                distributed=False) as self._sparse_grads:
+                    while not self._done():
+                        self._train_one_epoch()
+                return self._finish()
+            except Exception as exc:  # safetensors reports a full disk as its own error type, not an OSError
+                if not is_disk_full(exc):
+                    raise
+                self._close_loggers()
+                for leftover in (self.output_dir / "checkpoints").glob(".tmp-*"):
+                    shutil.rmtree(leftover, ignore_errors=True)
+                raise disk_full_error(exc, self.output_dir, self.state.global_step, self.config.keep_checkpoints,
+                                      "the last complete checkpoint (if any) resumes with --resume auto") from None
 
     def _train_one_epoch(self) -> None:
         """The rest of the current epoch, from ``state.batch_in_epoch`` (non-zero after a resume)."""

@@ -3,9 +3,12 @@ the log that a resume truncates back to its checkpoint. One copy, so the two loo
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
+
+from .errors import TrainingError
 
 
 def flatten(config: dict) -> dict:
@@ -40,3 +43,18 @@ def truncate_log(path: Path, step: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An OSError with ENOSPC, or safetensors' own error for the same (it is not an OSError)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return "No space left on device" in str(exc) or "StorageFull" in str(exc)
+
+
+def disk_full_error(exc: BaseException, output_dir: Path, step: int, keep_checkpoints: int,
+                    then: str) -> TrainingError:
+    """The message for a full disk: where, at which step, what frees space, and ``then`` (how to go on)."""
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    return TrainingError(f"the disk holding {output_dir} is full: no space left while writing{where} at optimizer "
+                         f"step {step}; free some space, or lower --keep-checkpoints (now {keep_checkpoints}); {then}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import functools
 import hashlib
 import json
@@ -58,7 +57,7 @@ from .multilabel import (
 from .normalize import TextNormalizer
 from .optim import build_adamw, build_scheduler
 from .predict import Predictor
-from .run_folder import setting_changes, truncate_log
+from .run_folder import disk_full_error, is_disk_full, setting_changes, truncate_log
 from .runtime import (
     broadcast_module,
     gather_to_main,
@@ -268,7 +267,7 @@ class Trainer:
             except torch.OutOfMemoryError as exc:
                 raise self._out_of_memory(exc, created) from None
             except Exception as exc:  # safetensors reports a full disk as its own error type, not an OSError
-                if not _is_disk_full(exc):
+                if not is_disk_full(exc):
                     raise
                 raise self._disk_full(exc, created) from None
 
@@ -977,10 +976,7 @@ class Trainer:
         dropped = self._drop_unsaved_run(created)
         resume = ("nothing was saved, so the same command starts afresh" if dropped else
                   "the last complete checkpoint is intact: continue with --resume auto")
-        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        return TrainingError(f"the disk holding {self.output_dir} is full: no space left while writing{where} at "
-                             f"optimizer step {self.state.global_step}; free some space, or lower --keep-checkpoints "
-                             f"(now {self.config.keep_checkpoints}); {resume}")
+        return disk_full_error(exc, self.output_dir, self.state.global_step, self.config.keep_checkpoints, resume)
 
     def _out_of_memory(self, exc: BaseException, created: bool) -> TrainingError:
         """Translate a CUDA out-of-memory error into the knobs that fix it; drop an output folder holding nothing."""
@@ -1038,9 +1034,3 @@ def _read_yaml(path: Path) -> dict:
         return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         return {}
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return True
-    return "No space left on device" in str(exc) or "StorageFull" in str(exc)

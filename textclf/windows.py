@@ -37,7 +37,7 @@ import torch
 
 from .aggregation import aggregate_window_logits, attention_over_windows
 from .collate import make_collate, sequential_shard
-from .data import Split, TextClassificationDataset
+from .data import Split, TextClassificationDataset, bounded_texts
 from .errors import ConfigError, ModelLoadError
 from .labels import LabelMap
 from .modeling import TextClassifier
@@ -152,8 +152,13 @@ def encode_windows(tokenizer: Any, texts: Sequence[str], spec: WindowSpec, batch
     head, tail = np.asarray(prefix, dtype=np.int32), np.asarray(suffix, dtype=np.int32)
     common = dict(add_special_tokens=False, truncation=False, padding=False, return_attention_mask=False,
                   return_token_type_ids=False, verbose=False)  # verbose=False: no "longer than the model" warning
+    # With max_windows, tokens past the last window are never read: texts are cut to the characters that can hold
+    # one token more than the windows (so a cut text still counts as needing more windows than it got).
+    bound = None if spec.max_windows is None else spec.max_windows * (capacity - spec.overlap) + capacity + 1
     for start in range(0, len(texts), batch_size):
         batch = list(texts[start:start + batch_size])
+        if bound is not None:
+            batch, _ = bounded_texts(batch, bound)
         for j, ids in enumerate(tokenizer(batch, **common)["input_ids"] if batch else []):
             ids = np.asarray(ids, dtype=np.int32)
             starts = window_starts(len(ids), capacity, spec.overlap)
