@@ -207,7 +207,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     datasets = sorted({r["dataset"] for r in rows})
     colours = {"random": "tab:blue", "grouped": "tab:orange", "stratified": "tab:green"}
-    fig, axes = plt.subplots(3, len(datasets), figsize=(4 * len(datasets), 9), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(3, len(datasets), figsize=(4 * len(datasets), 9), squeeze=False, sharex="col")
     for col, dataset in enumerate(datasets):
         for k, sampler in enumerate(SAMPLERS):
             mine = sorted((r for r in rows if r["dataset"] == dataset and r["sampler"] == sampler),
