@@ -401,9 +401,11 @@ def test_only_checkpoint_folders_count_as_checkpoints(tmp_path):
     assert ckpt.latest_checkpoint(tmp_path).name == "step-000001"
 
 
-def test_a_second_process_on_the_same_run_folder_stops_at_once(tmp_path, tiny_model_dir, tiny_data_dir):
+def test_a_second_process_on_the_same_run_folder_stops_at_once(tmp_path, tiny_model_dir, tiny_data_dir,
+                                                              monkeypatch):
     from textclf import outputs
 
+    monkeypatch.setattr(outputs, "LOCK_WAIT_SECONDS", 0.3)  # a killed holder gets 10 s to exit; a live one keeps it
     out = tmp_path / "run"
     # This process plays the job that is still running: it holds the folder's lock, as fit() does.
     with outputs.locked(out):
@@ -415,9 +417,11 @@ def test_a_second_process_on_the_same_run_folder_stops_at_once(tmp_path, tiny_mo
     assert result.global_step == 2 and not (out / outputs.LOCK_FILE).exists()  # released when fit returns
 
 
-def test_the_run_lock_of_a_killed_process_is_released(tmp_path):
+def test_the_run_lock_of_a_killed_process_is_released(tmp_path, monkeypatch):
     # flock dies with its holder: a job killed with SIGKILL never blocks the resumed one.
     from textclf import outputs
+
+    monkeypatch.setattr(outputs, "LOCK_WAIT_SECONDS", 3.0)
 
     out = tmp_path / "run"
     code = ("import os, sys, time; from textclf import outputs\n"
@@ -429,11 +433,12 @@ def test_the_run_lock_of_a_killed_process_is_released(tmp_path):
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(OutputDirError, match=rf"PID {holder.pid}\)"), outputs.locked(out):
             pass
+        holder.kill()  # killed while holding the lock; the next run, started at once, waits for it to exit
+        with outputs.locked(out):  # the kernel dropped the dead holder's lock; its stale file is reused
+            assert (out / outputs.LOCK_FILE).read_text().strip() == str(os.getpid())
     finally:
         holder.kill()
         holder.wait(timeout=30)
-    with outputs.locked(out):  # the kernel dropped the dead holder's lock; its stale file is reused
-        assert (out / outputs.LOCK_FILE).read_text().strip() == str(os.getpid())
 
 
 def test_a_resume_that_would_end_before_the_saved_best_model_is_refused(tmp_path, tiny_model_dir, tiny_data_dir):

@@ -230,6 +230,42 @@ def test_graceful_shutdown_answers_in_flight_requests(predictor):
         httpx.get(f"{url}/health", timeout=2)
 
 
+def test_requests_arriving_after_sigterm_get_503_while_the_service_drains(predictor):
+    from textclf.serve import draining_server
+
+    slow = SlowPredictor(predictor, delay=1.0)
+    app = create_app(slow, ServeConfig(max_batch_size=1, max_wait_ms=0))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = draining_server(app, uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=20),
+                             drain_seconds=0.5)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        deadline = time.time() + 30
+        while not server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.02)
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(httpx.post, f"{url}/classify", json={"text": TEXTS[0]}, timeout=30)
+            while app.state.batcher.submitted < 1 or len(slow.calls) < 2:  # calls[0] was the warm-up
+                assert time.time() < deadline, "the request did not arrive"
+                time.sleep(0.01)
+            server.handle_exit(signal.SIGTERM, None)  # what uvicorn's signal handler calls
+            late = httpx.post(f"{url}/classify", json={"text": TEXTS[1]}, timeout=10)
+            health = httpx.get(f"{url}/health", timeout=10)
+            assert late.status_code == 503 and "shutting down" in late.json()["detail"]
+            assert health.status_code == 503
+            assert in_flight.result(timeout=30).status_code == 200  # accepted before the signal: answered
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
 def test_serve_config_validation():
     with pytest.raises(ConfigError, match="max_batch_size"):
         ServeConfig(max_batch_size=0)

@@ -185,6 +185,9 @@ def build_parser() -> ArgumentParser:
                        "TEXTCLF_API_KEY)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--no-access-log", dest="access_log", action="store_false", help="no line per request")
+    serve.add_argument("--drain-seconds", type=_number_in(float, 0, None), default=1.0, metavar="S",
+                       help="after SIGTERM/SIGINT, keep answering new requests with 503 for at least S seconds (and "
+                       "until in-flight ones are done) before closing the port (default 1)")
     serve.add_argument("--graceful-timeout", type=float, default=30.0, metavar="S", help="seconds to finish "
                        "in-flight requests after SIGTERM/SIGINT (default 30)")
     serve.set_defaults(handler=cmd_serve)
@@ -447,7 +450,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"(docs at /docs; batching {'on' if args.batching else 'off'}"
           f"{'; API key required' if config.api_key else ''})", flush=True)
     serve(predictor, args.host, args.port, config, log_level=args.log_level, access_log=args.access_log,
-          timeout_graceful_shutdown=args.graceful_timeout)
+          timeout_graceful_shutdown=args.graceful_timeout, drain_seconds=args.drain_seconds)
     return 0
 
 

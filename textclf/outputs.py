@@ -19,6 +19,7 @@ import fnmatch
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from .errors import OutputDirError
 
 MARKER = ".textclf"
 LOCK_FILE = ".textclf.lock"  # held by the process writing the folder (see locked())
+# How long a run waits for the lock before giving up: a job killed a moment ago may still be exiting.
+LOCK_WAIT_SECONDS = 10.0
 # Left behind by a crash mid-write (checkpoint.write_atomically, atomic file writes, staged exports).
 _LEFTOVERS = (".tmp-*", ".old-*", ".trash-*", "*.tmp", ".*.partial-*", "*.partial")
 
@@ -159,13 +162,19 @@ def locked(folder: Path):
     path = folder / LOCK_FILE
     handle = open(path, "a+", encoding="utf-8")
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise OutputDirError(f"output folder {folder} is in use by another textclf process (PID {holder}); wait "
-                                 "for it to finish or stop it, or choose another --output") from None
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:  # a killed holder may still be exiting (a scheduler's restart)
+                    time.sleep(0.1)
+                    continue
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                raise OutputDirError(f"output folder {folder} is in use by another textclf process (PID {holder}); "
+                                     "wait for it to finish or stop it, or choose another --output") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")

@@ -137,6 +137,7 @@ class MicroBatcher:
         self.stats = BatchStats()
         self.closing = False
         self.submitted = 0  # requests accepted so far (answered or not)
+        self.answered = 0  # requests answered (with predictions or an error) or given up by their client
         self._pending: collections.deque[_Job] = collections.deque()
         self._queued_texts = 0
         self._wakeup: asyncio.Event | None = None
@@ -157,8 +158,16 @@ class MicroBatcher:
         self._pending.append(job)
         self._queued_texts += len(texts)
         self.submitted += 1
+        job.future.add_done_callback(self._answered)
         self._wakeup.set()
         return await job.future
+
+    def _answered(self, future: asyncio.Future) -> None:
+        self.answered += 1
+
+    def idle(self) -> bool:
+        """No accepted request is waiting for its answer."""
+        return self.answered >= self.submitted
 
     async def close(self) -> None:
         """Answer everything already queued, then stop the worker and the inference thread."""
@@ -471,12 +480,52 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None):
     return app
 
 
+def draining_server(app, config, drain_seconds: float = 1.0):
+    """A ``uvicorn.Server`` that drains before it stops.
+
+    uvicorn closes its listening socket as soon as SIGTERM/SIGINT arrive, so a request sent a moment later (a load
+    balancer that has not yet seen the pod go) gets a connection reset. This server first keeps listening and
+    answers new requests with 503 (``/health`` too) for at least ``drain_seconds`` and until every accepted request
+    has its answer (at most ``config.timeout_graceful_shutdown``), then stops as uvicorn does. A second signal stops
+    at once.
+    """
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        _loop: asyncio.AbstractEventLoop | None = None
+        _draining = False
+
+        async def serve(self, sockets=None):
+            self._loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+        def handle_exit(self, sig, frame):
+            if self._draining or self._loop is None:
+                return super().handle_exit(sig, frame)
+            self._draining = True
+            app.state.batcher.closing = True  # from now on: 503 for new requests, queued ones are still answered
+            self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain(sig, frame)))
+
+        async def _drain(self, sig, frame):
+            loop = asyncio.get_running_loop()
+            start, limit = loop.time(), self.config.timeout_graceful_shutdown or 30.0
+            while loop.time() - start < limit and (loop.time() - start < drain_seconds
+                                                   or not app.state.batcher.idle()):
+                await asyncio.sleep(0.02)
+            super().handle_exit(sig, frame)
+
+    return DrainingServer(config)
+
+
 def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
-          log_level: str = "info", access_log: bool = True, timeout_graceful_shutdown: float = 30.0) -> None:
-    """Run the service with uvicorn until SIGINT/SIGTERM; in-flight requests are answered before it exits."""
+          log_level: str = "info", access_log: bool = True, timeout_graceful_shutdown: float = 30.0,
+          drain_seconds: float = 1.0) -> None:
+    """Run the service with uvicorn until SIGINT/SIGTERM; it answers 503 to new requests while in-flight ones are
+    answered (see :func:`draining_server`), then exits."""
     import uvicorn
 
     app = create_app(predictor, config)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
-                                           timeout_graceful_shutdown=timeout_graceful_shutdown))
+    server = draining_server(app, uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                                 access_log=access_log,
+                                                 timeout_graceful_shutdown=timeout_graceful_shutdown), drain_seconds)
     server.run()
