@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -68,3 +69,20 @@ def test_cli_evaluate_writes_errors(tiny_model_dir, tmp_path):
     assert sorted(int(r["line"]) for r in rows) == [i + 2 for i in wrong]  # line 1 is the header
     assert all(r["predicted"] == predicted[int(r["line"]) - 2] != r["label"] for r in rows)
     assert np.all(np.diff([float(r["confidence"]) for r in rows]) <= 0)
+
+
+def test_run_report_writes_both_files_atomically(tmp_path):
+    from textclf.analysis import RunReport
+
+    class Report:
+        def to_dict(self):
+            return {"accuracy": 0.5}
+
+    run_report = RunReport(best_step=3, metric="macro_f1")
+    run_report.add("dev", Report(), "== dev ==\naccuracy 0.5")
+    run_report.add("test", Report(), "== test ==\naccuracy 0.5")
+    run_report.write(tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {
+        "best_step": 3, "metric": "macro_f1", "dev": {"accuracy": 0.5}, "test": {"accuracy": 0.5}}
+    assert (tmp_path / "report.txt").read_text() == "== dev ==\naccuracy 0.5\n\n== test ==\naccuracy 0.5\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "report.txt"]  # no temporary file left

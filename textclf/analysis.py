@@ -15,6 +15,7 @@ dev logits that temperature fitting needs; the error collector keeps only the mi
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +206,28 @@ class RunAnalysis:
 def record_calibration(model_dir: str | Path, calibration: dict) -> None:
     """Add ``"calibration"`` to ``model_dir/textclf.json`` (atomically: a reader never sees half a file)."""
     bundle.update_meta(model_dir, calibration=calibration)
+
+
+class RunReport:
+    """The reports at the end of a run: ``metrics.json`` (numbers, for programs) and ``report.txt`` (for people).
+
+    The one writer for single runs (:class:`~textclf.trainer.Trainer`) and seed ensembles; both files are written
+    atomically, so a reader never sees half of one.
+
+    Args:
+        metrics: the run-level entries of ``metrics.json`` (best step, seeds, ...).
+    """
+
+    def __init__(self, **metrics):
+        self.metrics = dict(metrics)
+        self.sections: list[str] = []
+
+    def add(self, name: str, report, text: str) -> None:
+        """Record split ``name``'s :class:`~textclf.metrics.EvalReport` and its section of ``report.txt``."""
+        self.metrics[name] = report.to_dict()
+        self.sections.append(text)
+
+    def write(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        bundle.write_atomically(folder / "metrics.json", json.dumps(self.metrics, indent=2, ensure_ascii=False))
+        bundle.write_atomically(folder / "report.txt", "\n\n".join(self.sections))

@@ -46,9 +46,13 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
 
 def write_meta(folder: str | Path, meta: dict[str, Any]) -> None:
     """Write ``textclf.json`` atomically: a reader (a service reloading the model) never sees half a file."""
-    path = Path(folder) / META_FILE
+    write_atomically(Path(folder) / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` (and a final newline) to ``path`` through a temporary file renamed over it."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_text(text + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .analysis import RunAnalysis
+from .analysis import RunAnalysis, RunReport
 from .config import DataConfig, ModelConfig, TrainConfig
 from .data import DatasetSplits, load_dataset
 from .ensemble import ENSEMBLE_DIR, save_ensemble
@@ -88,20 +88,17 @@ def train_ensemble(seeds: list[int], model: str = "minilm", data=None, output_di
     evaluator = Trainer.from_pretrained(ensemble_dir, device=config.device, precision=config.precision,
                                         eval_batch_size=config.eval_batch_size)
     analysis = RunAnalysis(evaluator.label_map.names, evaluator.label_map.multi_label, config.calibrate)
-    summary = {"seeds": seeds, "members": members}
-    sections = []
+    run_report = RunReport(seeds=seeds, members=members)
     for name, split in (("dev", data.dev), ("test", data.test)):
         if split is None:
             continue
         report = evaluator.evaluate(split, batch_hook=analysis.hook(name, split))
         note = analysis.after(name, report)
-        summary[name] = report.to_dict()
         member_lines = "\n".join(f"  seed {s}: accuracy {m[name]['accuracy']:.4f}, macro F1 {m[name]['macro_f1']:.4f}"
                                  for s, m in members.items() if m.get(name))
-        sections.append(f"== ensemble of {len(seeds)} on {name} ({report.num_rows} rows) ==\n{report.format()}\n"
-                        f"{note}\nmembers:\n{member_lines}")
+        run_report.add(name, report, f"== ensemble of {len(seeds)} on {name} ({report.num_rows} rows) ==\n"
+                                     f"{report.format()}\n{note}\nmembers:\n{member_lines}")
+    summary = run_report.metrics
     summary["calibration"] = analysis.finish(output_dir, ensemble_dir)
-    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n",
-                                             encoding="utf-8")
-    (output_dir / "report.txt").write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+    run_report.write(output_dir)
     return EnsembleResult(output_dir, ensemble_dir, members, summary.get("dev"), summary.get("test"))

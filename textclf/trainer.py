@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from . import bundle, outputs
 from . import checkpoint as ckpt
-from .analysis import RunAnalysis
+from .analysis import RunAnalysis, RunReport
 from .augment import augment_dataset
 from .callbacks import Callback, EarlyStopping, ProgressBar
 from .collate import count_optimizer_steps, length_strata, make_collate, sequential_shard, training_batches
@@ -887,9 +887,8 @@ class Trainer:
         if (self.label_map.multi_label and self.config.threshold_tuning != "none" and self.dev_dataset is not None
                 and (self.output_dir / "best").is_dir()):
             self.tune_thresholds(save_to=self.output_dir / "best")
-        metrics = {"best_step": self.state.best_step, "global_step": self.state.global_step,
-                   "metric": self.config.metric, "history": self.state.history}
-        sections = []
+        run_report = RunReport(best_step=self.state.best_step, global_step=self.state.global_step,
+                               metric=self.config.metric, history=self.state.history)
         # Temperature fitted on dev, ECE, errors.csv and the plots (textclf.analysis); labels are unchanged.
         analysis = RunAnalysis(self.label_map.names, self.label_map.multi_label, self.config.calibrate)
         for name, dataset in (("dev", self.dev_dataset),
@@ -897,17 +896,16 @@ class Trainer:
             if dataset is not None:
                 report = self.evaluate(dataset, batch_hook=analysis.hook(name, getattr(self.data, name)))
                 note = analysis.after(name, report)
-                metrics[name] = report.to_dict()
-                sections.append(f"== {name} ({report.num_rows} rows, best model from step {self.state.best_step})"
-                                f" ==\n{report.format()}\n{note}")
+                run_report.add(name, report, f"== {name} ({report.num_rows} rows, best model from step "
+                                             f"{self.state.best_step}) ==\n{report.format()}\n{note}")
+        metrics = run_report.metrics
         if self.runtime.is_main:
             best = self.output_dir / "best"
             metrics["calibration"] = analysis.finish(self.output_dir, best if best.is_dir() else None)
         # texts per split longer than max_length (windows: needing more than max_windows windows)
         metrics["truncated_rows"] = dict(getattr(self, "truncated_rows", {}))
         if self.runtime.is_main:
-            (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-            (self.output_dir / "report.txt").write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+            run_report.write(self.output_dir)
         self._close_loggers()
         return FitResult(self.output_dir, self.state.global_step, self.state.best_step, self.state.best_metric,
                          metrics.get("dev"), metrics.get("test"), stopped_early=stopped_early)
