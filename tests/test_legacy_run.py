@@ -48,7 +48,6 @@ def test_legacy_checkpoint_resumes_to_the_weights_of_the_original_run(legacy_run
     trainer = textclf.Trainer(str(ENCODER), str(DATA), legacy_run, train_config(), progress=False)
     result = trainer.fit(resume="auto")
     assert result.global_step == 4
-    assert json.loads((legacy_run / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
     steps = [json.loads(line)["step"] for line in (legacy_run / "log.jsonl").read_text().splitlines()
              if "train/loss" in line]
     assert steps == [1, 2, 3, 4]  # the log continues the original run's, no step twice

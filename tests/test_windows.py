@@ -105,12 +105,14 @@ def test_max_windows_keeps_the_first_windows_and_counts_the_text_as_truncated(to
 
 
 def test_a_huge_text_is_cut_past_its_last_window_before_tokenizing(tokenizer):
-    import time
+    from test_data import RecordingTokenizer
+
+    from textclf.data import CHARS_PER_TOKEN
 
     huge = LONG + " filler words" * 500_000  # 6.5 MB: every window past the third is never read
-    started = time.perf_counter()
-    capped = WindowedTextDataset([huge], None, tokenizer, WindowSpec(16, 4, max_windows=3))
-    assert time.perf_counter() - started < 20
+    recording = RecordingTokenizer(tokenizer)
+    capped = WindowedTextDataset([huge], None, recording, WindowSpec(16, 4, max_windows=3))
+    assert recording.longest < 100 * CHARS_PER_TOKEN < len(huge)  # 3 windows of 16 need a few dozen tokens
     reference = WindowedTextDataset([LONG], None, tokenizer, WindowSpec(16, 4, max_windows=3))
     assert capped.num_truncated == 1 and capped.num_windows.tolist() == [3]
     assert [w.tolist() for w in capped[0]["windows"]] == [w.tolist() for w in reference[0]["windows"]]
