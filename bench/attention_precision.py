@@ -1,4 +1,4 @@
-"""How far the CPU training attention (textclf.speedups.cpu_dropout_attention) is from fp32 attention in bf16.
+"""How far the CPU training attention (textclf.train.speedups.cpu_dropout_attention) is from fp32 attention in bf16.
 
     python -m bench.attention_precision
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from textclf.speedups import cpu_dropout_attention
+from textclf.train.speedups import cpu_dropout_attention
 
 
 def main() -> None:

@@ -90,7 +90,7 @@ def chinese_encoder(work: Path) -> str:
 def make_trainer_class(sampler: str):
     """A Trainer whose training batches come from ``sampler`` (the study's only difference between runs)."""
     import textclf
-    from textclf.collate import LengthGroupedBatches, RandomBatches, length_strata
+    from textclf.data.collate import LengthGroupedBatches, RandomBatches, length_strata
 
     class StudyTrainer(textclf.Trainer):
         @property

@@ -4,7 +4,7 @@ Everything is measured in one run on one machine, so the ratios compare like wit
 
 1. Model: ``--model DIR`` (a trained bundle), else a MiniLM classifier is trained on ``examples/data/trec``
    (3 epochs, lr 1e-4, batch 32, max_length 128) into ``bench/work/deploy/model``.
-2. Export: ``textclf.export.export_model`` to ONNX fp32 and ONNX int8 (each with its parity check against
+2. Export: ``textclf.deploy.export.export_model`` to ONNX fp32 and ONNX int8 (each with its parity check against
    PyTorch, and the int8 accuracy change on the TREC test set).
 3. Prediction throughput on the TREC test set (500 texts, batch 64, tokenization included):
    PyTorch fp32 eager, PyTorch with the default autocast (bf16 where the CPU has it), ONNX fp32, ONNX int8.
@@ -68,7 +68,7 @@ def train_model(output: Path) -> Path:
 
 
 def export_all(model: Path) -> dict[str, dict]:
-    from textclf.export import export_model
+    from textclf.deploy.export import export_model
 
     exports = {}
     for name, quantize in (("onnx", None), ("int8", "int8")):
@@ -88,8 +88,8 @@ def predict_throughput(model: Path, exports: dict, rounds: int) -> dict:
     import torch
 
     from textclf.config import DataConfig
-    from textclf.data import read_split
-    from textclf.predict import Predictor
+    from textclf.data.readers import read_split
+    from textclf.deploy.predict import Predictor
 
     split = read_split(TREC / "test.csv", "test", DataConfig())
     texts, labels = list(split.texts), list(split.labels)
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     log("prediction throughput on the TREC test set")
     results["predict"] = predict_throughput(model, results["exports"], args.rounds)
 
-    from textclf.data import read_split
+    from textclf.data.readers import read_split
 
     texts = list(read_split(TREC / "test.csv", "test").texts)
     folders = {"torch": str(model), "onnx": results["exports"]["onnx"]["folder"],

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import textclf
-    from textclf.data import DatasetSplits, stratified_split
+    from textclf.data.readers import DatasetSplits, stratified_split
 
     full = textclf.load_dataset(DATA)
     fraction = args.train_rows / len(full.train)

@@ -8,7 +8,7 @@ Usage (offline, from the repository root)::
    ``augment=synonym,delete,swap`` (1 copy per row, prob 0.1, the hand-written English synonym table
    :data:`SYNONYMS` below), training seeds 1, 2, 3 each; test accuracy / macro F1 (500 rows), mean and per seed.
 2. Ensemble gain: the three seed runs of each setting combined into a soft-voting ensemble
-   (:func:`textclf.ensemble.save_ensemble`); each member's test accuracy vs the ensemble's.
+   (:func:`textclf.model.ensemble.save_ensemble`); each member's test accuracy vs the ensemble's.
 3. ECE (15 bins) on test before/after temperature scaling fitted on dev, for every model above.
 
 Model: minilm (all-MiniLM-L6-v2), max_length 64, lr 1.5e-4, batch 16, 4 epochs, dev = the official 500-row dev
@@ -88,8 +88,8 @@ def summarize(runs: list[dict]) -> dict:
 def ensemble_of(run_dirs: list[Path], folder: Path, data_folder: Path) -> dict:
     """Soft-voting ensemble of trained runs, scored on test, with a temperature fitted on dev."""
     import textclf
-    from textclf.analysis import RunAnalysis
-    from textclf.ensemble import save_ensemble
+    from textclf.eval.analysis import RunAnalysis
+    from textclf.model.ensemble import save_ensemble
 
     wall, cpu = time.perf_counter(), time.process_time()
     ensemble = save_ensemble([d / "best" for d in run_dirs], folder, [d.name for d in run_dirs])

@@ -83,7 +83,7 @@ def part_baseline(save, datasets: list[str]) -> dict:
 
 
 def capped(split, rows: int, seed: int = 42):
-    from textclf.data import stratified_split
+    from textclf.data.readers import stratified_split
 
     if len(split) <= rows:
         return split
@@ -95,7 +95,7 @@ def part_compare(save, datasets: list[str], cap_train: int, cap_test: int, epoch
     import torch
 
     from textclf import TfidfBaseline, TrainConfig
-    from textclf.crossval import _score, train_fold
+    from textclf.tools.crossval import _score, train_fold
 
     out = {}
     for name in datasets:
@@ -126,7 +126,7 @@ def part_compare(save, datasets: list[str], cap_train: int, cap_test: int, epoch
 
 
 def part_audit(save, datasets: list[str], share: float = 0.05, seed: int = 0) -> dict:
-    from textclf import audit
+    from textclf.tools import audit
 
     out = {}
     for name in datasets:

@@ -100,7 +100,7 @@ def run_peer(dataset: str, precision: str, group_by_length: bool, max_rows: int 
     )
 
     import textclf
-    from textclf.modeling import resolve_model_name
+    from textclf.model.classifier import resolve_model_name
 
     data = textclf.load_dataset(data_dir(dataset))
     if max_rows:

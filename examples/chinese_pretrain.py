@@ -6,7 +6,7 @@ Three models are scored on the THUCNews-titles test split, all in one run on thi
 (b) the same architecture, first MLM-pretrained (``textclf.Pretrainer``) on the *training splits* of four Chinese
     data sets in ../shared/data (THUCNews titles, ChnSentiCorp hotel reviews, waimai and online-shopping reviews;
     never dev or test text), then fine-tuned with exactly the recipe of (a);
-(c) a TF-IDF character n-gram + linear SVM baseline (``textclf.baseline.TfidfBaseline``).
+(c) a TF-IDF character n-gram + linear SVM baseline (``textclf.tools.baseline.TfidfBaseline``).
 
 CPU time (``resource.getrusage``: user + system, all threads) and wall time are recorded per stage and written to
 ``--results`` (default bench/results/chinese-pretrain.json) after every stage. Stages already finished in
@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     import textclf
-    from textclf.baseline import TfidfBaseline
-    from textclf.pretrain import Pretrainer, build_mlm_model, encoder_for_finetuning
+    from textclf.tools.baseline import TfidfBaseline
+    from textclf.train.pretrain import Pretrainer, build_mlm_model, encoder_for_finetuning
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         # The same architecture and initialisation code as (b), without pretraining.
         folder = work / "random-init"
         torch.manual_seed(args.seed)
-        tokenizer = textclf.modeling.load_tokenizer(args.tokenizer)
+        tokenizer = textclf.model.classifier.load_tokenizer(args.tokenizer)
         encoder_for_finetuning(build_mlm_model(None, args.architecture, tokenizer)).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         return {"model": str(folder)}

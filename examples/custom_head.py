@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 import textclf
-from textclf.modeling import load_tokenizer
-from textclf.optim import build_scheduler, parameter_groups
+from textclf.model.classifier import load_tokenizer
+from textclf.train.optim import build_scheduler, parameter_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -23,7 +23,7 @@ def build_tiny_encoder(folder: Path, seed: int = 0, dropout: float = 0.1) -> Pat
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from textclf.modeling import resolve_model_name
+    from textclf.model.classifier import resolve_model_name
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_name("minilm"))
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

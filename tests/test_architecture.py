@@ -81,3 +81,26 @@ def test_the_cycle_finder_finds_a_cycle_hidden_in_a_function():
     guarded = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import x\n")
     assert _runtime_imports(guarded, "textclf.a", False) == set()
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+
+
+# Lower layers never import higher ones: the package map reads as the data flow (docs/architecture.md).
+LAYERS = ["base", "data", "model", "eval", "deploy", "train", "tools", "entry"]
+BASE = {"textclf.config", "textclf.errors", "textclf.outputs", "textclf.runtime"}
+ENTRY = {"textclf", "textclf.cli", "textclf.__main__"}
+
+
+def _layer(module: str) -> int:
+    if module in BASE:
+        return 0
+    if module in ENTRY:
+        return len(LAYERS) - 1
+    return LAYERS.index(module.split(".")[1])
+
+
+def test_lower_layers_never_import_higher_ones():
+    upward = sorted(f"{a} -> {b}" for a, targets in _graph().items() for b in targets if _layer(b) > _layer(a))
+    assert upward == [], "imports against the layer order " + " < ".join(LAYERS)
+
+
+def test_every_module_belongs_to_a_layer():
+    assert all(0 <= _layer(name) < len(LAYERS) for name in _graph())

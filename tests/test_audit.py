@@ -11,9 +11,9 @@ import pytest
 
 import textclf
 from textclf import cli
-from textclf.audit import audit, normalize_text
-from textclf.data import DatasetSplits, Split
+from textclf.data.readers import DatasetSplits, Split
 from textclf.errors import ConfigError
+from textclf.tools.audit import audit, normalize_text
 
 TREC = Path(__file__).resolve().parent.parent / "examples" / "data" / "trec"
 

@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from textclf.augment import Augmenter, augment_dataset, augment_split, read_entities, read_synonym_groups
 from textclf.config import DataConfig
-from textclf.data import Split
+from textclf.data.augment import Augmenter, augment_dataset, augment_split, read_entities, read_synonym_groups
+from textclf.data.readers import Split
 from textclf.errors import DataError
 
 

@@ -222,7 +222,7 @@ def test_bad_input_in_process(tmp_path, capsys, monkeypatch, tiny_model_dir, req
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no minute of retries in a sandbox
     if setup == "oom":
-        from textclf.trainer import Trainer
+        from textclf.train.trainer import Trainer
 
         def out_of_memory(self, batch):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.7 GiB total)")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from textclf import cli
-from textclf.baseline import TfidfBaseline, compare_with_baseline, is_mostly_cjk, multilabel_report, run_baseline
 from textclf.errors import ConfigError, ModelLoadError
+from textclf.tools.baseline import TfidfBaseline, compare_with_baseline, is_mostly_cjk, multilabel_report, run_baseline
 
 ENGLISH = ["What is the capital of China ?", "Who wrote Hamlet ?", "How many feet are in a mile ?"]
 

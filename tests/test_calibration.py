@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from textclf.analysis import RunAnalysis
-from textclf.calibration import CalibrationBins, expected_calibration_error, fit_temperature, softmax, write_png
+from textclf.eval.analysis import RunAnalysis
+from textclf.eval.calibration import CalibrationBins, expected_calibration_error, fit_temperature, softmax, write_png
 
 
 def _calibrated_logits(n=3000, classes=4, seed=0):

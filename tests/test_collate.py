@@ -1,4 +1,4 @@
-"""Tests for textclf.collate: dynamic padding, the batch samplers and rank sharding, checked by counting."""
+"""Tests for textclf.data.collate: dynamic padding, the batch samplers and rank sharding, checked by counting."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from textclf.collate import (
+from textclf.data.collate import (
     LengthGroupedBatches,
     RandomBatches,
     TokenBudgetBatches,
@@ -68,8 +68,8 @@ def test_multi_hot_labels_are_stacked():
 
 
 def test_collate_of_real_dataset_items(tiny_data, tiny_model_dir):
-    from textclf.data import TextClassificationDataset
-    from textclf.modeling import load_tokenizer
+    from textclf.data.readers import TextClassificationDataset
+    from textclf.model.classifier import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     dataset = TextClassificationDataset.from_split(tiny_data.dev, tokenizer, 32, tiny_data.label_map)

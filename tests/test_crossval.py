@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from textclf import TrainConfig, cli
-from textclf.crossval import cross_validate
 from textclf.errors import ConfigError, DataError, OutputDirError
+from textclf.tools.crossval import cross_validate
 
 TINY_RECIPE = dict(max_steps=2, batch_size=16, precision="fp32", device="cpu", eval_batch_size=64)
 

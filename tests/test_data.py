@@ -1,4 +1,4 @@
-"""Tests for textclf.data: readers, splitting, error messages for bad input, and the tokenized dataset."""
+"""Tests for textclf.data.readers: readers, splitting, error messages for bad input, and the tokenized dataset."""
 
 import json
 import warnings
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from textclf.config import DataConfig
-from textclf.data import (
+from textclf.data.labels import LabelMap
+from textclf.data.readers import (
     DataWarning,
     Split,
     TextClassificationDataset,
@@ -20,7 +21,6 @@ from textclf.data import (
     stratified_split,
 )
 from textclf.errors import ConfigError, DataError
-from textclf.labels import LabelMap
 
 TINY = Path(__file__).parent / "data" / "tiny"
 
@@ -364,7 +364,7 @@ def test_dataset_multi_label_and_unlabelled(tokenizer):
 
 
 def test_a_huge_text_is_cut_before_tokenizing_and_counted_as_truncated(tokenizer):
-    from textclf.data import CHARS_PER_TOKEN, TextClassificationDataset
+    from textclf.data.readers import CHARS_PER_TOKEN, TextClassificationDataset
 
     huge = "the patient reports chest pain and shortness of breath " * 100_000  # 5.5 MB, about a million tokens
     recording = RecordingTokenizer(tokenizer)
@@ -394,7 +394,7 @@ def test_an_unreadable_file_names_itself(tmp_path, monkeypatch):
 
 
 def test_an_unreadable_data_folder_names_itself(tmp_path, monkeypatch):
-    from textclf.data import load_dataset
+    from textclf.data.readers import load_dataset
 
     folder = tmp_path / "d"
     folder.mkdir()

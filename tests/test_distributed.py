@@ -30,10 +30,10 @@ import torch
 from conftest import build_tiny_encoder
 from safetensors.torch import load_file
 
-from textclf import checkpoint as ckpt
-from textclf.collate import RandomBatches, _shard
+from textclf.data.collate import RandomBatches, _shard
 from textclf.errors import TrainingError
 from textclf.runtime import rng_state, seed_everything
+from textclf.train import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 PAUSING = Path(__file__).parent / "helpers" / "ddp_pausing.py"
@@ -147,7 +147,7 @@ def log_records(out: Path) -> list[dict]:
 def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_path, nodrop_model, ddp_data,
                                                                        monkeypatch, capsys):
     from textclf import cli
-    from textclf.trainer import Trainer
+    from textclf.train.trainer import Trainer
 
     ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
     ddp = run_torchrun(["-m", "textclf", *_train_args(ddp_data, nodrop_model, ddp_out, EQUIVALENCE,
@@ -197,7 +197,7 @@ def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_pat
     assert len(metrics["history"]) == len(single_metrics["history"]) == 2
     assert [h["loss"] for h in metrics["history"]] == pytest.approx([h["loss"] for h in single_metrics["history"]],
                                                                     rel=1e-4)
-    from textclf.data import load_dataset
+    from textclf.data.readers import load_dataset
 
     dev = load_dataset(ddp_data).dev
     with monkeypatch.context() as patch:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from test_predict import TEXTS, build_tiny_classifier
 
-from textclf.analysis import record_calibration
-from textclf.ensemble import EnsembleClassifier, is_ensemble, save_ensemble
+from textclf.deploy.predict import Predictor
 from textclf.errors import ConfigError
-from textclf.predict import Predictor
+from textclf.eval.analysis import record_calibration
+from textclf.model.ensemble import EnsembleClassifier, is_ensemble, save_ensemble
 
 NAMES = ["a", "b", "c"]
 
@@ -60,9 +60,9 @@ def test_service_and_evaluate_load_an_ensemble(members, tmp_path):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from textclf.data import Split
-    from textclf.serve import create_app
-    from textclf.trainer import Trainer
+    from textclf.data.readers import Split
+    from textclf.deploy.serve import create_app
+    from textclf.train.trainer import Trainer
 
     ensemble = save_ensemble(members, tmp_path / "ens")
     predictor = _predictor(ensemble)

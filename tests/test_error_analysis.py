@@ -10,8 +10,8 @@ import pytest
 import torch
 from test_predict import TEXTS, build_tiny_classifier
 
-from textclf.analysis import ERROR_COLUMNS, ErrorCollector
-from textclf.data import Split
+from textclf.data.readers import Split
+from textclf.eval.analysis import ERROR_COLUMNS, ErrorCollector
 
 
 def _read(path):
@@ -53,7 +53,7 @@ def test_multi_label_errors_compare_label_sets(tmp_path):
 
 def test_cli_evaluate_writes_errors(tiny_model_dir, tmp_path):
     from textclf.cli import main
-    from textclf.predict import Predictor
+    from textclf.deploy.predict import Predictor
 
     folder = build_tiny_classifier(tiny_model_dir, tmp_path / "m", ["a", "b", "c"])
     predicted = [p.label for p in Predictor.from_pretrained(folder, device="cpu", precision="fp32").predict(TEXTS)]
@@ -72,7 +72,7 @@ def test_cli_evaluate_writes_errors(tiny_model_dir, tmp_path):
 
 
 def test_run_report_writes_both_files_atomically(tmp_path):
-    from textclf.analysis import RunReport
+    from textclf.eval.analysis import RunReport
 
     class Report:
         def to_dict(self):

@@ -13,11 +13,11 @@ import pytest
 import torch
 from test_predict import TEXTS, build_tiny_classifier
 
-from textclf import export as export_module
 from textclf.cli import main
+from textclf.deploy import export as export_module
+from textclf.deploy.export import ExportError, export_model
+from textclf.deploy.predict import Predictor
 from textclf.errors import ConfigError, ModelLoadError, OutputDirError
-from textclf.export import ExportError, export_model
-from textclf.predict import Predictor
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

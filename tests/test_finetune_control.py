@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 import textclf
-from textclf.finetune import layerwise_parameter_groups
-from textclf.optim import parameter_groups
+from textclf.train.finetune import layerwise_parameter_groups
+from textclf.train.optim import parameter_groups
 
 
 def _trainer(model_dir, data, out, model_config=None, **train):

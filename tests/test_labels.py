@@ -1,4 +1,4 @@
-"""Tests for textclf.labels: building, encoding, persistence and validation of the label map."""
+"""Tests for textclf.data.labels: building, encoding, persistence and validation of the label map."""
 
 import json
 import math
@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
+from textclf.data.labels import LABELS_FILE, LabelMap, canonical_label
 from textclf.errors import DataError
-from textclf.labels import LABELS_FILE, LabelMap, canonical_label
 
 
 def test_from_labels_sorts_unique_names():

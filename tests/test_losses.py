@@ -1,5 +1,5 @@
-"""Imbalance tools: class weights, focal loss, label smoothing (textclf.losses) and the class-balanced and
-class-weighted samplers (textclf.sampling), including an exact resume with the balanced sampler."""
+"""Imbalance tools: class weights, focal loss, label smoothing (textclf.train.losses) and the class-balanced and
+class-weighted samplers (textclf.data.sampling), including an exact resume with the balanced sampler."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import textclf
-from textclf.labels import LabelMap
-from textclf.losses import class_weight_vector, classification_loss
-from textclf.sampling import WeightedBatches, row_weights
+from textclf.data.labels import LabelMap
+from textclf.data.sampling import WeightedBatches, row_weights
+from textclf.train.losses import class_weight_vector, classification_loss
 
 torch.manual_seed(0)
 LOGITS = torch.randn(12, 3)

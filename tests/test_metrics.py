@@ -1,4 +1,4 @@
-"""Tests for textclf.metrics: every number equals scikit-learn's on the same predictions."""
+"""Tests for textclf.eval.metrics: every number equals scikit-learn's on the same predictions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, classification_report, f1_score, precision_recall_fscore_support
 
-from textclf.metrics import ConfusionMatrix, confusion_image, report_from_confusion
+from textclf.eval.metrics import ConfusionMatrix, confusion_image, report_from_confusion
 
 NAMES = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
 
@@ -136,8 +136,8 @@ def test_confusion_image_shape_and_shading():
 
 
 def test_thousands_of_classes_draw_a_bounded_image_of_the_most_frequent(tmp_path):
-    from textclf.calibration import plot_confusion
-    from textclf.metrics import MAX_IMAGE_CLASSES, MAX_IMAGE_PIXELS, most_frequent_classes
+    from textclf.eval.calibration import plot_confusion
+    from textclf.eval.metrics import MAX_IMAGE_CLASSES, MAX_IMAGE_PIXELS, most_frequent_classes
 
     classes = 3000  # at 24 pixels a cell the full image needed 38.6 GiB and the run died at its first evaluation
     rng = np.random.default_rng(0)

@@ -1,4 +1,5 @@
-"""Tests for textclf.modeling: pooling, saving/loading (also with plain transformers), custom heads, freezing."""
+"""Tests for textclf.model.classifier: pooling, saving and loading (also with plain transformers), custom heads,
+freezing."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from textclf.data.labels import LabelMap
 from textclf.errors import ConfigError, ModelLoadError
-from textclf.labels import LabelMap
-from textclf.modeling import TextClassifier, load_encoder, load_tokenizer, resolve_model_name
+from textclf.model.classifier import TextClassifier, load_encoder, load_tokenizer, resolve_model_name
 
 LABELS = LabelMap(["neg", "neutral", "pos"])
 TEXTS = ["今天天气很好", "这部电影太无聊了，我看了一半就走了", "ok", "房价继续上涨"]
@@ -162,7 +163,7 @@ class MLPClassifier(TextClassifier):
 
 def test_subclass_head_trains_and_round_trips(tiny_model_dir, tiny_data, tokenizer, tmp_path):
     import textclf
-    from textclf.data import DatasetSplits
+    from textclf.data.readers import DatasetSplits
 
     torch.manual_seed(0)
     model = MLPClassifier.from_encoder(str(tiny_model_dir), tiny_data.label_map)

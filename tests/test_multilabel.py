@@ -13,7 +13,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 import textclf
-from textclf.multilabel import (
+from textclf.eval.multilabel import (
     NUM_BINS,
     MultiLabelMetrics,
     Thresholds,
@@ -160,7 +160,7 @@ def test_predictor_applies_saved_thresholds(trained, tmp_path):
 
 def test_onnx_export_carries_the_thresholds(trained, tmp_path):
     pytest.importorskip("onnxruntime")
-    from textclf.export import export_model
+    from textclf.deploy.export import export_model
 
     trainer, result, data = trained
     export_model(result.output_dir / "best", tmp_path / "onnx", log=lambda *a: None)

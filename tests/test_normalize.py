@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from test_predict import build_tiny_classifier
 
+from textclf.data.normalize import TextNormalizer, fold_width
+from textclf.deploy.predict import Predictor
 from textclf.errors import ConfigError, DataError
-from textclf.normalize import NORMALIZER_FILE, TextNormalizer, fold_width
-from textclf.predict import Predictor
+from textclf.model.bundle import NORMALIZER_FILE
 
 
 def test_fold_width_keeps_cjk():
@@ -94,7 +95,7 @@ def test_synonym_table_round_trips_through_training_predictor_and_export(tiny_mo
     reloaded = textclf.Trainer.from_pretrained(best, device="cpu", precision="fp32")
     assert reloaded.normalizer.to_dict() == predictor.normalizer.to_dict()
 
-    from textclf.export import export_model
+    from textclf.deploy.export import export_model
 
     export_model(best, tmp_path / "onnx", format="onnx", log=lambda *_: None)
     exported = Predictor.from_pretrained(tmp_path / "onnx")

@@ -1,4 +1,4 @@
-"""Tests for textclf.optim: the learning-rate schedule as numbers, and the weight-decay parameter groups."""
+"""Tests for textclf.train.optim: the learning-rate schedule as numbers, and the weight-decay parameter groups."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from textclf.optim import build_adamw, build_scheduler, lr_factor, parameter_groups
+from textclf.train.optim import build_adamw, build_scheduler, lr_factor, parameter_groups
 
 # ---- lr_factor ---------------------------------------------------------------------------------------------
 
@@ -91,7 +91,7 @@ def test_build_scheduler_matches_lr_factor(schedule):
 def classifier(tiny_model_dir):
     from transformers import AutoModel
 
-    from textclf.modeling import TextClassifier
+    from textclf.model.classifier import TextClassifier
 
     return TextClassifier(AutoModel.from_pretrained(str(tiny_model_dir)), num_labels=4)
 

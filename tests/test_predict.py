@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from textclf.data.labels import LabelMap
+from textclf.deploy.predict import Prediction, Predictor
 from textclf.errors import ModelLoadError
-from textclf.labels import LabelMap
-from textclf.modeling import TextClassifier, load_tokenizer
-from textclf.predict import Prediction, Predictor
+from textclf.model.classifier import TextClassifier, load_tokenizer
 
 TEXTS = [
     "How far is it from Denver to Aspen?",

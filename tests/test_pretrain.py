@@ -1,4 +1,5 @@
-"""MLM pretraining (textclf.pretrain): masking rates, whole-word masking, the loop, exact resume, tokenizer training.
+"""MLM pretraining (textclf.train.pretrain): masking rates, whole-word masking, the loop, exact resume, tokenizer
+training.
 
 Models are 2-layer, 32-wide BERTs built from a JSON config (which also exercises ``--config PATH.json``); the
 tokenizer is the bundled MiniLM WordPiece tokenizer (English pieces and single CJK characters).
@@ -16,10 +17,10 @@ from safetensors.torch import load_file
 from textclf import Callback, TrainConfig, Trainer, load_dataset
 from textclf.cli import main
 from textclf.config import PretrainConfig
-from textclf.data import DataWarning
+from textclf.data.readers import DataWarning
 from textclf.errors import ConfigError, DataError, OutputDirError
-from textclf.modeling import load_tokenizer, resolve_model_name
-from textclf.pretrain import (
+from textclf.model.classifier import load_tokenizer, resolve_model_name
+from textclf.train.pretrain import (
     MLMDataset,
     Pretrainer,
     align_words,
@@ -348,8 +349,8 @@ def test_the_measurement_example_runs_end_to_end(tmp_path, tiny_data_dir, arch):
 
 
 def test_a_full_disk_while_pretraining_names_the_folder_and_the_step(tmp_path, monkeypatch):
-    from textclf import checkpoint as ckpt
     from textclf.errors import TrainingError
+    from textclf.train import checkpoint as ckpt
 
     real, calls = ckpt.save_file, []
 

@@ -26,9 +26,9 @@ import torch
 from safetensors.torch import load_file
 
 from textclf import Callback
-from textclf import checkpoint as ckpt
 from textclf.errors import OutputDirError, TrainingError
 from textclf.runtime import rng_state, seed_everything, set_rng_state
+from textclf.train import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPER = Path(__file__).parent / "helpers" / "pausing_cli.py"

@@ -1,10 +1,10 @@
-"""textclf.run_folder: what fine-tuning and pretraining runs share about their folders (one copy for both)."""
+"""textclf.train.run_folder: what fine-tuning and pretraining runs share about their folders (one copy for both)."""
 
 from __future__ import annotations
 
 import json
 
-from textclf.run_folder import flatten, setting_changes, truncate_log
+from textclf.train.run_folder import flatten, setting_changes, truncate_log
 
 
 def test_setting_changes_name_what_a_resume_may_not_change():

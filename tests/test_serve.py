@@ -21,9 +21,9 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
+from textclf.deploy.predict import Predictor  # noqa: E402
+from textclf.deploy.serve import ServeConfig, create_app  # noqa: E402
 from textclf.errors import ConfigError  # noqa: E402
-from textclf.predict import Predictor  # noqa: E402
-from textclf.serve import ServeConfig, create_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -231,7 +231,7 @@ def test_graceful_shutdown_answers_in_flight_requests(predictor):
 
 
 def test_requests_arriving_after_sigterm_get_503_while_the_service_drains(predictor):
-    from textclf.serve import draining_server
+    from textclf.deploy.serve import draining_server
 
     slow = SlowPredictor(predictor, delay=1.0)
     app = create_app(slow, ServeConfig(max_batch_size=1, max_wait_ms=0))

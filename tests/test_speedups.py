@@ -1,4 +1,5 @@
-"""Tests for textclf.speedups: the speed-ups change no maths (same dropout law, same updates) and undo themselves."""
+"""Tests for textclf.train.speedups: the speed-ups change no maths (same dropout law, same updates) and undo
+themselves."""
 
 from __future__ import annotations
 
@@ -8,8 +9,14 @@ from conftest import build_tiny_encoder
 from torch import nn
 
 import textclf
-from textclf.data import DatasetSplits
-from textclf.speedups import FastDropout, SparseEmbeddingGradients, restore_dropout, swap_dropout, training_speedups
+from textclf.data.readers import DatasetSplits
+from textclf.train.speedups import (
+    FastDropout,
+    SparseEmbeddingGradients,
+    restore_dropout,
+    swap_dropout,
+    training_speedups,
+)
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +237,7 @@ def test_cpu_dropout_attention_is_sdpa_when_nothing_is_dropped():
     """At a keep probability of 1 (p below 1/65536) the written-out attention must equal SDPA, padding included."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from textclf.speedups import cpu_dropout_attention
+    from textclf.train.speedups import cpu_dropout_attention
 
     torch.manual_seed(0)
     module = nn.Module()
@@ -254,7 +261,7 @@ def test_cpu_dropout_attention_is_sdpa_when_nothing_is_dropped():
 
 
 def test_cpu_dropout_attention_drops_probabilities():
-    from textclf.speedups import cpu_dropout_attention
+    from textclf.train.speedups import cpu_dropout_attention
 
     torch.manual_seed(0)
     query = key = torch.zeros(1, 1, 4, 2)  # uniform attention: every probability is 1/4
@@ -266,7 +273,7 @@ def test_cpu_dropout_attention_drops_probabilities():
 
 
 def test_the_encoder_uses_the_cpu_dropout_attention_during_fit_only(tiny_model_dir, tiny_data, tmp_path):
-    from textclf.speedups import ATTENTION
+    from textclf.train.speedups import ATTENTION
 
     seen = []
 
@@ -293,7 +300,7 @@ def test_the_cpu_dropout_attention_and_its_mask_equal_sdpa_across_encoders(arch,
     encoder family computes what it computes with SDPA: the mask builder and the attention agree with its own."""
     from transformers import AutoConfig, AutoModel
 
-    from textclf.speedups import use_cpu_dropout_attention
+    from textclf.train.speedups import use_cpu_dropout_attention
 
     config = AutoConfig.for_model(arch, vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                   intermediate_size=32, max_position_embeddings=40, hidden_dropout_prob=0.0,

@@ -1,5 +1,5 @@
-"""Tests for textclf.trainer: the output layout, numerical parity (gradient accumulation, reproducibility, clipping),
-the override points, early stopping, precision, callbacks and TensorBoard.
+"""Tests for textclf.train.trainer: the output layout, numerical parity (gradient accumulation, reproducibility,
+clipping), the override points, early stopping, precision, callbacks and TensorBoard.
 
 Every run uses the tiny 2-layer BERT from conftest, fp32 on CPU unless precision is under test, and a handful of
 optimizer steps; runs without a dev split skip evaluation and keep the final weights in ``trainer.model``.
@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from conftest import TINY_DATA, build_tiny_encoder
 
 import textclf
-from textclf.callbacks import EVENTS, Callback
 from textclf.config import RunConfig
-from textclf.data import DatasetSplits
+from textclf.data.readers import DatasetSplits
 from textclf.errors import ConfigError, DataError, OutputDirError
-from textclf.optim import lr_factor
 from textclf.runtime import cpu_supports_bf16
+from textclf.train.callbacks import EVENTS, Callback
+from textclf.train.optim import lr_factor
 
 
 def _config(**overrides) -> textclf.TrainConfig:

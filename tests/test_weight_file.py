@@ -1,4 +1,4 @@
-"""Tests for textclf.weight_file: reading safetensors files straight into existing tensors."""
+"""Tests for textclf.model.weight_file: reading safetensors files straight into existing tensors."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from textclf.weight_file import WeightFileError, read_entries, read_into
+from textclf.model.weight_file import WeightFileError, read_entries, read_into
 
 
 def _tensors() -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Long texts as sliding windows (textclf.windows): construction, batching, aggregation, training and prediction.
+"""Long texts as sliding windows (textclf.data.windows): construction, batching, aggregation, training and prediction.
 
 The tiny data's news titles are ~20 tokens, so a window of ``max_length=16`` (14 text tokens) makes most of them
 two or three windows: every code path sees texts of one and of several windows.
@@ -13,22 +13,21 @@ import pytest
 import torch
 
 import textclf
-from textclf.collate import LengthGroupedBatches
 from textclf.config import TrainConfig
-from textclf.data import DatasetSplits
-from textclf.errors import ConfigError, ModelLoadError
-from textclf.labels import LabelMap
-from textclf.modeling import TextClassifier, load_tokenizer
-from textclf.windows import (
+from textclf.data.collate import LengthGroupedBatches
+from textclf.data.labels import LabelMap
+from textclf.data.readers import DatasetSplits
+from textclf.data.windows import (
     WindowedTextDataset,
     WindowSpec,
-    aggregate_window_logits,
-    attention_over_windows,
     encode_windows,
     make_window_collate,
     special_framing,
     window_starts,
 )
+from textclf.errors import ConfigError, ModelLoadError
+from textclf.model.aggregation import aggregate_window_logits, attention_over_windows
+from textclf.model.classifier import TextClassifier, load_tokenizer
 
 LONG = ("The committee will publish its final report on the proposed railway line next spring, after a long public "
         "consultation with residents, businesses and councils about noise, cost and the homes along the route. "
@@ -107,7 +106,7 @@ def test_max_windows_keeps_the_first_windows_and_counts_the_text_as_truncated(to
 def test_a_huge_text_is_cut_past_its_last_window_before_tokenizing(tokenizer):
     from test_data import RecordingTokenizer
 
-    from textclf.data import CHARS_PER_TOKEN
+    from textclf.data.readers import CHARS_PER_TOKEN
 
     huge = LONG + " filler words" * 500_000  # 6.5 MB: every window past the third is never read
     recording = RecordingTokenizer(tokenizer)
@@ -316,7 +315,7 @@ def test_windows_change_the_training_rows_the_model_sees(tiny_model_dir, tiny_da
 
 def test_onnx_export_windows_mean_and_refuses_attention(trained, tiny_model_dir, tiny_data, tmp_path):
     pytest.importorskip("onnxruntime")
-    from textclf.export import export_model
+    from textclf.deploy.export import export_model
 
     _, result, data = trained
     with pytest.raises(ConfigError, match="window_aggregation"):

@@ -14,20 +14,20 @@ The public API::
 
 __version__ = "0.1.0"
 
-from .audit import AuditResult, audit
-from .baseline import TfidfBaseline, compare_with_baseline, run_baseline
-from .callbacks import Callback, EarlyStopping, ProgressBar
 from .config import DataConfig, ModelConfig, PretrainConfig, RunConfig, TrainConfig
-from .crossval import CVResult, cross_validate
-from .data import DatasetSplits, Split, TextClassificationDataset, load_dataset, read_split, read_texts
+from .data.labels import LabelMap
+from .data.readers import DatasetSplits, Split, TextClassificationDataset, load_dataset, read_split, read_texts
+from .data.windows import WindowedTextDataset, WindowSpec
+from .deploy.predict import Prediction, Predictor
 from .errors import ConfigError, DataError, ModelLoadError, OutputDirError, TextclfError, TrainingError
-from .labels import LabelMap
-from .metrics import EvalReport
-from .modeling import TextClassifier
-from .predict import Prediction, Predictor
-from .pretrain import Pretrainer, PretrainResult, pretrain, train_tokenizer
-from .trainer import FitResult, StepOutput, Trainer, TrainState
-from .windows import WindowedTextDataset, WindowSpec
+from .eval.metrics import EvalReport
+from .model.classifier import TextClassifier
+from .tools.audit import AuditResult, audit
+from .tools.baseline import TfidfBaseline, compare_with_baseline, run_baseline
+from .tools.crossval import CVResult, cross_validate
+from .train.callbacks import Callback, EarlyStopping, ProgressBar
+from .train.pretrain import Pretrainer, PretrainResult, pretrain, train_tokenizer
+from .train.trainer import FitResult, StepOutput, Trainer, TrainState
 
 __all__ = [
     "Callback", "ConfigError", "DataConfig", "DataError", "DatasetSplits", "EarlyStopping", "EvalReport",
@@ -44,12 +44,12 @@ __all__ += ["WindowSpec", "WindowedTextDataset"]
 # masked-language-model pretraining and WordPiece tokenizer training
 __all__ += ["PretrainConfig", "PretrainResult", "Pretrainer", "pretrain", "train_tokenizer"]
 # small-data tools: normalisation, augmentation, seed ensembles, calibration, error analysis
-from .analysis import ErrorCollector, evaluate_with_errors  # noqa: E402
-from .augment import Augmenter  # noqa: E402
-from .calibration import expected_calibration_error, fit_temperature  # noqa: E402
-from .ensemble import EnsembleClassifier  # noqa: E402
-from .normalize import TextNormalizer  # noqa: E402
-from .seed_ensemble import EnsembleResult, train_ensemble  # noqa: E402
+from .data.augment import Augmenter  # noqa: E402
+from .data.normalize import TextNormalizer  # noqa: E402
+from .eval.analysis import ErrorCollector, evaluate_with_errors  # noqa: E402
+from .eval.calibration import expected_calibration_error, fit_temperature  # noqa: E402
+from .model.ensemble import EnsembleClassifier  # noqa: E402
+from .tools.seed_ensemble import EnsembleResult, train_ensemble  # noqa: E402
 
 __all__ += ["Augmenter", "EnsembleClassifier", "EnsembleResult", "ErrorCollector", "TextNormalizer",
             "evaluate_with_errors", "expected_calibration_error", "fit_temperature", "train_ensemble"]

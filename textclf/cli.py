@@ -25,10 +25,11 @@ import typing
 import warnings
 from pathlib import Path
 
-from . import bundle, outputs
+from . import outputs
 from .config import DataConfig, ModelConfig, RunConfig, RunPaths, TrainConfig, field_docs, load_mapping
+from .data.labels import LABELS_FILE, LabelMap
 from .errors import ConfigError, TextclfError
-from .labels import LABELS_FILE, LabelMap
+from .model import bundle
 
 # Config sections whose fields become flags; a field may get a flag name other than its own.
 SECTIONS = (("run", RunPaths), ("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig))
@@ -264,8 +265,8 @@ def resolve_run_config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .data import load_dataset
-    from .trainer import Trainer
+    from .data.readers import load_dataset
+    from .train.trainer import Trainer
 
     if getattr(args, "seeds", None) and getattr(args, "cv", None) is not None:
         raise UsageError("textclf train: --seeds (a seed ensemble) and --cv (cross-validation) are separate runs; "
@@ -298,7 +299,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"best model: {out / 'best'} (step {result.best_step}); last model: {out / 'last'}")
     print(f"TensorBoard: tensorboard --logdir {out / 'runs'}")
     if getattr(args, "baseline", False):
-        from .baseline import compare_with_baseline
+        from .tools.baseline import compare_with_baseline
 
         print("\nTF-IDF baseline on the same splits (also in metrics.json under \"baseline\"):\n"
               + compare_with_baseline(out, data))
@@ -306,8 +307,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_ensemble(args: argparse.Namespace, config: RunConfig, data) -> int:
-    """``textclf train --seeds 1,2,3``: one run per seed, then the soft-voting ensemble (textclf.ensemble)."""
-    from .seed_ensemble import train_ensemble
+    """``textclf train --seeds 1,2,3``: one run per seed, then the soft-voting ensemble (textclf.model.ensemble)."""
+    from .tools.seed_ensemble import train_ensemble
 
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -327,8 +328,8 @@ def _train_ensemble(args: argparse.Namespace, config: RunConfig, data) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data import read_split
-    from .trainer import Trainer
+    from .data.readers import read_split
+    from .train.trainer import Trainer
 
     for path in (args.output, getattr(args, "errors", None)):
         if path:
@@ -338,7 +339,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                              multi_label=trainer.label_map.multi_label)
     split = read_split(args.data, "test", data_config)
     if getattr(args, "errors", None):
-        from .analysis import evaluate_with_errors, saved_temperature
+        from .eval.analysis import evaluate_with_errors, saved_temperature
 
         report, count = evaluate_with_errors(trainer, split, args.errors, saved_temperature(args.model))
         print(f"wrote {count} misclassified rows to {args.errors}", file=sys.stderr)
@@ -352,8 +353,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .data import read_texts
-    from .predict import Predictor
+    from .data.readers import read_texts
+    from .deploy.predict import Predictor
 
     if bool(args.input) == bool(args.texts):
         raise UsageError("textclf predict: give either --input FILE or texts as arguments (not both, not neither)")
@@ -419,7 +420,7 @@ def _read_json_object(path: Path) -> dict | None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_model
+    from .deploy.export import export_model
 
     export_model(args.model, args.output, format=args.format, quantize=args.quantize, data=args.data,
                  text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
@@ -431,8 +432,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
-    from .predict import Predictor
-    from .serve import ServeConfig, serve
+    from .deploy.predict import Predictor
+    from .deploy.serve import ServeConfig, serve
 
     try:
         import fastapi  # noqa: F401
@@ -454,7 +455,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- TF-IDF baseline, label audit, cross-validation (textclf.baseline, textclf.audit, textclf.crossval) ----------
+# ---- TF-IDF baseline, label audit, cross-validation (textclf.tools) -----------------------------------------------
 
 
 def _add_baseline_and_audit_commands(commands) -> None:
@@ -497,7 +498,7 @@ def _add_baseline_and_audit_commands(commands) -> None:
 
 
 def _toolbox_data(args: argparse.Namespace):
-    from .data import load_dataset
+    from .data.readers import load_dataset
 
     config = DataConfig(text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
                         multi_label=args.multi_label)
@@ -505,7 +506,7 @@ def _toolbox_data(args: argparse.Namespace):
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from .baseline import run_baseline
+    from .tools.baseline import run_baseline
 
     result = run_baseline(_toolbox_data(args), args.output, analyzer=args.analyzer)
     print(result["report"])
@@ -517,7 +518,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import audit
+    from .tools.audit import audit
 
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
     train_config = None
@@ -542,8 +543,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _train_cross_validation(args: argparse.Namespace, config: RunConfig, data) -> int:
-    """``textclf train --cv K``: one run per fold (textclf.crossval), then mean ± std."""
-    from .crossval import cross_validate
+    """``textclf train --cv K``: one run per fold (textclf.tools.crossval), then mean ± std."""
+    from .tools.crossval import cross_validate
 
     if args.resume:
         raise UsageError("textclf train: --cv cannot --resume; rerun the cross-validation with --overwrite")
@@ -555,7 +556,7 @@ def _train_cross_validation(args: argparse.Namespace, config: RunConfig, data) -
     return 0
 
 
-# ---- MLM pretraining and tokenizer training (textclf.pretrain) ------------------------------------------------------
+# ---- MLM pretraining and tokenizer training (textclf.train.pretrain) --------------------------------------------
 
 # TrainConfig fields that mean something to pretraining (the evaluation ones do not); their flags and help come from
 # the dataclass, as for textclf train.
@@ -632,7 +633,7 @@ def _add_field_flag(group, section: str, f: dataclasses.Field, docs: dict, hints
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .config import PretrainConfig, section_from_dict
-    from .pretrain import Pretrainer
+    from .train.pretrain import Pretrainer
 
     sections: dict[str, dict] = {"pretrain": {}, "train": {}}
     for dest, value in vars(args).items():
@@ -663,7 +664,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    from .pretrain import train_tokenizer
+    from .train.pretrain import train_tokenizer
 
     tokenizer = train_tokenizer(args.data, args.output, args.vocab_size, lowercase=not args.cased,
                                 min_frequency=args.min_frequency, overwrite=args.overwrite,
@@ -697,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"textclf {args.command}"
     with warnings.catch_warnings():
         # Data warnings (rows dropped, conflicting duplicates) are messages to the user, not code locations.
-        from .data import DataWarning
+        from .data.readers import DataWarning
 
         warnings.simplefilter("always", DataWarning)
         default_show = warnings.showwarning

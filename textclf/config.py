@@ -21,6 +21,20 @@ from typing import Any
 
 from .errors import ConfigError
 
+# The training-row augmentations (textclf.data.augment); named here so the config can validate them.
+AUGMENT_OPERATIONS = ("synonym", "entity", "delete", "swap")
+
+
+def parse_operations(spec: str | None) -> tuple[str, ...]:
+    """``"synonym, delete"`` -> ``("synonym", "delete")``; unknown names raise ValueError naming them."""
+    if not spec:
+        return ()
+    ops = tuple(dict.fromkeys(part.strip().lower() for part in spec.split(",") if part.strip()))
+    unknown = [op for op in ops if op not in AUGMENT_OPERATIONS]
+    if unknown or not ops:
+        raise ValueError(f"unknown operation(s) {unknown or [spec]}; choose from {', '.join(AUGMENT_OPERATIONS)}")
+    return ops
+
 
 def _check(condition: bool, section: str, name: str, message: str) -> None:
     if not condition:
@@ -119,8 +133,6 @@ class DataConfig:
         self._check_augmentation()
 
     def _check_augmentation(self) -> None:
-        from .augment import parse_operations
-
         try:
             ops = parse_operations(self.augment)
         except ValueError as exc:

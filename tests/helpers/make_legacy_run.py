@@ -35,7 +35,7 @@ def main() -> int:
     from transformers import BertConfig, BertModel
 
     import textclf
-    from textclf.pretrain import train_tokenizer
+    from textclf.train.pretrain import train_tokenizer
 
     if Path.cwd().resolve() != ROOT:
         print("run this from the repository root", file=sys.stderr)

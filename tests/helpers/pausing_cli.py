@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
-import textclf.checkpoint as checkpoint  # noqa: E402
+import textclf.train.checkpoint as checkpoint  # noqa: E402
 from textclf import cli  # noqa: E402
-from textclf.trainer import Trainer  # noqa: E402
+from textclf.train.trainer import Trainer  # noqa: E402
 
 POINT = os.environ.get("TEXTCLF_TEST_PAUSE", "")
 KIND, *NUMBERS = POINT.split(":") if POINT else ("",)

@@ -1,0 +1,2 @@
+"""Reading and preparing data: readers of every input form, labels, normalisation and augmentation, samplers,
+collate, and the input strategies (truncation, sliding windows)."""

