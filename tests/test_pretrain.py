@@ -18,7 +18,7 @@ from textclf import Callback, TrainConfig, Trainer, load_dataset
 from textclf.cli import main
 from textclf.config import PretrainConfig
 from textclf.data.readers import DataWarning
-from textclf.errors import ConfigError, DataError, OutputDirError
+from textclf.errors import ConfigError, DataError, OutputDirError, TrainingError
 from textclf.model.classifier import load_tokenizer, resolve_model_name
 from textclf.train.pretrain import (
     MLMDataset,
@@ -239,8 +239,8 @@ def test_the_epoch_plan_is_drawn_once_per_epoch_not_per_step(tmp_path, arch):
                          pretrain_config=PretrainConfig(architecture=arch, tokenizer=resolve_model_name("minilm")),
                          progress=False)
     planned = []
-    plan = trainer.sampler.epoch_batches
-    trainer.sampler.epoch_batches = lambda epoch: planned.append(epoch) or plan(epoch)
+    plan = trainer.train_sampler.epoch_batches
+    trainer.train_sampler.epoch_batches = lambda epoch: planned.append(epoch) or plan(epoch)
     assert trainer.fit().global_step == 12  # 8 micro-batches of 16 per epoch, 2 per step: 3 epochs
     assert planned == [0, 0, 1, 2]  # the count (once), then each epoch's batches
 
@@ -294,7 +294,8 @@ def test_cli_pretrain_and_tokenizer(tmp_path, tiny_data_dir, arch, capsys):
     assert (out / "model" / "model.safetensors").is_file()
     assert main(args) == 2 and "already holds a run" in capsys.readouterr().err
     assert main([*args, "--resume", "auto"]) == 0  # no checkpoint of this run: starts over, over its own folder
-    assert main([*args, "--resume", "auto", "--lr", "1e-3"]) == 2 and "already holds" in capsys.readouterr().err
+    assert main([*args, "--resume", "auto", "--lr", "1e-3"]) == 2
+    assert "holds a different run" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -349,7 +350,6 @@ def test_the_measurement_example_runs_end_to_end(tmp_path, tiny_data_dir, arch):
 
 
 def test_a_full_disk_while_pretraining_names_the_folder_and_the_step(tmp_path, monkeypatch):
-    from textclf.errors import TrainingError
     from textclf.train import checkpoint as ckpt
 
     real, calls = ckpt.save_file, []
@@ -370,3 +370,40 @@ def test_a_full_disk_while_pretraining_names_the_folder_and_the_step(tmp_path, m
         trainer.fit()
     assert not list((tmp_path / "pre" / "checkpoints").glob(".tmp-*"))
     assert [p.name for p in (tmp_path / "pre" / "checkpoints").iterdir()] == ["step-000004"]
+
+
+# ---- the shared loop: what fine-tuning has, pretraining has too ----------------------------------------------------
+
+
+def _tiny_pretrainer(cls, run, arch):
+    return cls(None, texts=CORPUS, output_dir=run, config=tiny_config(),
+               pretrain_config=PretrainConfig(architecture=arch, tokenizer=resolve_model_name("minilm")),
+               progress=False)
+
+
+def test_a_non_finite_mlm_loss_stops_with_the_step_s_texts_dumped(tmp_path, arch):
+    """One loop for both kinds of run: a NaN loss names the step and writes its texts, as in fine-tuning."""
+
+    class Diverging(Pretrainer):
+        def compute_loss(self, logits, targets):
+            return super().compute_loss(logits, targets) * float("nan")
+
+    run = tmp_path / "mlm"
+    trainer = _tiny_pretrainer(Diverging, run, arch)
+    with pytest.raises(TrainingError, match="optimizer step 1 .*the loss is nan in micro-batch 1 of 2"):
+        trainer.fit()
+    rows = [json.loads(line) for line in (run / "nonfinite-step-000001.jsonl").read_text().splitlines()]
+    assert len(rows) == 32 and {row["text"] for row in rows} <= set(CORPUS) and rows[0]["non_finite"]
+    assert not (run / "model").exists() and not (run / "checkpoints").exists()
+
+
+def test_pretraining_out_of_memory_names_the_knobs_and_leaves_no_empty_run(tmp_path, arch, monkeypatch):
+    def out_of_memory(self, batch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Pretrainer, "training_step", out_of_memory)
+    run = tmp_path / "mlm"
+    trainer = _tiny_pretrainer(Pretrainer, run, arch)
+    with pytest.raises(TrainingError, match="out of GPU memory at optimizer step 1 .*--batch-size .*--grad-accum"):
+        trainer.fit()
+    assert not run.exists()  # created by this call and nothing saved: the corrected command needs no --overwrite

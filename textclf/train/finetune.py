@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .callbacks import Callback
 
 
 def _no_decay_ids(model: nn.Module) -> set[int]:
@@ -96,11 +97,13 @@ def uses_finetune_control(config) -> bool:
     return config.layer_lr_decay is not None or config.head_lr is not None or config.unfreeze_every is not None
 
 
-class GradualUnfreezing:
-    """Which encoder layers train at each optimizer step.
+class GradualUnfreezing(Callback):
+    """Which encoder layers train at each optimizer step: a callback the Trainer adds for ``train.unfreeze_every``.
 
     At step ``s`` the layers below ``start - s // every`` are frozen (with the embeddings while that number is
-    ``>= 0``, as :meth:`TextClassifier.freeze_layers_below` does); once it drops below 0 everything trains.
+    ``>= 0``, as :meth:`TextClassifier.freeze_layers_below` does); once it drops below 0 everything trains. The
+    layers are set when training begins (a resume thaws what the original run had thawed by then) and after every
+    optimizer step.
 
     Args:
         model: the :class:`~textclf.model.classifier.TextClassifier`.
@@ -143,3 +146,13 @@ class GradualUnfreezing:
         for i, layer in enumerate(self.layers):
             layer.requires_grad_(i >= n)
         return True
+
+    def on_train_begin(self, trainer) -> None:
+        self.apply(trainer.state.global_step)
+
+    def on_step_end(self, trainer) -> None:
+        step = trainer.state.global_step
+        if self.apply(step):
+            frozen = self.frozen_below(step)
+            trainer.print(f"step {step}: " + (f"encoder layers below {frozen} and the embeddings stay frozen"
+                                              if frozen >= 0 else "every layer trains now"))

@@ -20,38 +20,27 @@ matrix of a small model and would otherwise be computed for the 85% of tokens th
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
-import math
-import shutil
-import signal
-import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .. import outputs
-from ..config import DataConfig, PretrainConfig, TrainConfig, load_mapping, save_mapping
-from ..data.collate import count_optimizer_steps, training_batches
+from ..config import DataConfig, PretrainConfig, TrainConfig, load_mapping
+from ..data.collate import training_batches
 from ..errors import ConfigError, DataError, ModelLoadError, OutputDirError, TrainingError
 from ..model.classifier import load_tokenizer, resolve_model_name
-from ..runtime import rng_state, seed_everything, set_rng_state, setup_runtime
 from . import checkpoint as ckpt
-from .callbacks import Callback, ProgressBar
-from .loggers import JsonlLogger, TensorBoardLogger
-from .optim import build_adamw, build_scheduler
-from .run_folder import disk_full_error, is_disk_full, setting_changes, truncate_log
-from .speedups import training_speedups, zero_grad
+from .callbacks import Callback
+from .loop import TrainingLoop, TrainState
 
 MODEL_DIR = "model"  # the pretrained encoder (what fine-tuning loads) inside the output folder
 MLM_DIR = "mlm"  # the encoder with its MLM head (what continued pretraining loads)
@@ -353,16 +342,7 @@ class StepOutput:
     num_tokens: int = 0
 
 
-@dataclass
-class PretrainState:
-    """Progress counters; saved in every checkpoint so a resume continues exactly where training stopped."""
-
-    global_step: int = 0  # optimizer steps taken
-    epoch: int = 0
-    batch_in_epoch: int = 0  # micro-batches of this epoch already consumed
-    skipped_steps: int = 0  # consecutive fp16 steps skipped by the GradScaler
-    stop_requested: bool = False
-    history: list[dict] = field(default_factory=list)  # one entry per log line
+PretrainState = TrainState  # one progress record for both kinds of run; the name stays for old imports
 
 
 @dataclass
@@ -377,7 +357,7 @@ class PretrainResult:
     signal: int | None = None  # the signal that interrupted pretraining; exit status 128 + signal
 
 
-class Pretrainer:
+class Pretrainer(TrainingLoop):
     """Masked-language-model pretraining with the hand-written loop of :class:`~textclf.Trainer`.
 
     Args:
@@ -398,7 +378,12 @@ class Pretrainer:
         overwrite: replace an existing run in ``output_dir``.
     """
 
-    max_skipped_steps: int = 25
+    layout = outputs.PRETRAIN_RUN
+    saved_outputs = (MODEL_DIR, MLM_DIR)
+    # A resumed run may change where things are, the device and precision, logging and checkpoint cadence, and how
+    # long it goes on; anything else would make the checkpoint's data position or optimizer state mean another thing.
+    RESUMABLE_SETTINGS = ("run.output", "train.device", "train.precision", "train.num_workers", "train.log_steps",
+                          "train.epochs", "train.max_steps", "train.save_steps", "train.keep_checkpoints")
 
     def __init__(self, model: str | None = None, data=None, output_dir: str | Path = "runs/pretrain",
                  config: TrainConfig | None = None, pretrain_config: PretrainConfig | None = None, *,
@@ -406,16 +391,12 @@ class Pretrainer:
                  segmenter: Callable[[str], list[str]] | None = None,
                  data_config: DataConfig | None = None, callbacks: list[Callback] | None = None,
                  overwrite: bool = False, progress: bool = True):
-        self.config = config or TrainConfig()
+        super().__init__(config, output_dir, overwrite, list(callbacks or []), progress)
+        if self.runtime.distributed:
+            raise ConfigError("textclf pretrain runs in one process; launch it with python, not torchrun")
         self.pretrain_config = pcfg = pretrain_config or PretrainConfig()
         self.data_config = data_config or DataConfig()
         self.model_name = model
-        self.output_dir = Path(output_dir)
-        self.overwrite = overwrite
-        self.runtime = setup_runtime(self.config.device, self.config.precision)
-        if self.runtime.distributed:
-            raise ConfigError("textclf pretrain runs in one process; launch it with python, not torchrun")
-        seed_everything(self.config.seed)
 
         if (data is None) == (texts is None):
             raise ConfigError("Pretrainer: pass either data= (files or folders) or texts= (a list of strings)")
@@ -436,18 +417,16 @@ class Pretrainer:
             raise ConfigError(f"train.max_length: {self.config.max_length} exceeds the model's limit of {limit}")
 
         words = self._segment(segmenter)
-        self.dataset = MLMDataset(self.texts, tokenizer, self.config.max_length, pcfg.whole_word_masking, words)
+        self.train_dataset = MLMDataset(self.texts, tokenizer, self.config.max_length, pcfg.whole_word_masking, words)
         special = set(tokenizer.all_special_ids)
         vocab = self.model.config.vocab_size
         self.random_ids = torch.tensor([i for i in range(min(vocab, len(tokenizer))) if i not in special])
         self.collate = collate_mlm(tokenizer.pad_token_id or 0, self.runtime.pad_to_multiple_of)
 
-        self.state = PretrainState()
-        self.callbacks: list[Callback] = list(callbacks or []) + ([ProgressBar()] if progress else [])
-        self.loggers: list = []
-        self.optimizer = self.scheduler = self.scaler = None
-        self._sparse_grads = None  # set by fit() while train.speedups keeps an embedding-gradient buffer
-        self._interrupt_signal: int | None = None
+    @property
+    def dataset(self) -> MLMDataset:
+        """The tokenized corpus (``train_dataset``)."""
+        return self.train_dataset
 
     def _segment(self, segmenter) -> list[list[str]] | None:
         pcfg = self.pretrain_config
@@ -464,85 +443,21 @@ class Pretrainer:
         segmenter = segmenter or load_segmenter(pcfg.segmenter)
         return None if segmenter is None else [list(segmenter(text)) for text in self.texts]
 
-    # ==================================================================================================
-    # fit
-    # ==================================================================================================
-
     def fit(self, resume: str | Path | None = None) -> PretrainResult:
         """Pretrain; ``resume="auto"`` continues the newest checkpoint. Writes ``OUTPUT/model`` at the end."""
-        with outputs.locked(self.output_dir):  # one process writes a run folder at a time
-            checkpoint = self._prepare_output_dir(resume)
-            self.optimizer, self.scheduler = self.configure_optimizers()
-            self.scaler = self.runtime.grad_scaler()
-            if checkpoint is not None:
-                self._restore(checkpoint)  # RNG states last, right before the first step
-            self._open_loggers()
-            self._emit("on_train_begin")
-            self.print(f"pretraining on {self.runtime.device} in {self.runtime.precision}: {len(self.dataset)} texts, "
-                       f"{int(self.dataset.lengths.sum())} tokens ({self.dataset.num_truncated} texts cut at "
-                       f"max_length={self.config.max_length}), {self.total_steps} optimizer steps")
-            try:
-                with self._stop_on_signals(), training_speedups(self.model, self.config.speedups,
-                                                                distributed=False) as self._sparse_grads:
-                    while not self._done():
-                        self._train_one_epoch()
-                return self._finish()
-            except Exception as exc:  # safetensors reports a full disk as its own error type, not an OSError
-                if not is_disk_full(exc):
-                    raise
-                self._close_loggers()
-                for leftover in (self.output_dir / "checkpoints").glob(".tmp-*"):
-                    shutil.rmtree(leftover, ignore_errors=True)
-                raise disk_full_error(exc, self.output_dir, self.state.global_step, self.config.keep_checkpoints,
-                                      "the last complete checkpoint (if any) resumes with --resume auto") from None
+        return super().fit(resume)
 
-    def _train_one_epoch(self) -> None:
-        """The rest of the current epoch, from ``state.batch_in_epoch`` (non-zero after a resume)."""
-        self.model.train()
-        batches = self.sampler.epoch_batches(self.state.epoch)
-        accum = self.config.grad_accum
-        for i, batch in enumerate(self._loader(batches[self.state.batch_in_epoch:]), self.state.batch_in_epoch):
-            window_start = i - i % accum
-            self.accumulated = min(accum, len(batches) - window_start)  # micro-batches in this step's window
-            is_step = i + 1 == window_start + self.accumulated
-            batch = self.mask_batch(batch, self.state.epoch, i)
-            self._track(self.training_step(batch))
-            if not is_step:
-                continue
-            self.optimizer_step()
-            self.state.global_step += 1
-            end_of_epoch = i + 1 == len(batches)
-            self.state.epoch, self.state.batch_in_epoch = (self.state.epoch + 1, 0) if end_of_epoch else (
-                self.state.epoch, i + 1)
-            self._after_optimizer_step(end_of_epoch)
-            if self._done():
-                return
-
-    def _done(self) -> bool:
-        return (self.state.global_step >= self.total_steps or self.state.stop_requested
-                or self._interrupt_signal is not None)
-
-    def _after_optimizer_step(self, end_of_epoch: bool) -> None:
-        step, cfg = self.state.global_step, self.config
-        last = step >= self.total_steps
-        self._emit("on_step_end")
-        if step % cfg.log_steps == 0 or last:
-            self._log_training()
-        if end_of_epoch:
-            self._emit("on_epoch_end")
-        save_due = (cfg.save_steps and step % cfg.save_steps == 0) or (cfg.save_steps is None and end_of_epoch)
-        if (save_due and not last) or self._interrupt_signal is not None:
-            self.save_checkpoint()
+    def describe_run(self) -> str:
+        return (f"pretraining on {self.runtime.device} in {self.runtime.precision}: {len(self.dataset)} texts, "
+                f"{int(self.dataset.lengths.sum())} tokens ({self.dataset.num_truncated} texts cut at "
+                f"max_length={self.config.max_length}), {self.total_steps} optimizer steps")
 
     # ==================================================================================================
     # override points
     # ==================================================================================================
 
-    def configure_optimizers(self):
-        """AdamW (no decay on biases/LayerNorm) and warmup + linear/cosine decay, stepped per optimizer step."""
-        optimizer = build_adamw(self.model, self.config.lr, self.config.weight_decay, self.runtime.device)
-        scheduler = build_scheduler(optimizer, self.total_steps, self.config.warmup_ratio, self.config.schedule)
-        return optimizer, scheduler
+    def prepare_batch(self, batch: dict[str, torch.Tensor], epoch: int, index: int) -> dict[str, torch.Tensor]:
+        return self.mask_batch(batch, epoch, index)
 
     def mask_batch(self, batch: dict[str, torch.Tensor], epoch: int, index: int) -> dict[str, torch.Tensor]:
         """Add ``labels`` and mask ``input_ids`` (:func:`mask_tokens`), seeded by ``(seed, epoch, batch index)``."""
@@ -560,8 +475,7 @@ class Pretrainer:
         num_tokens = int(batch["attention_mask"].sum())  # host tensors: no device sync
         selected = batch["labels"] != -100
         num_masked = int(selected.sum())
-        batch = {k: v.to(self.runtime.device, non_blocking=self.runtime.device.type == "cuda")
-                 for k, v in batch.items()}
+        batch = self._to_device(batch)
         selected = selected.to(self.runtime.device)
         targets = batch["labels"][selected]
         with self.runtime.autocast():
@@ -571,133 +485,42 @@ class Pretrainer:
         correct = (logits.detach().argmax(-1) == targets).sum()
         return StepOutput(loss.detach(), correct, num_masked, len(batch["input_ids"]), num_tokens)
 
-    def optimizer_step(self) -> None:
-        """Unscale, clip, step (skipped by the scaler on fp16 overflow), update, zero grads, step the schedule."""
-        self.scaler.unscale_(self.optimizer)
-        self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm or math.inf)
-        # One host sync per optimizer step, on purpose: a non-finite gradient must never reach the weights.
-        if not bool(torch.isfinite(self.grad_norm)) and not self.scaler.is_enabled():
-            raise TrainingError(f"pretraining stopped at optimizer step {self.state.global_step + 1}: the gradient "
-                                f"norm is {float(self.grad_norm)}. Lower the learning rate (--lr, now "
-                                f"{self.config.lr:g}), keep --max-grad-norm on, or use --precision fp32. No weights "
-                                "were updated by this step")
-        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        zero_grad(self.optimizer, self._sparse_grads)
-        if scale_before is not None and self.scaler.get_scale() < scale_before:  # the scaler skipped this step
-            self.state.skipped_steps += 1
-            if self.state.skipped_steps > self.max_skipped_steps:
-                raise TrainingError(f"{self.state.skipped_steps} consecutive fp16 steps overflowed; lower --lr or "
-                                    "use --precision bf16")
-            return
-        self.state.skipped_steps = 0
-        self.scheduler.step()
-
     # ==================================================================================================
-    # derived quantities and helpers
+    # the loop's hooks
     # ==================================================================================================
 
     @property
-    def sampler(self):
-        if not hasattr(self, "_sampler"):
+    def train_sampler(self):
+        if not hasattr(self, "_train_sampler"):
             cfg = self.config
-            self._sampler = training_batches(self.dataset.lengths, cfg.batch_size, cfg.seed, cfg.max_tokens,
-                                             cfg.group_by_length)
-        return self._sampler
-
-    @functools.cached_property
-    def batches_per_epoch(self) -> int:
-        # Counted once: planning an epoch shuffles and sorts every row (about 0.1 s per 100k rows), and the loop
-        # asks for total_steps after every step.
-        return len(self.sampler.epoch_batches(0))
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(self.batches_per_epoch / self.config.grad_accum)
-
-    @property
-    def total_steps(self) -> int:
-        cfg = self.config
-        return count_optimizer_steps(self.batches_per_epoch, cfg.grad_accum, cfg.epochs, cfg.max_steps)
-
-    @property
-    def should_stop(self) -> bool:
-        """Callbacks set ``pretrainer.should_stop = True`` to end training after the current step."""
-        return self.state.stop_requested
-
-    @should_stop.setter
-    def should_stop(self, value: bool) -> None:
-        self.state.stop_requested = bool(value)
-
-    def print(self, message: str) -> None:
-        """Print on rank 0 only."""
-        if self.runtime.is_main:
-            from tqdm.auto import tqdm
-
-            tqdm.write(message)
-
-    def _emit(self, event: str, *args) -> None:
-        for callback in self.callbacks:
-            getattr(callback, event)(self, *args)
-
-    def _loader(self, batches: list[list[int]]) -> DataLoader:
-        # A private generator, as in Trainer._loader: a fresh iterator must not draw from the global torch RNG.
-        return DataLoader(self.dataset, batch_sampler=batches, collate_fn=self.collate,
-                          num_workers=self.config.num_workers, pin_memory=self.runtime.device.type == "cuda",
-                          generator=torch.Generator().manual_seed(self.config.seed))
-
-    # ---- logging ---------------------------------------------------------------------------------------
-
-    def _open_loggers(self) -> None:
-        self._reset_meters()
-        meters = getattr(self, "_resumed_meters", None)
-        if meters:  # a resume continues the log interval the checkpoint was written in
-            self._loss_sum += meters["loss_sum"]
-            self._correct += meters["correct"]
-            self._micro_batches, self._masked, self._tokens = (meters["micro_batches"], meters["masked"],
-                                                               meters["tokens"])
-            self._resumed_meters = None
-        purge = self.state.global_step + 1 if self.state.global_step else None
-        self.loggers = [TensorBoardLogger(self.output_dir / "runs", purge), JsonlLogger(self.output_dir / "log.jsonl")]
+            self._train_sampler = training_batches(self.dataset.lengths, cfg.batch_size, cfg.seed, cfg.max_tokens,
+                                                   cfg.group_by_length)
+        return self._train_sampler
 
     def _reset_meters(self) -> None:
-        self._loss_sum = torch.zeros((), device=self.runtime.device)
+        super()._reset_meters()
         self._correct = torch.zeros((), device=self.runtime.device, dtype=torch.long)
-        self._micro_batches = self._masked = self._tokens = 0
-        self._interval_start = time.perf_counter()
+        self._masked = 0
 
     def _track(self, output: StepOutput) -> None:
-        self._loss_sum += output.loss  # stays on the device: no sync until the next log
-        self._correct += output.correct
-        self._micro_batches += 1
+        super()._track(output)
+        self._correct += output.correct  # on the device, like the loss
         self._masked += output.num_masked
-        self._tokens += output.num_tokens
 
-    def _log_training(self) -> None:
-        elapsed = max(time.perf_counter() - self._interval_start, 1e-9)
-        logs = {
-            "train/loss": float(self._loss_sum) / max(1, self._micro_batches),  # the log interval's one sync
-            "train/masked_accuracy": float(self._correct) / max(1, self._masked),
-            "train/lr": self.scheduler.get_last_lr()[0],
-            "train/grad_norm": float(self.grad_norm),
-            "train/tokens_per_second": self._tokens / elapsed,
-            "train/epoch": self.state.epoch + self.state.batch_in_epoch / max(1, self.steps_per_epoch
-                                                                              * self.config.grad_accum),
-        }
-        for logger in self.loggers:
-            logger.log_metrics(logs, self.state.global_step)
+    def _meter_state(self) -> dict:
+        return {**super()._meter_state(), "correct": int(self._correct), "masked": self._masked}
+
+    def _load_meters(self, meters: dict) -> None:
+        super()._load_meters(meters)
+        self._correct += meters["correct"]
+        self._masked = meters["masked"]
+
+    def _training_logs(self, elapsed: float) -> dict[str, float]:
+        logs = super()._training_logs(elapsed)
+        logs["train/masked_accuracy"] = float(self._correct) / max(1, self._masked)
         self.state.history.append({"step": self.state.global_step,
                                    "loss": logs["train/loss"], "masked_accuracy": logs["train/masked_accuracy"]})
-        self._emit("on_log", logs)
-        self._reset_meters()
-
-    def _close_loggers(self) -> None:
-        for logger in self.loggers:
-            logger.close()
-        self.loggers = []
-
-    # ---- output folder, checkpoints ----------------------------------------------------------------------
+        return logs
 
     def resolved_config(self) -> dict:
         """What ``config.yaml`` holds: the sources, the model, the masking and the recipe."""
@@ -705,85 +528,21 @@ class Pretrainer:
         return {"run": run, "data": dataclasses.asdict(self.data_config),
                 "pretrain": dataclasses.asdict(self.pretrain_config), "train": dataclasses.asdict(self.config)}
 
-    # A resumed run may change where things are, the device and precision, logging and checkpoint cadence, and how
-    # long it goes on; anything else would make the checkpoint's data position or optimizer state mean another thing.
-    RESUMABLE_SETTINGS = ("run.output", "train.device", "train.precision", "train.num_workers", "train.log_steps",
-                          "train.epochs", "train.max_steps", "train.save_steps", "train.keep_checkpoints")
+    def _data_fingerprint(self) -> dict:
+        if getattr(self, "_fingerprint", None) is None:  # the texts never change during a run: hash them once
+            digest = hashlib.sha256()
+            for text in self.texts:
+                digest.update(text.encode() + b"\x1e")
+            self._fingerprint = {"rows": len(self.texts), "sha256": digest.hexdigest()}
+        return self._fingerprint
 
-    def _setting_changes(self, saved: dict | None) -> list[str]:
-        return setting_changes(self.resolved_config(), saved, self.RESUMABLE_SETTINGS)
+    def _data_differences(self, saved: dict) -> list[str]:
+        if saved == self._data_fingerprint():
+            return []
+        return [f"texts: {saved.get('rows')} -> {len(self.texts)} rows (or the same number with other texts)"]
 
-    def _fingerprint(self) -> dict:
-        digest = hashlib.sha256()
-        for text in self.texts:
-            digest.update(text.encode() + b"\x1e")
-        return {"rows": len(self.texts), "sha256": digest.hexdigest()}
-
-    def _prepare_output_dir(self, resume) -> Path | None:
-        """Refuse to mix runs; find the checkpoint to resume from; write the resolved config."""
-        out = self.output_dir
-        checkpoint = None
-        if resume == "auto":
-            checkpoint = ckpt.latest_checkpoint(out / "checkpoints")
-        elif resume:
-            checkpoint = Path(resume)
-            if not (checkpoint / ckpt.STATE_FILE).is_file():
-                raise OutputDirError(f"--resume {resume}: not a checkpoint folder (no {ckpt.STATE_FILE}); use "
-                                     f"--resume auto or a folder under {out / 'checkpoints'}")
-        if checkpoint is not None:
-            state = ckpt.read_state(checkpoint)
-            problems = self._setting_changes(state.get("config"))
-            if state.get("data") != self._fingerprint():
-                problems.append(f"texts: {state.get('data', {}).get('rows')} -> {len(self.texts)} rows "
-                                "(or the same number with other texts)")
-            if problems:
-                raise OutputDirError(f"cannot resume from {checkpoint}: this run differs from the one that wrote it "
-                                     f"({'; '.join(problems)}); resume with the original data and settings (see "
-                                     f"{out / 'config.yaml'}), or pass --overwrite without --resume to start over")
-            self.print(f"resuming from {checkpoint}")
-            return checkpoint
-        if outputs.has_content(out):
-            outputs.check_replaceable(out, outputs.PRETRAIN_RUN)  # never delete a folder textclf did not write
-            # --resume auto without a checkpoint starts over, but only over a run of the same settings and data
-            same_run = resume == "auto" and not self._setting_changes(load_mapping(out / "config.yaml"))
-            if not self.overwrite and not same_run:
-                raise OutputDirError(f"output folder {out} already holds a run; pass --overwrite (overwrite=True) to "
-                                     "replace it, --resume auto to continue it, or choose another folder")
-            outputs.replace(out, outputs.PRETRAIN_RUN)
-        elif out.exists() and not out.is_dir():
-            raise OutputDirError(f"{out} exists and is not a folder; choose another --output")
-        outputs.claim(out, outputs.PRETRAIN_RUN)
-        save_mapping(self.resolved_config(), out / "config.yaml")
-        return None
-
-    def save_checkpoint(self) -> Path:
-        """Write the full training state to ``checkpoints/step-NNNNNN``, then rotate old ones."""
-        folder = self.output_dir / "checkpoints" / ckpt.checkpoint_name(self.state.global_step)
-        meters = {"loss_sum": float(self._loss_sum), "correct": int(self._correct),
-                  "micro_batches": self._micro_batches, "masked": self._masked, "tokens": self._tokens}
-        state = {"train_state": dataclasses.asdict(self.state), "scheduler": self.scheduler.state_dict(),
-                 "scaler": self.scaler.state_dict(), "meters": meters, "config": self.resolved_config(),
-                 "data": self._fingerprint(),
-                 "callbacks": [{"class": type(cb).__name__, "state": cb.state_dict()} for cb in self.callbacks]}
-        ckpt.save_checkpoint(folder, _Untied(self.model), self.optimizer, rng_state(), state)
-        ckpt.rotate_checkpoints(folder.parent, self.config.keep_checkpoints, None)
-        return folder
-
-    def _restore(self, folder: Path) -> None:
-        state, rng = ckpt.load_checkpoint(folder, _Untied(self.model), self.optimizer, self.runtime.device)
-        self.state = PretrainState(**state["train_state"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        saved: dict[str, list[dict]] = {}
-        for entry in state.get("callbacks", []):
-            saved.setdefault(entry["class"], []).append(entry["state"])
-        for callback in self.callbacks:
-            if saved.get(type(callback).__name__):
-                callback.load_state_dict(saved[type(callback).__name__].pop(0))
-        self._resumed_meters = state.get("meters")
-        truncate_log(self.output_dir / "log.jsonl", self.state.global_step)
-        set_rng_state(rng)
+    def _checkpoint_module(self) -> nn.Module:
+        return _Untied(self.model)  # the MLM decoder shares its weight with the embeddings
 
     def _finish(self) -> PretrainResult:
         """Write ``OUTPUT/model`` (the encoder) and ``OUTPUT/mlm`` (with its MLM head), each with the tokenizer."""
@@ -791,9 +550,7 @@ class Pretrainer:
         self._close_loggers()
         last_loss = self.state.history[-1]["loss"] if self.state.history else None
         if self._interrupt_signal is not None:
-            name = signal.Signals(self._interrupt_signal).name
-            self.print(f"stopped by {name} after optimizer step {self.state.global_step}; continue with "
-                       "Pretrainer.fit(resume='auto') or the same textclf pretrain command with --resume auto")
+            self.print(self._stopped_by_signal())
             return PretrainResult(self.output_dir, None, self.state.global_step, last_loss, interrupted=True,
                                   signal=self._interrupt_signal)
         meta = {"pretrained_by": "textclf pretrain", "base_model": self.model_name,
@@ -816,27 +573,6 @@ class Pretrainer:
         self.print(f"pretrained encoder: {model_dir}; fine-tune it with "
                    f"textclf train --model {model_dir} --pooling mean --data ...")
         return PretrainResult(self.output_dir, model_dir, self.state.global_step, last_loss)
-
-    @contextlib.contextmanager
-    def _stop_on_signals(self):
-        """On SIGTERM/SIGINT: finish the current optimizer step, write a checkpoint, and return cleanly."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            if self._interrupt_signal is not None:  # a second signal: stop at once
-                for sig, old in previous.items():
-                    signal.signal(sig, old)
-                raise KeyboardInterrupt
-            self._interrupt_signal = signum
-
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
 
 
 class _Untied(nn.Module):

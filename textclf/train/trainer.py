@@ -14,33 +14,24 @@ an override. Callbacks (``callbacks.py``) observe; they never change what a step
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import hashlib
-import json
-import math
-import shutil
-import signal
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from .. import outputs
 from ..config import DataConfig, ModelConfig, RunConfig, RunPaths, TrainConfig
 from ..data.augment import augment_dataset
-from ..data.collate import count_optimizer_steps, length_strata, make_collate, sequential_shard, training_batches
+from ..data.collate import length_strata, make_collate, sequential_shard, training_batches
 from ..data.normalize import TextNormalizer
 from ..data.readers import DatasetSplits, Split, TextClassificationDataset, load_dataset
 from ..data.sampling import WeightedBatches, row_weights
 from ..data.windows import WindowedTextDataset, WindowSpec, describe_windows, make_window_collate
 from ..deploy.predict import Predictor
-from ..errors import ConfigError, OutputDirError, TrainingError
+from ..errors import ConfigError, OutputDirError
 from ..eval.analysis import RunAnalysis, RunReport
 from ..eval.metrics import ConfusionMatrix, EvalReport, report_from_confusion
 from ..eval.multilabel import (
@@ -56,21 +47,14 @@ from ..model.classifier import TextClassifier, load_tokenizer
 from ..model.ensemble import load_model
 from ..runtime import (
     broadcast_module,
-    gather_to_main,
-    on_main_process,
-    rng_state,
     seed_everything,
-    set_rng_state,
-    setup_runtime,
 )
 from . import checkpoint as ckpt
-from .callbacks import Callback, EarlyStopping, ProgressBar
+from .callbacks import Callback, EarlyStopping
 from .finetune import GradualUnfreezing, build_finetune_adamw, uses_finetune_control
-from .loggers import JsonlLogger, TensorBoardLogger
+from .loop import TrainingLoop, TrainState  # noqa: F401 (TrainState: part of the public API)
 from .losses import class_weight_vector, classification_loss
 from .optim import build_adamw, build_scheduler
-from .run_folder import disk_full_error, is_disk_full, setting_changes, truncate_log
-from .speedups import training_speedups, zero_grad
 
 
 @dataclass
@@ -81,21 +65,6 @@ class StepOutput:
     logits: torch.Tensor | None = None
     num_rows: int = 0
     num_tokens: int = 0
-
-
-@dataclass
-class TrainState:
-    """Progress counters; saved in every checkpoint so a resume continues exactly where training stopped."""
-
-    global_step: int = 0  # optimizer steps taken
-    epoch: int = 0  # current epoch (0-based)
-    batch_in_epoch: int = 0  # micro-batches of this epoch already consumed
-    best_metric: float | None = None
-    best_step: int | None = None
-    last_eval_step: int | None = None
-    skipped_steps: int = 0  # consecutive fp16 steps skipped by the GradScaler
-    stop_requested: bool = False  # set by a callback (early stopping); survives a resume
-    history: list[dict] = field(default_factory=list)  # one entry per dev evaluation
 
 
 @dataclass
@@ -113,7 +82,7 @@ class FitResult:
     signal: int | None = None  # the signal (SIGINT, SIGTERM) that interrupted training; exit status 128 + signal
 
 
-class Trainer:
+class Trainer(TrainingLoop):
     """Fine-tunes a :class:`~textclf.model.classifier.TextClassifier` on a dataset.
 
     Args:
@@ -131,12 +100,6 @@ class Trainer:
         overwrite: replace an existing run in ``output_dir``.
     """
 
-    # More consecutive fp16 steps skipped by the GradScaler than this stops training (the loss keeps overflowing).
-    max_skipped_steps: int = 25
-    # DDP's find_unused_parameters: a subclass whose custom head or loss leaves some trainable parameter without a
-    # gradient sets True (else DDP stops with "Expected to have finished reduction in the prior iteration"); it costs
-    # one walk of the autograd graph per step. The built-in model uses every parameter (mean pooling drops the pooler).
-    ddp_find_unused_parameters: bool = False
     # Length-grouped batches keep the class mix of the data (a plain length sort makes them class-homogeneous where
     # length and class correlate, which cost 2-8 accuracy points on small data: docs/benchmarks.md). A checkpoint
     # written before stratification existed resumes with the plain sort it started with, so its epochs stay exact.
@@ -147,14 +110,12 @@ class Trainer:
                  data_config: DataConfig | None = None, tokenizer=None, head: nn.Module | None = None,
                  callbacks: list[Callback] | None = None, overwrite: bool = False, progress: bool = True,
                  normalizer: TextNormalizer | None = None):
-        self.config = config or TrainConfig()
+        config = config or TrainConfig()
+        automatic = [EarlyStopping(config.metric, config.patience)] if config.patience is not None else []
+        super().__init__(config, output_dir, overwrite, list(callbacks or []) + automatic, progress)
         self.data_config = data_config or DataConfig()
         name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "custom"
         self.model_config = dataclasses.replace(model_config or ModelConfig(), name=name)
-        self.output_dir = Path(output_dir)
-        self.overwrite = overwrite
-        self.runtime = setup_runtime(self.config.device, self.config.precision)
-        seed_everything(self.config.seed)
 
         self.data = (data if isinstance(data, DatasetSplits) or data is None
                      else load_dataset(data, config=self.data_config))
@@ -169,7 +130,8 @@ class Trainer:
         if self.model_config.freeze_layers_below is not None:
             self.model.freeze_layers_below(self.model_config.freeze_layers_below)
         # train.unfreeze_every: thaws one more layer every N optimizer steps (None: the frozen layers stay frozen)
-        self.unfreezing = GradualUnfreezing.from_config(self.model, self.model_config, self.config, self.runtime)
+        unfreezing = GradualUnfreezing.from_config(self.model, self.model_config, self.config, self.runtime)
+        self.callbacks[:0] = [unfreezing] if unfreezing is not None else []  # first: the others see the new layers
         self.windows = WindowSpec.from_config(self.config)  # None: long texts are truncated
         if self.windows is not None:
             self.model.configure_windows(self.windows.aggregation)  # before .to(device): may add window_scorer
@@ -195,17 +157,6 @@ class Trainer:
         ).to(self.runtime.device))
         self.collate = (make_window_collate if self.windows else make_collate)(self.tokenizer.pad_token_id or 0,
                                                                                 self.runtime.pad_to_multiple_of)
-
-        self.state = TrainState()
-        self.callbacks: list[Callback] = list(callbacks or [])
-        if self.config.patience is not None:
-            self.callbacks.append(EarlyStopping(self.config.metric, self.config.patience))
-        if progress:
-            self.callbacks.append(ProgressBar())
-        self.loggers: list = []
-        self.optimizer = self.scheduler = self.scaler = None
-        self._sparse_grads = None  # set by fit() while train.speedups keeps an embedding-gradient buffer
-        self._interrupt_signal: int | None = None
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str = "auto", precision: str = "auto",
@@ -239,91 +190,12 @@ class Trainer:
         """
         if self.train_dataset is None:
             raise ConfigError("Trainer.fit: no training data; pass data= to the Trainer")
-        created = not self.output_dir.exists()
-        # One process writes a run folder at a time (a second one stops at once, naming this one's PID).
-        with outputs.locked(self.output_dir) if self.runtime.is_main else contextlib.nullcontext():
-            self._interrupt_signal = None  # a notebook may call fit(resume="auto") again after a Ctrl-C
-            # Rank 0 checks and prepares the folder; the other ranks take its answer (deciding themselves would race
-            # it).
-            checkpoint = on_main_process(self.runtime, self._prepare_output_dir, resume)
-            self.optimizer, self.scheduler = self.configure_optimizers()
-            self.scaler = self.runtime.grad_scaler()
-            self.ddp_model = self._wrap_distributed(self.model)
-            if checkpoint is not None:
-                self._restore(checkpoint)  # restores RNG states last, right before the first step
-            if self.unfreezing is not None:  # which layers train is a function of the step: a resume thaws the same
-                self.unfreezing.apply(self.state.global_step)
-            self._open_loggers()
-            self._emit("on_train_begin")
-            self.print(f"training on {self.runtime.device} in {self.runtime.precision}: {len(self.train_dataset)} "
-                       f"rows, global batch {self.global_batch_size} "
-                       f"({self.config.batch_size} x {self.runtime.world_size} device(s) x {self.config.grad_accum} "
-                       f"accumulation), {self.total_steps} optimizer steps")
-            try:
-                with self._stop_on_signals(), training_speedups(self.model, self.config.speedups,
-                                                                self.runtime.distributed) as self._sparse_grads:
-                    while not self._done():
-                        self._train_one_epoch()
-                return self._finish()
-            except torch.OutOfMemoryError as exc:
-                raise self._out_of_memory(exc, created) from None
-            except Exception as exc:  # safetensors reports a full disk as its own error type, not an OSError
-                if not is_disk_full(exc):
-                    raise
-                raise self._disk_full(exc, created) from None
+        return super().fit(resume)
 
-    def _train_one_epoch(self) -> None:
-        """Run the rest of the current epoch, from ``state.batch_in_epoch`` (non-zero after a resume)."""
-        self.model.train()
-        batches = self.train_sampler.epoch_batches(self.state.epoch)
-        accum = self.config.grad_accum
-        for i, batch in enumerate(self._loader(batches[self.state.batch_in_epoch:]), self.state.batch_in_epoch):
-            window_start = i - i % accum
-            self.accumulated = min(accum, len(batches) - window_start)  # micro-batches in this step's window
-            is_step = i + 1 == window_start + self.accumulated
-            self._current_rows = batches[window_start : i + 1]
-            if i == window_start:
-                self._window_losses = []
-            with self._no_sync_unless(is_step):
-                output = self.training_step(batch)
-            self._window_losses.append(output.loss)  # stays on the device; read only if the step is not finite
-            self._track(output)
-            if not is_step:
-                continue
-            self.optimizer_step()
-            self.state.global_step += 1
-            end_of_epoch = i + 1 == len(batches)
-            # The position is recorded before any checkpoint is written, so a resume starts at the next batch.
-            self.state.epoch, self.state.batch_in_epoch = (self.state.epoch + 1, 0) if end_of_epoch else (
-                self.state.epoch, i + 1)
-            self._after_optimizer_step(end_of_epoch)
-            if self._done():
-                return
-
-    def _done(self) -> bool:
-        return self.state.global_step >= self.total_steps or self.should_stop or self._interrupt_signal is not None
-
-    def _after_optimizer_step(self, end_of_epoch: bool) -> None:
-        """Log, evaluate and checkpoint at their cadences; then let callbacks react."""
-        step, cfg = self.state.global_step, self.config
-        if self.unfreezing is not None and self.unfreezing.apply(step):
-            frozen = self.unfreezing.frozen_below(step)
-            self.print(f"step {step}: " + (f"encoder layers below {frozen} and the embeddings stay frozen"
-                                           if frozen >= 0 else "every layer trains now"))
-        last = step >= self.total_steps
-        self._emit("on_step_end")
-        self._agree_on_interrupt()
-        if step % cfg.log_steps == 0 or last:
-            self._log_training()
-        eval_due = (cfg.eval_steps and step % cfg.eval_steps == 0) or (cfg.eval_steps is None and end_of_epoch)
-        if self.dev_dataset is not None and (eval_due or last):
-            self._evaluate_and_keep_best()
-        if end_of_epoch:
-            self._emit("on_epoch_end")
-        save_due = (cfg.save_steps and step % cfg.save_steps == 0) or (cfg.save_steps is None and end_of_epoch)
-        # The last step needs no checkpoint (last/ and best/ follow at once), unless a signal stops us before them.
-        if (save_due and not last) or self._interrupt_signal is not None:
-            self.save_checkpoint()
+    def describe_run(self) -> str:
+        return (f"training on {self.runtime.device} in {self.runtime.precision}: {len(self.train_dataset)} rows, "
+                f"global batch {self.global_batch_size} ({self.config.batch_size} x {self.runtime.world_size} "
+                f"device(s) x {self.config.grad_accum} accumulation), {self.total_steps} optimizer steps")
 
     # ==================================================================================================
     # override points
@@ -362,33 +234,6 @@ class Trainer:
         loss = self.compute_loss(logits, batch)
         self.scaler.scale(loss / self.accumulated).backward()
         return StepOutput(loss.detach(), logits.detach(), len(logits), num_tokens)  # rows = texts, not windows
-
-    def optimizer_step(self) -> None:
-        """Unscale, clip, step (skipped by the scaler on fp16 overflow), update, zero grads, step the schedule."""
-        self.scaler.unscale_(self.optimizer)
-        max_norm = self.config.max_grad_norm or math.inf
-        self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        # One host sync per optimizer step, on purpose: a non-finite gradient must never reach the weights.
-        finite = bool(torch.isfinite(self.grad_norm))
-        if not finite and not self.scaler.is_enabled():
-            self._raise_non_finite()
-        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
-        self.scaler.step(self.optimizer)  # skips the update when fp16 gradients overflowed
-        self.scaler.update()
-        self.zero_grad()
-        if scale_before is not None and self.scaler.get_scale() < scale_before:  # the scaler skipped this step
-            self.state.skipped_steps += 1
-            self._skipped_total = getattr(self, "_skipped_total", 0) + 1
-            if self.state.skipped_steps > self.max_skipped_steps:
-                self._raise_non_finite(f"{self.state.skipped_steps} consecutive optimizer steps were skipped because "
-                                       f"the fp16 gradients overflowed (loss scale now {self.scaler.get_scale():g})")
-            return  # the schedule follows the optimizer: no update, no learning-rate step
-        self.state.skipped_steps = 0
-        self.scheduler.step()
-
-    def zero_grad(self) -> None:
-        """Drop the gradients after a step; the sparse-gradient embedding's buffer is zeroed and kept (speedups)."""
-        zero_grad(self.optimizer, self._sparse_grads)
 
     def evaluation_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         """Forward and (when labels are present) loss of one evaluation batch, under autocast."""
@@ -477,15 +322,6 @@ class Trainer:
     # ==================================================================================================
 
     @property
-    def should_stop(self) -> bool:
-        """Callbacks set ``trainer.should_stop = True`` to end training after the current step."""
-        return self.state.stop_requested
-
-    @should_stop.setter
-    def should_stop(self, value: bool) -> None:
-        self.state.stop_requested = bool(value)
-
-    @property
     def train_sampler(self):
         if not hasattr(self, "_train_sampler"):
             cfg, rt = self.config, self.runtime
@@ -502,39 +338,9 @@ class Trainer:
                                                        strata)
         return self._train_sampler
 
-    @functools.cached_property
-    def batches_per_epoch(self) -> int:
-        # Counted once: planning an epoch shuffles and sorts every row (about 0.1 s per 100k rows), and the loop
-        # asks for total_steps after every step.
-        return len(self.train_sampler.epoch_batches(0))
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(self.batches_per_epoch / self.config.grad_accum)
-
-    @property
-    def total_steps(self) -> int:
-        cfg = self.config
-        return count_optimizer_steps(self.batches_per_epoch, cfg.grad_accum, cfg.epochs, cfg.max_steps)
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.config.batch_size * self.runtime.world_size * self.config.grad_accum
-
     # ==================================================================================================
     # helpers
     # ==================================================================================================
-
-    def print(self, message: str) -> None:
-        """Print on rank 0 only."""
-        if self.runtime.is_main:
-            from tqdm.auto import tqdm
-
-            tqdm.write(message)
-
-    def _emit(self, event: str, *args) -> None:
-        for callback in self.callbacks:
-            getattr(callback, event)(self, *args)
 
     def _tokenize(self, split: Split) -> TextClassificationDataset:
         if getattr(self, "normalizer", None) is not None:
@@ -574,84 +380,14 @@ class Trainer:
             raise ConfigError(f"train.max_length: {self.config.max_length} exceeds the model's limit of {limit} "
                               f"tokens; use --max-length {limit} or less")
 
-    def _loader(self, batches: list[list[int]], dataset: TextClassificationDataset | None = None) -> DataLoader:
-        # A private generator: without one, every new DataLoader iterator draws its worker base seed from the
-        # global torch RNG, so an evaluation (or the fresh iterator a resume starts) would shift every later
-        # dropout mask, and a resumed run would no longer match an uninterrupted one bit for bit.
-        return DataLoader(dataset or self.train_dataset, batch_sampler=batches, collate_fn=self.collate,
-                          num_workers=self.config.num_workers, pin_memory=self.runtime.device.type == "cuda",
-                          generator=torch.Generator().manual_seed(self.config.seed))
-
-    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        non_blocking = self.runtime.device.type == "cuda"  # pinned host memory lets the copy overlap compute
-        return {k: v.to(self.runtime.device, non_blocking=non_blocking) for k, v in batch.items()}
-
-    def _wrap_distributed(self, model: nn.Module) -> nn.Module:
-        if not self.runtime.distributed:
-            return model
-        device_ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
-                                                   find_unused_parameters=self.ddp_find_unused_parameters)
-
-    def _no_sync_unless(self, is_step: bool):
-        """Skip DDP's gradient all-reduce on accumulation micro-steps; sync once per optimizer step."""
-        if self.runtime.distributed and not is_step:
-            return self.ddp_model.no_sync()
-        return contextlib.nullcontext()
-
-    # ---- logging ---------------------------------------------------------------------------------------
-
-    def _open_loggers(self) -> None:
-        self._reset_meters()
-        meters = getattr(self, "_resumed_meters", None)
-        if meters:  # a resume continues the log interval the checkpoint was written in
-            self._loss_sum += meters["loss_sum"]
-            self._micro_batches, self._rows, self._tokens = meters["micro_batches"], meters["rows"], meters["tokens"]
-            self._skipped_total = meters["skipped_total"]
-            self._resumed_meters = None
-        if self.runtime.is_main:
-            purge = self.state.global_step + 1 if self.state.global_step else None
-            self.loggers = [TensorBoardLogger(self.output_dir / "runs", purge),
-                            JsonlLogger(self.output_dir / "log.jsonl")]
-
-    def _reset_meters(self) -> None:
-        self._loss_sum = torch.zeros((), device=self.runtime.device)
-        self._micro_batches = self._rows = self._tokens = 0
-        self._interval_start = time.perf_counter()
-
-    def _track(self, output: StepOutput) -> None:
-        self._loss_sum += output.loss  # stays on the device: no sync until the next log
-        self._micro_batches += 1
-        self._rows += output.num_rows
-        self._tokens += output.num_tokens
-
-    def _log_training(self) -> None:
-        elapsed = max(time.perf_counter() - self._interval_start, 1e-9)
-        loss_sum, micro_batches = float(self._loss_sum), self._micro_batches  # the log interval's one sync
-        rows, tokens = self._rows, self._tokens
-        if self.runtime.distributed:  # the whole job's interval, not rank 0's share: one small all-reduce
-            totals = torch.tensor([loss_sum, micro_batches, rows, tokens], dtype=torch.float64,
-                                  device=self.runtime.device)
-            torch.distributed.all_reduce(totals)
-            loss_sum, micro_batches, rows, tokens = totals.tolist()
-        logs = {
-            "train/loss": loss_sum / max(1, micro_batches),
-            "train/lr": self.scheduler.get_last_lr()[0],
-            "train/grad_norm": float(self.grad_norm),
-            "train/samples_per_second": rows / elapsed,
-            "train/tokens_per_second": tokens / elapsed,
-            "train/epoch": self.state.epoch
-            + self.state.batch_in_epoch / max(1, self.steps_per_epoch * self.config.grad_accum),
-        }
-        if self.scaler.is_enabled():
-            logs["train/loss_scale"] = self.scaler.get_scale()
-            logs["train/skipped_steps"] = getattr(self, "_skipped_total", 0)
-        for logger in self.loggers:
-            logger.log_metrics(logs, self.state.global_step)
-        self._emit("on_log", logs)
-        self._reset_meters()
-
     # ---- evaluation during training ------------------------------------------------------------------------
+
+    def evaluate_if_due(self, end_of_epoch: bool, last: bool) -> None:
+        cfg = self.config
+        due = (cfg.eval_steps and self.state.global_step % cfg.eval_steps == 0) or (
+            cfg.eval_steps is None and end_of_epoch)
+        if self.dev_dataset is not None and (due or last):
+            self._evaluate_and_keep_best()
 
     def _evaluate_and_keep_best(self) -> EvalReport:
         report = self.evaluate()
@@ -675,48 +411,6 @@ class Trainer:
 
     # ---- output folder, checkpoints, bundles ---------------------------------------------------------------
 
-    def _prepare_output_dir(self, resume) -> Path | None:
-        """Refuse to mix runs; find the checkpoint to resume from; write the resolved config.
-
-        Every check runs before anything is created or deleted, so a refused call leaves the folder as it was.
-        ``resume="auto"`` without a checkpoint starts fresh, over the leftovers of the same run only.
-        """
-        out = self.output_dir
-        checkpoint = None
-        if resume == "auto":
-            checkpoint = ckpt.latest_checkpoint(out / "checkpoints")
-        elif resume:
-            checkpoint = Path(resume)
-            if not (checkpoint / ckpt.STATE_FILE).is_file():
-                raise OutputDirError(f"--resume {resume}: not a checkpoint folder (no {ckpt.STATE_FILE}); "
-                                     f"use --resume auto or a folder under {out / 'checkpoints'}")
-        if checkpoint is not None:
-            self._check_resumable(checkpoint)
-            elsewhere = checkpoint.resolve().parent.parent != out.resolve()  # --resume OTHER_RUN/checkpoints/...
-            if elsewhere and outputs.has_content(out):
-                raise OutputDirError(f"--resume {checkpoint}: the output folder {out} holds another run; continue "
-                                     "in the checkpoint's own output folder or in a new, empty one")
-            self.print(f"resuming from {checkpoint}")
-        elif outputs.has_content(out):
-            outputs.check_replaceable(out, outputs.RUN)  # never delete a folder textclf did not write, not even now
-            changed = self._setting_changes(_read_yaml(out / "config.yaml")) if resume == "auto" else None
-            if not self.overwrite and changed != []:
-                if resume == "auto":
-                    raise OutputDirError(f"output folder {out} holds a different run and no checkpoint to resume "
-                                         f"(settings that differ: {'; '.join(changed)}); pass --overwrite "
-                                         "(overwrite=True) to replace it, or choose another folder")
-                raise OutputDirError(f"output folder {out} already holds a run; pass --overwrite (overwrite=True) "
-                                     "to replace it, --resume auto to continue it, or choose another folder")
-            self.print(f"no checkpoint in {out}; starting fresh" if resume == "auto" else f"replacing {out}")
-            if self.runtime.is_main:
-                outputs.replace(out, outputs.RUN)
-        elif out.exists() and not out.is_dir():
-            raise OutputDirError(f"{out} exists and is not a folder; choose another --output")
-        if self.runtime.is_main and checkpoint is None:  # a resume writes only once the checkpoint has loaded
-            outputs.claim(out, outputs.RUN)
-            self.run_config.save(out / "config.yaml")
-        return checkpoint
-
     # Settings a resumed run may change: where things are, how the data is read (the training rows themselves are
     # compared by fingerprint), how fast evaluation runs, how long training goes on. Any other difference would
     # make the checkpoint's data position or optimizer state mean something else.
@@ -724,10 +418,6 @@ class Trainer:
                           "train.eval_batch_size", "train.log_steps", "train.epochs", "train.max_steps",
                           "train.patience", "train.eval_steps", "train.save_steps", "train.keep_checkpoints",
                           "train.calibrate")
-
-    def _setting_changes(self, saved: dict) -> list[str]:
-        """``"section.field: then -> now"`` for every setting that differs from ``saved`` and matters to a resume."""
-        return setting_changes(self.run_config.to_dict(), saved, self.RESUMABLE_SETTINGS)
 
     def _data_fingerprint(self) -> dict:
         """What a checkpoint must agree with: the label set and the exact training rows (order included)."""
@@ -740,26 +430,20 @@ class Trainer:
                                  "train_sha256": digest.hexdigest()}
         return self._fingerprint
 
+    def _data_differences(self, saved: dict) -> list[str]:
+        now = self._data_fingerprint()
+        if saved.get("labels") != now["labels"]:
+            return [f"labels: {(saved.get('labels') or {}).get('names')} -> {now['labels'].get('names')}"]
+        if saved.get("train_sha256") != now["train_sha256"]:
+            same_size = saved.get("train_rows") == now["train_rows"]
+            return [f"training data: {saved.get('train_rows')} rows -> {now['train_rows']} rows"
+                    + (" with different texts or labels" if same_size else "")]
+        return []
+
     def _check_resumable(self, checkpoint: Path) -> None:
-        """Refuse a checkpoint of other data or other settings, naming what differs."""
-        state = ckpt.read_state(checkpoint)
-        problems = self._setting_changes(state.get("config"))
-        then, now = state.get("data", {}), self._data_fingerprint()
-        if then.get("labels") != now["labels"]:
-            problems.append(f"labels: {(then.get('labels') or {}).get('names')} -> {now['labels'].get('names')}")
-        elif then.get("train_sha256") != now["train_sha256"]:
-            same_size = then.get("train_rows") == now["train_rows"]
-            problems.append(f"training data: {then.get('train_rows')} rows -> {now['train_rows']} rows"
-                            + (" with different texts or labels" if same_size else ""))
-        if state.get("world_size", 1) != self.runtime.world_size:
-            problems.append(f"processes: {state.get('world_size', 1)} -> {self.runtime.world_size}")
-        if problems:
-            raise OutputDirError(
-                f"cannot resume from {checkpoint}: this run differs from the one that wrote it "
-                f"({'; '.join(problems)}). Resume with the original data and settings (see "
-                f"{self.output_dir / 'config.yaml'}), or pass --overwrite without --resume to start over"
-            )
-        self._check_best_is_not_ahead(checkpoint, (state.get("train_state") or {}).get("global_step", 0))
+        super()._check_resumable(checkpoint)
+        resumed_at = (ckpt.read_state(checkpoint).get("train_state") or {}).get("global_step", 0)
+        self._check_best_is_not_ahead(checkpoint, resumed_at)
 
     def _check_best_is_not_ahead(self, checkpoint: Path, resumed_at: int) -> None:
         """Refuse a resume that would end before the step that wrote ``best/``.
@@ -777,6 +461,21 @@ class Trainer:
                 f"(best/ would hold weights its own metrics never saw). Resume with --max-steps {best_step} or more "
                 "(or the original --epochs), or pass --overwrite without --resume to start over")
 
+    def _checkpoint_extras(self) -> dict:
+        return {"batching": "stratified" if self.stratify_lengths else "plain", "labels": self.label_map.to_dict()}
+
+    def _restore_extras(self, state: dict) -> None:
+        if state.get("batching", "plain") == "plain" and self.stratify_lengths:  # written by a 0.x release
+            self.stratify_lengths = False
+            vars(self).pop("_train_sampler", None)  # same number of batches, the order of the plain length sort
+
+    def _row_record(self, row: int) -> dict:
+        labels = self.data.train.labels if self.data is not None else None
+        return {"text": self.train_dataset.texts[row], "label": labels[row] if labels is not None else None}
+
+    def resolved_config(self) -> dict:
+        return self.run_config.to_dict()
+
     @property
     def run_config(self) -> RunConfig:
         """The resolved configuration, with the data files as read, so ``--config config.yaml`` repeats the run."""
@@ -789,66 +488,6 @@ class Trainer:
                      for s in ((self.data.dev, self.data.test) if self.data else (None, None)))
         paths = RunPaths(data=file(train), dev=dev, test=test, output=str(self.output_dir))
         return RunConfig(self.data_config, self.model_config, self.config, paths)
-
-    def save_checkpoint(self) -> Path | None:
-        """Write the full training state to ``checkpoints/step-NNNNNN`` (rank 0), then rotate old ones."""
-        folder = self.output_dir / "checkpoints" / ckpt.checkpoint_name(self.state.global_step)
-        # the open log interval, so the first train/loss logged after a resume is the uninterrupted one
-        meters = {"loss_sum": float(self._loss_sum), "micro_batches": self._micro_batches, "rows": self._rows,
-                  "tokens": self._tokens, "skipped_total": getattr(self, "_skipped_total", 0)}
-        # Under DDP each rank has its own RNG streams (dropout) and its own share of the log interval: rank 0
-        # collects every rank's, so each rank resumes exactly its own. Everything else is the same on every rank.
-        per_rank = gather_to_main(self.runtime, (rng_state(), meters))
-        if self.runtime.is_main:
-            state = {
-                "train_state": dataclasses.asdict(self.state),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                # by class, so adding or removing a stateless callback between runs cannot misassign a state
-                "callbacks": [{"class": type(cb).__name__, "state": cb.state_dict()} for cb in self.callbacks],
-                "batching": "stratified" if self.stratify_lengths else "plain",
-                "meters": meters,
-                "config": self.run_config.to_dict(),
-                "labels": self.label_map.to_dict(),
-                "data": self._data_fingerprint(),
-                "world_size": self.runtime.world_size,  # each process's share of an epoch depends on it
-            }
-            rng = per_rank[0][0]
-            if self.runtime.distributed:
-                rng = [rank_rng for rank_rng, _ in per_rank]
-                state["meters_other_ranks"] = {str(r): m for r, (_, m) in enumerate(per_rank) if r}
-            ckpt.save_checkpoint(folder, self.model, self.optimizer, rng, state)
-            ckpt.rotate_checkpoints(folder.parent, self.config.keep_checkpoints, self.state.best_step)
-        if self.runtime.distributed:
-            torch.distributed.barrier()
-        return folder
-
-    def _restore(self, folder: Path) -> None:
-        """Load everything a checkpoint holds; the RNG states go last, so the next step draws what it would have."""
-        # Every rank loads the checkpoint (weights and optimizer are the same for all), with its own RNG states.
-        state, rng = ckpt.load_checkpoint(folder, self.model, self.optimizer, self.runtime.device, self.runtime.rank)
-        self.state = TrainState(**state["train_state"])
-        if state.get("batching", "plain") == "plain" and self.stratify_lengths:  # written by a 0.x release
-            self.stratify_lengths = False
-            vars(self).pop("_train_sampler", None)  # same number of batches, the order of the plain length sort
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        saved: dict[str, list[dict]] = {}
-        for entry in state["callbacks"]:
-            saved.setdefault(entry["class"], []).append(entry["state"])
-        for callback in self.callbacks:
-            if saved.get(type(callback).__name__):
-                callback.load_state_dict(saved[type(callback).__name__].pop(0))
-        self._resumed_meters = state.get("meters")
-        if self.runtime.rank:  # this rank's own share of the open log interval
-            self._resumed_meters = state.get("meters_other_ranks", {}).get(str(self.runtime.rank))
-        if self.runtime.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)  # --resume DIR may point outside the output folder
-            ckpt.recover_bundles(self.output_dir)
-            truncate_log(self.output_dir / "log.jsonl", self.state.global_step)
-            self.run_config.save(self.output_dir / "config.yaml")
-        set_rng_state(rng)
 
     def _save_bundle(self, folder: Path, extra: dict) -> None:
         """Write a loadable model folder (``best/`` or ``last/``) atomically, on rank 0."""
@@ -872,11 +511,7 @@ class Trainer:
         self._emit("on_train_end")
         if interrupted:
             self._close_loggers()
-            name = signal.Signals(self._interrupt_signal).name
-            self.print(f"stopped by {name} after optimizer step {self.state.global_step}; the checkpoint "
-                       f"{self.output_dir / 'checkpoints' / ckpt.checkpoint_name(self.state.global_step)} holds "
-                       "everything. Continue with Trainer.fit(resume='auto'), or run the same textclf train "
-                       "command with --resume auto")
+            self.print(self._stopped_by_signal())
             return FitResult(self.output_dir, self.state.global_step, self.state.best_step, self.state.best_metric,
                              None, None, stopped_early=False, interrupted=True, signal=self._interrupt_signal)
         self._save_bundle(self.output_dir / "last", {"step": self.state.global_step})
@@ -911,125 +546,8 @@ class Trainer:
         return FitResult(self.output_dir, self.state.global_step, self.state.best_step, self.state.best_metric,
                          metrics.get("dev"), metrics.get("test"), stopped_early=stopped_early)
 
-    def _close_loggers(self) -> None:
-        for logger in self.loggers:
-            logger.close()
-        self.loggers = []
-
-    # ---- failures --------------------------------------------------------------------------------------
-
-    def _raise_non_finite(self, reason: str | None = None) -> None:
-        """Stop with an error naming the step and the batch, and dump the step's texts for inspection.
-
-        Called before the optimizer applies the step, so no weight, checkpoint or model folder ever holds it.
-        """
-        step, epoch, first = self.state.global_step + 1, self.state.epoch, self.state.batch_in_epoch
-        micro_batches = getattr(self, "_current_rows", [])  # row indices of each micro-batch of this step
-        # The loss of each micro-batch stayed on the device; we are stopping, so this sync costs nothing.
-        losses = [float(loss) for loss in getattr(self, "_window_losses", [])]
-        bad = [j for j, loss in enumerate(losses) if not math.isfinite(loss)]
-        if reason is None:
-            if bad:
-                j = bad[0]
-                reason = (f"the loss is {losses[j]} in micro-batch {j + 1} of {len(micro_batches)} of this step "
-                          f"(batch {first + j} of the epoch, {len(micro_batches[j])} rows)")
-            else:
-                reason = f"the loss is finite but the gradient norm is {float(self.grad_norm)}"
-        dump = self.output_dir / f"nonfinite-step-{step:06d}.jsonl"
-        if self.runtime.is_main:
-            labels = self.data.train.labels if self.data is not None else None
-            with open(dump, "w", encoding="utf-8") as handle:
-                for j, rows in enumerate(micro_batches):
-                    for row in rows:
-                        record = {"row": row, "micro_batch": j + 1, "batch_in_epoch": first + j,
-                                  "loss": str(losses[j]) if j < len(losses) else None, "non_finite": j in bad,
-                                  "text": self.train_dataset.texts[row],
-                                  "label": labels[row] if labels is not None else None}
-                        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        last = first + len(micro_batches) - 1
-        raise TrainingError(
-            f"training stopped at optimizer step {step} (epoch {epoch}, batches {first}-{last} of the epoch): "
-            f"{reason}. The texts of this step are in {dump} (\"non_finite\": true marks the micro-batch at "
-            f"fault). Lower the learning rate (--lr, now {self.config.lr:g}), keep gradient clipping "
-            f"on (--max-grad-norm), train in fp32 (--precision fp32) if you use bf16/fp16, or fix those rows. "
-            "No weights were updated by this step and no model was saved from it."
-        )
-
-    def _drop_unsaved_run(self, created: bool) -> bool:
-        """After a failure: remove half-written folders, and the output folder itself when this call created it and
-        nothing was saved yet (only config and logs: the corrected command then needs no --overwrite)."""
-        self._close_loggers()
-        if not self.runtime.is_main:
-            return False
-        ckpt.recover_bundles(self.output_dir)  # .tmp-best-PID and the like, from the write that failed
-        for leftover in (self.output_dir / "checkpoints").glob(".tmp-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        saved = any((self.output_dir / name).exists() for name in ("best", "last")) or bool(
-            ckpt.list_checkpoints(self.output_dir / "checkpoints"))
-        if created and not saved:
-            shutil.rmtree(self.output_dir, ignore_errors=True)
-            return True
-        return False
-
-    def _disk_full(self, exc: Exception, created: bool) -> TrainingError:
-        dropped = self._drop_unsaved_run(created)
-        resume = ("nothing was saved, so the same command starts afresh" if dropped else
-                  "the last complete checkpoint is intact: continue with --resume auto")
-        return disk_full_error(exc, self.output_dir, self.state.global_step, self.config.keep_checkpoints, resume)
-
-    def _out_of_memory(self, exc: BaseException, created: bool) -> TrainingError:
-        """Translate a CUDA out-of-memory error into the knobs that fix it; drop an output folder holding nothing."""
-        self._drop_unsaved_run(created)
-        cfg = self.config
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return TrainingError(
-            f"out of GPU memory at optimizer step {self.state.global_step + 1} (epoch {self.state.epoch}) on "
-            f"{self.runtime.device} ({first_line}). Lower --batch-size (now {cfg.batch_size}) and raise --grad-accum "
-            f"(now {cfg.grad_accum}) to keep the same effective batch, lower --max-length (now {cfg.max_length}), "
-            f"lower --eval-batch-size (now {cfg.eval_batch_size}) if it failed while evaluating, or use "
-            "--precision bf16 (or fp16) to halve activation memory."
-        )
-
-    def _agree_on_interrupt(self) -> None:
-        """Under DDP, stop every rank at the same step when any got a signal (else the others wait forever)."""
-        if not self.runtime.distributed:
-            return
-        flag = torch.tensor([self._interrupt_signal or 0], device=self.runtime.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)  # one tiny collective per step
-        if int(flag) and self._interrupt_signal is None:
-            self._interrupt_signal = int(flag)
-
-    @contextlib.contextmanager
-    def _stop_on_signals(self):
-        """On SIGTERM/SIGINT: finish the current optimizer step, write a checkpoint, and return cleanly."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            if self._interrupt_signal is not None:  # a second signal: stop at once (the last checkpoint stays)
-                for sig, old in previous.items():
-                    signal.signal(sig, old)
-                raise KeyboardInterrupt
-            self._interrupt_signal = signum
-
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
 
 def _window_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The model's extra input for windowed batches: ``num_windows`` ``[N]`` (see windows.py); none otherwise."""
     return {"num_windows": batch["num_windows"]} if "num_windows" in batch else {}
 
-
-def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
