@@ -1,4 +1,4 @@
-"""Imbalance tools: class weights, focal loss, label smoothing (textclf.train.losses) and the class-balanced and
+"""Imbalance tools: class weights, focal loss, label smoothing (textclf.model.losses) and the class-balanced and
 class-weighted samplers (textclf.data.sampling), including an exact resume with the balanced sampler."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 import textclf
 from textclf.data.labels import LabelMap
 from textclf.data.sampling import WeightedBatches, row_weights
-from textclf.train.losses import class_weight_vector, classification_loss
+from textclf.model.losses import class_weight_vector, classification_loss
 
 torch.manual_seed(0)
 LOGITS = torch.randn(12, 3)

@@ -26,7 +26,7 @@ from textclf.data.windows import (
     window_starts,
 )
 from textclf.errors import ConfigError, ModelLoadError
-from textclf.model.aggregation import aggregate_window_logits, attention_over_windows
+from textclf.data.aggregation import aggregate_window_logits, attention_over_windows
 from textclf.model.classifier import TextClassifier, load_tokenizer
 
 LONG = ("The committee will publish its final report on the proposed railway line next spring, after a long public "

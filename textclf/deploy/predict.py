@@ -25,17 +25,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.collate import make_collate, sequential_shard
+from ..data.collate import make_collate
+from ..data.inputs import input_strategy_for
 from ..data.labels import LabelMap
 from ..data.normalize import TextNormalizer
-from ..data.readers import bounded_texts
 from ..data.windows import WindowSpec
 from ..errors import ConfigError, ModelLoadError
+from ..eval.multilabel import Thresholds
+from ..eval.tasks import saved_task, task_for
 from ..model import bundle
-from ..model.classifier import LABELS_FILE, WEIGHTS_FILE, load_tokenizer
+from ..model.classifier import LABELS_FILE, WEIGHTS_FILE, TextClassifier, load_tokenizer
 from ..model.ensemble import load_model
 from ..runtime import resolve_device, resolve_precision, setup_runtime
-from .windowed import check_backend, windowed_logits
 
 BACKENDS = ("auto", "torch", "onnx")
 
@@ -87,6 +88,8 @@ class TorchBackend:
         with contextlib.suppress(NotImplementedError):  # torch.export modules refuse eval(); they were exported in it
             self.module.eval()
         self.token_type_ids = token_type_ids
+        # A TextClassifier combines a text's windows itself (mean, max or attention); exported modules score windows
+        self.aggregates_windows = isinstance(module, TextClassifier)
 
     @property
     def pad_to_multiple_of(self) -> int | None:
@@ -98,7 +101,7 @@ class TorchBackend:
         args = [input_ids.to(device), attention_mask.to(device)]
         if self.token_type_ids:
             args.append(torch.zeros_like(args[0]))
-        # num_windows: a TextClassifier combines each text's windows itself (see windows.py)
+        # num_windows: a TextClassifier combines each text's windows itself (see textclf.data.inputs)
         kwargs = {} if num_windows is None else {"num_windows": num_windows.to(device)}
         with torch.inference_mode(), self.runtime.autocast():
             logits = self.module(*args, **kwargs)
@@ -123,6 +126,7 @@ class OnnxBackend:
 
     name = "onnx"
     pad_to_multiple_of = None
+    aggregates_windows = False  # an exported graph scores windows; SlidingWindows combines them (mean or max)
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None,
                  device: str = "auto"):
@@ -212,14 +216,21 @@ class Predictor:
         self.max_length = max_length
         self.batch_size = batch_size
         self.thresholds = _threshold_array(thresholds, len(label_map))  # [C] multi-label decision thresholds
+        # single- or multi-label: probabilities, decisions (textclf.eval.tasks)
+        tuned = thresholds if isinstance(thresholds, Thresholds) else Thresholds(self.thresholds)
+        self.task = task_for(label_map, tuned)
         self.metadata = dict(metadata or {})
         self.normalizer = normalizer
         self.temperature = float(temperature)
         self.collate = make_collate(tokenizer.pad_token_id or 0, self.backend.pad_to_multiple_of)
-        self.windows = windows
-        if windows is not None:
-            check_backend(self.backend, windows)
-            self.max_length = windows.max_length
+        self.inputs = input_strategy_for(windows, max_length)  # truncation or sliding windows (textclf.data.inputs)
+        self.inputs.check_backend(self.backend)
+        self.max_length = self.inputs.max_length
+
+    @property
+    def windows(self) -> WindowSpec | None:
+        """How long texts are read as windows (None: truncated at ``max_length``)."""
+        return self.inputs.spec
 
     @property
     def model(self) -> torch.nn.Module | None:
@@ -262,7 +273,7 @@ class Predictor:
             length = max_length or meta.get("train_config", {}).get("max_length", 128)
             info = {"model": str(folder), "base_model": meta.get("base_model"), "format": "pytorch"}
             return cls(model, load_tokenizer(str(folder)), model.label_map, device, length, precision, batch_size,
-                       metadata=info, thresholds=_saved_thresholds(folder, model.label_map),
+                       metadata=info, thresholds=saved_task(folder, model.label_map).thresholds,
                        windows=WindowSpec.from_dict(meta.get("windows"), max_length),
                        normalizer=bundle.read_normalizer(folder, meta), temperature=_saved_temperature(meta))
         fmt = export["format"]
@@ -281,7 +292,7 @@ class Predictor:
         info = {"model": str(folder), "base_model": meta.get("base_model"), "format": fmt,
                 "quantize": export.get("quantize")}
         return cls(runner, load_tokenizer(str(folder)), label_map, device, max_length or meta.get("max_length", 128),
-                   precision, batch_size, metadata=info, thresholds=_saved_thresholds(folder, label_map),
+                   precision, batch_size, metadata=info, thresholds=saved_task(folder, label_map).thresholds,
                    windows=WindowSpec.from_dict(meta.get("windows"), max_length),
                    normalizer=bundle.read_normalizer(folder, meta), temperature=_saved_temperature(meta))
 
@@ -289,9 +300,8 @@ class Predictor:
         """Labels, backend and limits, for logs and the service's ``/metadata``."""
         return {**self.metadata, **self.backend.describe(), "labels": list(self.label_map.names),
                 "multi_label": self.label_map.multi_label, "max_length": self.max_length,
-                "windows": self.windows.to_dict() if self.windows else None,
-                **({"thresholds": dict(zip(self.label_map.names, self.thresholds.tolist()))}
-                   if self.label_map.multi_label else {})}
+                "windows": self.inputs.to_dict(),
+                **self.task.describe(self.label_map.names)}
 
     def logits(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         """Raw logits ``[N, num_labels]`` (float32), in input order."""
@@ -316,11 +326,7 @@ class Predictor:
         for row, was_truncated in zip(probabilities, truncated):
             order = np.argsort(-row)[:k]
             ranked = [(names[i], float(row[i])) for i in order]
-            if self.label_map.multi_label:
-                chosen = [names[i] for i in np.flatnonzero(row >= self.thresholds)]
-                label, score = chosen, float(row.max()) if len(row) else 0.0
-            else:
-                label, score = ranked[0]
+            label, score = self.task.decide(row, names)
             results.append(Prediction(label, score, ranked, bool(was_truncated)))
         return results[0] if single else results
 
@@ -330,49 +336,20 @@ class Predictor:
         tensor = torch.from_numpy(logits)
         if self.temperature != 1.0:  # calibration: the argmax is unchanged, only the probabilities soften/sharpen
             tensor = tensor / self.temperature
-        return (tensor.sigmoid() if self.label_map.multi_label else tensor.softmax(-1)).numpy()
+        return self.task.probabilities(tensor).numpy()
 
     def _forward(self, texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         if not texts:
             return np.zeros((0, len(self.label_map)), dtype=np.float32), np.zeros(0, dtype=bool)
         if self.normalizer is not None:  # the model was trained on normalised texts
             texts = self.normalizer(texts)
-        if self.windows is not None:
-            return windowed_logits(self.backend, self.collate, self.tokenizer, self.windows, texts, batch_size,
-                                   len(self.label_map))
-        texts, _ = bounded_texts(texts, self.max_length)  # a huge text costs no more than max_length tokens
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False,
-                                 return_attention_mask=False, return_token_type_ids=False,
-                                 return_overflowing_tokens=False)
-        ids = encoded["input_ids"]
-        lengths = np.asarray([len(row) for row in ids])
-        # A text is truncated when it filled max_length exactly and re-tokenizing without the limit is longer.
-        full = lengths >= self.max_length
-        truncated = np.zeros(len(texts), dtype=bool)
-        if full.any():
-            candidates = [texts[i] for i in np.flatnonzero(full)]
-            long_lengths = [len(r) for r in self.tokenizer(candidates, truncation=False)["input_ids"]]
-            truncated[np.flatnonzero(full)] = np.asarray(long_lengths) > self.max_length
-        out = np.empty((len(texts), len(self.label_map)), dtype=np.float32)
-        for rows in sequential_shard(len(texts), batch_size, lengths=lengths):
-            batch = self.collate([{"input_ids": ids[i]} for i in rows])
-            out[rows] = self.backend(batch["input_ids"], batch["attention_mask"])
-        return out, truncated
+        return self.inputs.logits(self.backend, self.tokenizer, texts, batch_size, len(self.label_map))
 
 
 def _threshold_array(thresholds, num_labels: int) -> np.ndarray:
     values = getattr(thresholds, "values", thresholds)  # a multilabel.Thresholds carries them in .values
     values = np.broadcast_to(np.asarray(0.5 if values is None else values, dtype=np.float32), (num_labels,))
     return values.copy()
-
-
-def _saved_thresholds(folder: Path, label_map: LabelMap) -> np.ndarray | None:
-    """The tuned multi-label thresholds a training run (or an export of it) saved in ``textclf.json``."""
-    if not label_map.multi_label:
-        return None
-    from ..eval.multilabel import read_thresholds
-
-    return read_thresholds(folder, label_map.names).values
 
 
 def _saved_temperature(meta: dict) -> float:

@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ..data.aggregation import aggregate_window_logits, attention_over_windows
 from ..data.labels import LabelMap
 from ..errors import ConfigError, ModelLoadError, TrainingError
 from . import bundle
-from .aggregation import aggregate_window_logits, attention_over_windows
 from .weight_file import WeightFileError, read_entries, read_into
 
 WEIGHTS_FILE = "model.safetensors"

@@ -76,15 +76,8 @@ def train_fold(texts: list[str], labels: list, label_map, output_dir: str | Path
 
 
 def _score(trainer, split) -> dict:
-    """The fold model's report on ``split``; multi-label reports come from probabilities (threshold 0.5)."""
-    if trainer.label_map.multi_label:
-        from .baseline import multilabel_report
-
-        truth = np.zeros((len(split), len(trainer.label_map)), dtype=bool)
-        for i, names in enumerate(split.labels):
-            truth[i, [trainer.label_map.encode(n) for n in names]] = True
-        return multilabel_report(truth, trainer.predictor().predict_proba(split.texts) >= 0.5,
-                                 trainer.label_map.names).to_dict()
+    """The fold model's report on ``split``, read and decided as the trainer reads and decides (its input strategy,
+    its task: argmax, or the multi-label thresholds, 0.5 without a dev split to tune them on)."""
     return trainer.evaluate(split).to_dict()
 
 

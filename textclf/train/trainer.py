@@ -25,26 +25,24 @@ from torch import nn
 
 from ..config import DataConfig, ModelConfig, RunConfig, RunPaths, TrainConfig
 from ..data.augment import augment_dataset
-from ..data.collate import length_strata, make_collate, sequential_shard, training_batches
+from ..data.collate import length_strata, sequential_shard, training_batches
+from ..data.inputs import input_strategy
 from ..data.normalize import TextNormalizer
 from ..data.readers import DatasetSplits, Split, TextClassificationDataset, load_dataset
 from ..data.sampling import WeightedBatches, row_weights
-from ..data.windows import WindowedTextDataset, WindowSpec, describe_windows, make_window_collate
 from ..deploy.predict import Predictor
 from ..errors import ConfigError, OutputDirError
 from ..eval.analysis import RunAnalysis, RunReport
-from ..eval.metrics import ConfusionMatrix, EvalReport, report_from_confusion
+from ..eval.metrics import EvalReport
 from ..eval.multilabel import (
-    MultiLabelMetrics,
     Thresholds,
-    init_prior_bias,
-    read_thresholds,
-    save_thresholds,
     tune_thresholds,
 )
+from ..eval.tasks import saved_task, task_for
 from ..model import bundle
 from ..model.classifier import TextClassifier, load_tokenizer
 from ..model.ensemble import load_model
+from ..model.losses import class_weight_vector
 from ..runtime import (
     broadcast_module,
     seed_everything,
@@ -53,7 +51,6 @@ from . import checkpoint as ckpt
 from .callbacks import Callback, EarlyStopping
 from .finetune import GradualUnfreezing, build_finetune_adamw, uses_finetune_control
 from .loop import TrainingLoop, TrainState  # noqa: F401 (TrainState: part of the public API)
-from .losses import class_weight_vector, classification_loss
 from .optim import build_adamw, build_scheduler
 
 
@@ -132,16 +129,16 @@ class Trainer(TrainingLoop):
         # train.unfreeze_every: thaws one more layer every N optimizer steps (None: the frozen layers stay frozen)
         unfreezing = GradualUnfreezing.from_config(self.model, self.model_config, self.config, self.runtime)
         self.callbacks[:0] = [unfreezing] if unfreezing is not None else []  # first: the others see the new layers
-        self.windows = WindowSpec.from_config(self.config)  # None: long texts are truncated
-        if self.windows is not None:
-            self.model.configure_windows(self.windows.aggregation)  # before .to(device): may add window_scorer
+        self.inputs = input_strategy(self.config)  # truncation or sliding windows (textclf.data.inputs)
+        self.inputs.configure(self.model)  # before .to(device): windows may add a scoring layer
         self._check_max_length()
         self.model.to(self.runtime.device)
         if self.runtime.distributed:  # the same initial weights on every rank, then each rank its own dropout masks
             seed_everything(self.config.seed, self.runtime.rank)
         self.label_map = self.model.label_map or (self.data.label_map if self.data else None)
-        # Multi-label decision thresholds: 0.5 until tuned on dev (tune_thresholds); saved with the best model.
-        self.thresholds = Thresholds.fixed(len(self.label_map)) if self.label_map is not None else None
+        # Single- or multi-label: loss, metrics, decisions (textclf.eval.tasks). Multi-label decision thresholds are
+        # 0.5 until tuned on dev (tune_thresholds) and saved with the best model.
+        self.task = task_for(self.label_map) if self.label_map is not None else None
 
         # Texts are normalised (synonym table, width folding) in _tokenize, for every split and every evaluate.
         self.normalizer = normalizer if normalizer is not None else TextNormalizer.from_config(self.data_config)
@@ -149,14 +146,13 @@ class Trainer(TrainingLoop):
             self.data = augment_dataset(self.data, self.data_config, self.config.seed, log=self.print)
         self.train_dataset = self._tokenize(self.data.train) if self.data else None
         self.dev_dataset = self._tokenize(self.data.dev) if self.data and self.data.dev else None
-        if not isinstance(model, nn.Module) and self.label_map.multi_label and self.train_dataset is not None:
-            init_prior_bias(self.model, self.train_dataset.labels)  # a fresh head starts at the label priors
-        # train.class_weights as a [C] vector (None: unweighted), from the training labels; see textclf.train.losses
+        if not isinstance(model, nn.Module) and self.train_dataset is not None:  # a fresh head
+            self.task.init_head(self.model, self.train_dataset.labels)
+        # train.class_weights as a [C] vector (None: unweighted), from the training labels; see textclf.model.losses
         self.class_weights = (None if self.config.class_weights is None else class_weight_vector(
             self.config.class_weights, self.label_map, getattr(self.train_dataset, "labels", None)
         ).to(self.runtime.device))
-        self.collate = (make_window_collate if self.windows else make_collate)(self.tokenizer.pad_token_id or 0,
-                                                                                self.runtime.pad_to_multiple_of)
+        self.collate = self.inputs.collate(self.tokenizer.pad_token_id or 0, self.runtime.pad_to_multiple_of)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str = "auto", precision: str = "auto",
@@ -174,8 +170,8 @@ class Trainer(TrainingLoop):
         kwargs.setdefault("progress", False)
         kwargs.setdefault("normalizer", bundle.read_normalizer(folder))  # texts read as in training
         trainer = cls(model, tokenizer=load_tokenizer(str(folder)), config=config, **kwargs)
-        if trainer.label_map is not None and trainer.label_map.multi_label:
-            trainer.thresholds = read_thresholds(folder, trainer.label_map.names)
+        if trainer.label_map is not None:
+            trainer.task = saved_task(folder, trainer.label_map)  # with the thresholds tuned after training
         return trainer
 
     # ==================================================================================================
@@ -214,12 +210,11 @@ class Trainer(TrainingLoop):
         """Mean loss of a batch from the model's outputs (logits ``[B, C]``) and the batch's ``labels``.
 
         Cross-entropy for single-label data, binary cross-entropy for multi-label data, with the class weights,
-        focal loss and label smoothing of the config (see :func:`textclf.train.losses.classification_loss`);
+        focal loss and label smoothing of the config (see :func:`textclf.model.losses.classification_loss`);
         computed in fp32 even under autocast, since the softmax of low-precision logits loses accuracy.
         """
         cfg = self.config
-        return classification_loss(outputs, batch["labels"], self.label_map is not None and self.label_map.multi_label,
-                                   self.class_weights, cfg.focal_gamma, cfg.label_smoothing)
+        return self.task.loss(outputs, batch["labels"], self.class_weights, cfg.focal_gamma, cfg.label_smoothing)
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         """Forward, loss and backward of one micro-batch.
@@ -230,7 +225,7 @@ class Trainer(TrainingLoop):
         num_tokens = int(batch["attention_mask"].sum())  # on the host copy: no device sync
         batch = self._to_device(batch)
         with self.runtime.autocast():
-            logits = self.ddp_model(batch["input_ids"], batch["attention_mask"], **_window_inputs(batch))
+            logits = self.ddp_model(batch["input_ids"], batch["attention_mask"], **self.inputs.model_inputs(batch))
         loss = self.compute_loss(logits, batch)
         self.scaler.scale(loss / self.accumulated).backward()
         return StepOutput(loss.detach(), logits.detach(), len(logits), num_tokens)  # rows = texts, not windows
@@ -239,7 +234,7 @@ class Trainer(TrainingLoop):
         """Forward and (when labels are present) loss of one evaluation batch, under autocast."""
         batch = self._to_device(batch)
         with self.runtime.autocast():
-            logits = self.model(batch["input_ids"], batch["attention_mask"], **_window_inputs(batch))
+            logits = self.model(batch["input_ids"], batch["attention_mask"], **self.inputs.model_inputs(batch))
         loss = self.compute_loss(logits, batch) if "labels" in batch else torch.zeros((), device=logits.device)
         return StepOutput(loss, logits.float(), len(logits))
 
@@ -264,9 +259,7 @@ class Trainer(TrainingLoop):
             raise ConfigError("Trainer.evaluate: no dev split; pass a Split or dataset to evaluate")
         was_training = self.model.training
         self.model.eval()
-        multi_label = self.label_map.multi_label  # per-label counts at the decision thresholds + histograms
-        matrix = (MultiLabelMetrics(len(self.label_map), self.thresholds.candidates(), self.runtime.device)
-                  if multi_label else ConfusionMatrix(len(self.label_map), self.runtime.device))
+        metrics = self.task.metrics(self.runtime.device)  # a confusion matrix, or per-label counts and histograms
         loss_sum = torch.zeros((), device=self.runtime.device)
         batches = sequential_shard(len(dataset), self.config.eval_batch_size, self.runtime.rank,
                                    self.runtime.world_size, dataset.lengths)
@@ -275,17 +268,13 @@ class Trainer(TrainingLoop):
                 output = self.evaluation_step(batch)
                 if batch_hook is not None:  # e.g. error analysis, calibration: rows index the evaluated split
                     batch_hook(rows, output.logits, batch["labels"])
-                matrix.update(output.logits if multi_label else output.logits.argmax(-1),
-                              batch["labels"].to(self.runtime.device))
+                metrics.update(output.logits, batch["labels"].to(self.runtime.device))
                 loss_sum += output.loss.float() * output.num_rows
         if self.runtime.distributed:  # disjoint shards, no padding rows: the sums count every row exactly once
-            matrix.all_reduce()
+            metrics.all_reduce()
             torch.distributed.all_reduce(loss_sum)
         self.model.train(was_training)
-        if multi_label:
-            return matrix.report(self.label_map.names, float(loss_sum) / max(1, int(matrix.num_rows)))
-        counts = matrix.numpy()
-        return report_from_confusion(counts, self.label_map.names, float(loss_sum) / max(1, int(counts.sum())))
+        return metrics.report(self.label_map.names, float(loss_sum))
 
     def tune_thresholds(self, data: Split | TextClassificationDataset | None = None,
                         save_to: str | Path | None = None) -> Thresholds:
@@ -296,14 +285,14 @@ class Trainer(TrainingLoop):
         one); see :mod:`textclf.eval.multilabel`. ``save_to`` (a model folder) stores them in its ``textclf.json``,
         where :class:`~textclf.Predictor`, ``textclf evaluate`` and the service find them.
         """
-        if not self.label_map.multi_label:
+        if not self.task.has_thresholds:
             raise ConfigError("Trainer.tune_thresholds: thresholds apply to multi-label models only")
         report = self.evaluate(data)
-        self.thresholds = tune_thresholds(report.histograms, self.config.threshold_tuning,
+        self.task.thresholds = tune_thresholds(report.histograms, self.config.threshold_tuning,
                                           self.config.threshold_min_positives, f"dev ({report.num_rows} rows)")
         if save_to is not None and self.runtime.is_main:
-            save_thresholds(save_to, self.thresholds, self.label_map.names)
-        return self.thresholds
+            self.task.save(save_to, self.label_map.names)
+        return self.task.thresholds
 
     def predict(self, texts: list[str], top_k: int = 1, batch_size: int | None = None):
         """Predict labels and probabilities for raw texts with the current weights (see :class:`Predictor`)."""
@@ -320,6 +309,20 @@ class Trainer(TrainingLoop):
     # ==================================================================================================
     # derived quantities
     # ==================================================================================================
+
+    @property
+    def thresholds(self):
+        """The multi-label decision thresholds (:class:`~textclf.eval.multilabel.Thresholds`); None for one label."""
+        return self.task.thresholds if self.task is not None else None
+
+    @thresholds.setter
+    def thresholds(self, value) -> None:
+        self.task.thresholds = value
+
+    @property
+    def windows(self):
+        """How long texts are read as windows (a :class:`~textclf.data.windows.WindowSpec`; None: truncated)."""
+        return self.inputs.spec
 
     @property
     def train_sampler(self):
@@ -346,18 +349,10 @@ class Trainer(TrainingLoop):
         if getattr(self, "normalizer", None) is not None:
             split = self.normalizer.apply_split(split)
         label_map = self.label_map if hasattr(self, "label_map") else self.data.label_map
-        if self.windows is not None:
-            dataset = WindowedTextDataset.from_split(split, self.tokenizer, self.windows, label_map)
-            self.print(describe_windows(dataset, split.name))
-        else:
-            dataset = TextClassificationDataset.from_split(split, self.tokenizer, self.config.max_length, label_map)
-        if dataset.num_truncated and self.windows is None:
-            share = dataset.num_truncated / len(dataset)
-            # Above one text in ten, truncation is likely to cost accuracy: point at the remedy.
-            hint = (f"; {share:.0%} of the texts lose their end: consider --long-texts windows "
-                    "(see docs/long-texts.md)") if share > 0.1 else ""
-            self.print(f"{split.name}: {dataset.num_truncated} of {len(dataset)} texts are longer than "
-                       f"max_length={self.config.max_length} tokens and were truncated{hint}")
+        dataset = self.inputs.dataset(split, self.tokenizer, label_map)
+        note = self.inputs.describe(dataset, split.name)
+        if note:
+            self.print(note)
         self.truncated_rows = {**getattr(self, "truncated_rows", {}), split.name: dataset.num_truncated}
         return dataset
 
@@ -493,7 +488,7 @@ class Trainer(TrainingLoop):
         """Write a loadable model folder (``best/`` or ``last/``) atomically, on rank 0."""
         if self.runtime.is_main:
             extra = {**extra, "base_model": self.model_config.name, "train_config": dataclasses.asdict(self.config),
-                     "windows": self.windows.to_dict() if self.windows else None}  # read by Predictor
+                     "windows": self.inputs.to_dict()}  # read by Predictor
             if self.normalizer is not None:
                 extra["normalizer"] = "normalizer.json"  # read back by Predictor and Trainer.from_pretrained
 
@@ -520,13 +515,13 @@ class Trainer(TrainingLoop):
         if self.runtime.is_main and (self.output_dir / "best").is_dir():
             self.model.load_weights(self.output_dir / "best")
         broadcast_module(self.runtime, self.model)
-        if (self.label_map.multi_label and self.config.threshold_tuning != "none" and self.dev_dataset is not None
+        if (self.task.has_thresholds and self.config.threshold_tuning != "none" and self.dev_dataset is not None
                 and (self.output_dir / "best").is_dir()):
             self.tune_thresholds(save_to=self.output_dir / "best")
         run_report = RunReport(best_step=self.state.best_step, global_step=self.state.global_step,
                                metric=self.config.metric, history=self.state.history)
         # Temperature fitted on dev, ECE, errors.csv and the plots (textclf.eval.analysis); labels are unchanged.
-        analysis = RunAnalysis(self.label_map.names, self.label_map.multi_label, self.config.calibrate)
+        analysis = RunAnalysis(self.label_map.names, self.task.multi_label, self.config.calibrate)
         for name, dataset in (("dev", self.dev_dataset),
                               ("test", self._tokenize(self.data.test) if self.data.test else None)):
             if dataset is not None:
@@ -545,9 +540,3 @@ class Trainer(TrainingLoop):
         self._close_loggers()
         return FitResult(self.output_dir, self.state.global_step, self.state.best_step, self.state.best_metric,
                          metrics.get("dev"), metrics.get("test"), stopped_early=stopped_early)
-
-
-def _window_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The model's extra input for windowed batches: ``num_windows`` ``[N]`` (see windows.py); none otherwise."""
-    return {"num_windows": batch["num_windows"]} if "num_windows" in batch else {}
-

@@ -1,0 +1,141 @@
+"""Tasks: what differs between single-label and multi-label classification, in one small object each.
+
+A task owns the loss, the streaming metrics, how logits become probabilities and decisions (argmax, or per-label
+decision thresholds), how a fresh head starts, and what it saves in a model folder (the thresholds). The Trainer,
+the Predictor, export, evaluation, the label audit and cross-validation all ask the task, so a multi-label model
+reads, trains, scores and decides the same way everywhere, and none of them branches on the kind of task.
+
+Adding a task (say, ordinal labels) means one more class with these methods and a line in :func:`task_for`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.labels import LabelMap
+from ..model.losses import classification_loss
+from .metrics import ConfusionMatrix, EvalReport, report_from_confusion
+from .multilabel import MultiLabelMetrics, Thresholds, init_prior_bias, read_thresholds, save_thresholds
+
+
+class SingleLabelTask:
+    """One label per text: softmax, cross-entropy (or focal loss), argmax, a confusion matrix."""
+
+    multi_label = False
+    has_thresholds = False
+
+    def __init__(self, num_labels: int):
+        self.num_labels = num_labels
+        self.thresholds = None
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None,
+             focal_gamma: float | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Mean loss of ``logits [B, C]`` against class ids ``labels [B]``, in fp32."""
+        return classification_loss(logits, labels, False, class_weights, focal_gamma, label_smoothing)
+
+    def metrics(self, device: torch.device | str = "cpu") -> _Confusion:
+        """A streaming accumulator: ``update(logits, labels)``, ``all_reduce()``, ``report(names, loss_sum)``."""
+        return _Confusion(self.num_labels, device)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().softmax(-1)
+
+    def decide(self, probabilities: np.ndarray, names: list[str]) -> tuple[str, float]:
+        """One text's label and its score, from its probabilities ``[C]``: the most probable label."""
+        best = int(np.argmax(probabilities))
+        return names[best], float(probabilities[best])
+
+    def describe(self, names: list[str]) -> dict:
+        """What a service's ``/metadata`` shows about the decision rule (argmax: nothing to show)."""
+        return {}
+
+    def init_head(self, model, train_labels: np.ndarray) -> None:
+        """A fresh head starts as the encoder's initialisation leaves it."""
+
+    def save(self, folder: str | Path, names: list[str]) -> None:
+        """Nothing beyond the weights and labels: argmax needs no setting."""
+
+
+class MultiLabelTask(SingleLabelTask):
+    """Any number of labels per text: per-label sigmoid, binary cross-entropy, decision thresholds (0.5 until tuned
+    on dev), per-label counts at every candidate threshold."""
+
+    multi_label = True
+    has_thresholds = True
+
+    def __init__(self, num_labels: int, thresholds: Thresholds | None = None):
+        super().__init__(num_labels)
+        self.thresholds = thresholds or Thresholds.fixed(num_labels)
+
+    def loss(self, logits, labels, class_weights=None, focal_gamma=None, label_smoothing=0.0) -> torch.Tensor:
+        """Mean binary cross-entropy of ``logits [B, C]`` against multi-hot ``labels [B, C]``, in fp32."""
+        return classification_loss(logits, labels, True, class_weights, focal_gamma, label_smoothing)
+
+    def metrics(self, device="cpu") -> _PerLabel:
+        return _PerLabel(MultiLabelMetrics(self.num_labels, self.thresholds.candidates(), device))
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().sigmoid()
+
+    def decide(self, probabilities: np.ndarray, names: list[str]) -> tuple[list[str], float]:
+        """One text's labels (those at or above their thresholds, maybe none) and the highest probability."""
+        chosen = [names[i] for i in np.flatnonzero(probabilities >= self.thresholds.values)]
+        return chosen, float(probabilities.max()) if len(probabilities) else 0.0
+
+    def describe(self, names: list[str]) -> dict:
+        return {"thresholds": dict(zip(names, self.thresholds.values.tolist()))}
+
+    def init_head(self, model, train_labels: np.ndarray) -> None:
+        """Start the head's biases at the training label priors (rare labels begin near their base rate)."""
+        init_prior_bias(model, train_labels)
+
+    def save(self, folder: str | Path, names: list[str]) -> None:
+        save_thresholds(folder, self.thresholds, names)
+
+
+def task_for(label_map: LabelMap, thresholds: Thresholds | None = None) -> SingleLabelTask:
+    """The task of a label set; ``thresholds`` are a multi-label model's (default 0.5 for every label)."""
+    if not label_map.multi_label:
+        return SingleLabelTask(len(label_map))
+    return MultiLabelTask(len(label_map), thresholds)
+
+
+def saved_task(folder: str | Path, label_map: LabelMap) -> SingleLabelTask:
+    """The task of a model folder, with the decision thresholds tuned and saved after training."""
+    return task_for(label_map, read_thresholds(folder, label_map.names) if label_map.multi_label else None)
+
+
+class _Confusion:
+    """Streaming single-label metrics: a confusion matrix on the device, no logits kept."""
+
+    def __init__(self, num_labels: int, device):
+        self.matrix = ConfusionMatrix(num_labels, device)
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.matrix.update(logits.argmax(-1), labels)
+
+    def all_reduce(self) -> None:
+        self.matrix.all_reduce()
+
+    def report(self, names: list[str], loss_sum: float) -> EvalReport:
+        counts = self.matrix.numpy()
+        return report_from_confusion(counts, names, loss_sum / max(1, int(counts.sum())))
+
+
+class _PerLabel:
+    """Streaming multi-label metrics: per-label counts at the decision thresholds and histograms for tuning them."""
+
+    def __init__(self, metrics: MultiLabelMetrics):
+        self.metrics = metrics
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.metrics.update(logits, labels)
+
+    def all_reduce(self) -> None:
+        self.metrics.all_reduce()
+
+    def report(self, names: list[str], loss_sum: float) -> EvalReport:
+        return self.metrics.report(names, loss_sum / max(1, int(self.metrics.num_rows)))
