@@ -17,6 +17,10 @@ run computed in (the JSON also holds it against the bf16 peak).
     python -m bench.train_bench                 # both datasets, writes bench/results/train.json
     python -m bench.train_bench --datasets trec --max-train-rows 1000   # a quick look
     python -m bench.train_bench --max-train-rows 2000 --seeds 0,1,2     # accuracy averaged over 3 seeds
+    python -m bench.train_bench --datasets trec --systems textclf --before ../textclf-0.x   # against a checkout
+
+``--before DIR`` adds ``textclf-before``: textclf's default run from another checkout (an earlier commit, e.g. made
+with ``git worktree add``), measured alternately with this one, so a refactor can show it kept speed and accuracy.
 """
 
 from __future__ import annotations
@@ -228,13 +232,14 @@ COMPARED = ("peer-default", "peer-best", "textclf-plain")  # textclf's ratios ar
 
 
 def measure(system: str, dataset: str, max_rows: int | None, commands: dict[str, list[str]],
-            model: str = "minilm", seed: int = HYPER["seed"]) -> dict:
-    command = [sys.executable, "-m", "bench.train_bench", "worker", "--dataset", dataset, "--model", model,
-               "--seed", str(seed), *commands[system]]
+            model: str = "minilm", seed: int = HYPER["seed"], trees: dict[str, Path] | None = None) -> dict:
+    tree = (trees or {}).get(system, ROOT)  # the checkout whose textclf (and worker) this system runs
+    command = [sys.executable, "-m", "bench.train_bench", "worker", "--dataset", str(data_dir(dataset)), "--model",
+               model, "--seed", str(seed), *commands[system]]
     if max_rows:
         command += ["--max-train-rows", str(max_rows)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(tree), "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{system} on {dataset} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -256,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-speedups", action="store_true", help="textclf with train.speedups off")
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--output", default=str(RESULTS / "train.json"))
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help=f"comma-separated subset of {', '.join(SYSTEMS)} (textclf is always run)")
+    parser.add_argument("--before", help="another checkout of textclf to measure as textclf-before")
     args = parser.parse_args(argv)
 
     if args.mode == "worker":
@@ -271,14 +279,19 @@ def main(argv: list[str] | None = None) -> int:
     peaks = matmul_peaks()
     print(f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
     commands = systems()
+    chosen = ["textclf", *(s for s in args.systems.split(",") if s in SYSTEMS and s != "textclf")]
+    trees = {}
+    if args.before:
+        commands["textclf-before"], trees["textclf-before"] = commands["textclf"], Path(args.before).resolve()
+        chosen.append("textclf-before")
     runs: dict[str, dict[str, list[dict]]] = {}
     for dataset in args.datasets.split(","):
-        runs[dataset] = {name: [] for name in SYSTEMS}
+        runs[dataset] = {name: [] for name in chosen}
         plan = [int(seed) for seed in args.seeds.split(",") for _ in range(args.rounds)]
         for round_index, seed in enumerate(plan):
-            order = list(SYSTEMS) if round_index % 2 == 0 else list(reversed(SYSTEMS))
+            order = chosen if round_index % 2 == 0 else list(reversed(chosen))
             for system in order:
-                result = measure(system, dataset, args.max_train_rows, commands, seed=seed)
+                result = measure(system, dataset, args.max_train_rows, commands, seed=seed, trees=trees)
                 runs[dataset][system].append(result)
                 print(f"{dataset:>16} {system:>12}: {result['train_samples_per_s']:7.1f} samples/s "
                       f"acc {result['test_accuracy']:.4f}", flush=True)
@@ -309,7 +322,7 @@ def summarise(runs: dict, peaks: dict) -> dict:
             row["mfu_vs_own_peak"] = flops_per_s / (peaks["bf16" if row["precision"] == "bf16" else "fp32"] * 1e9)
             rows[system] = row
         ours = rows["textclf"]
-        for peer in COMPARED:
+        for peer in (p for p in (*COMPARED, "textclf-before") if p in rows):
             theirs = rows[peer]
             rows[f"ratio-vs-{peer}"] = {
                 "train": ours["train_samples_per_s"] / theirs["train_samples_per_s"],
@@ -325,12 +338,12 @@ def format_table(summary: dict) -> str:
     lines = [f"{'dataset':>16} {'system':>13} {'prec':>4} {'train/s':>8} {'tok/s':>8} {'pred/s':>8} {'acc':>6} "
              f"{'F1':>6} {'RSS MB':>7} {'MFU':>6}"]
     for dataset, rows in summary.items():
-        for system in SYSTEMS:
+        for system in (s for s in rows if not s.startswith("ratio-")):
             r = rows[system]
             lines.append(f"{dataset:>16} {system:>13} {r['precision']:>4} {r['train_samples_per_s']:8.1f} "
                          f"{r['train_tokens_per_s']:8.0f} {r['predict_samples_per_s']:8.1f} {r['test_accuracy']:6.4f} "
                          f"{r['test_macro_f1']:6.4f} {r['peak_rss_mb']:7.0f} {r['mfu_vs_own_peak']:6.1%}")
-        for peer in COMPARED:
+        for peer in (k[len("ratio-vs-"):] for k in rows if k.startswith("ratio-vs-")):
             ratio = rows[f"ratio-vs-{peer}"]
             lines.append(f"{dataset:>16} textclf/{peer}: train x{ratio['train']:.2f}, "
                          f"predict x{ratio['predict']:.2f}, "
@@ -349,9 +362,10 @@ def plot(summary: dict, path: Path) -> None:
     datasets = list(summary)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     width = 0.2
-    for i, system in enumerate(SYSTEMS):
+    shown = [s for s in summary[datasets[0]] if not s.startswith("ratio-")]
+    for i, system in enumerate(shown):
         values = [summary[d][system]["train_samples_per_s"] for d in datasets]
-        ax.bar([x + (i - 1.5) * width for x in range(len(datasets))], values, width, label=system)
+        ax.bar([x + (i - (len(shown) - 1) / 2) * width for x in range(len(datasets))], values, width, label=system)
     ax.set_xticks(range(len(datasets)), datasets)
     ax.set_ylabel("train samples / s")
     ax.set_title("Training throughput, minilm, 1 epoch, batch 32")

@@ -104,3 +104,30 @@ def test_lower_layers_never_import_higher_ones():
 
 def test_every_module_belongs_to_a_layer():
     assert all(0 <= _layer(name) < len(LAYERS) for name in _graph())
+
+
+# What differs between tasks (single-/multi-label) or input strategies (truncation/windows) lives in their objects
+# (textclf.eval.tasks, textclf.data.inputs); the loop, the trainer and the predictor ask them and never branch.
+NO_TASK_BRANCHES = ("train/loop.py", "train/trainer.py", "deploy/predict.py")
+
+
+def _branch_conditions(tree: ast.AST) -> list[str]:
+    conditions = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.If, ast.IfExp, ast.While)):
+            conditions.append(ast.unparse(node.test))
+        elif isinstance(node, ast.comprehension):
+            conditions.extend(ast.unparse(c) for c in node.ifs)
+    return conditions
+
+
+def test_the_loop_trainer_and_predictor_do_not_branch_on_task_or_input_strategy():
+    for name in NO_TASK_BRANCHES:
+        conditions = _branch_conditions(ast.parse((PACKAGE / name).read_text(encoding="utf-8")))
+        found = [c for c in conditions if "multi_label" in c or "window" in c]
+        assert found == [], f"{name} branches on the task or the input strategy: {found}"
+
+
+def test_the_branch_finder_sees_conditions():
+    tree = ast.parse("x = a if self.label_map.multi_label else b\nif spec.windows:\n    pass\n")
+    assert sorted(_branch_conditions(tree)) == ["self.label_map.multi_label", "spec.windows"]

@@ -14,6 +14,7 @@ import torch
 
 import textclf
 from textclf.config import TrainConfig
+from textclf.data.aggregation import aggregate_window_logits, attention_over_windows
 from textclf.data.collate import LengthGroupedBatches
 from textclf.data.labels import LabelMap
 from textclf.data.readers import DatasetSplits
@@ -26,7 +27,6 @@ from textclf.data.windows import (
     window_starts,
 )
 from textclf.errors import ConfigError, ModelLoadError
-from textclf.data.aggregation import aggregate_window_logits, attention_over_windows
 from textclf.model.classifier import TextClassifier, load_tokenizer
 
 LONG = ("The committee will publish its final report on the proposed railway line next spring, after a long public "

@@ -280,6 +280,13 @@ class TrainConfig:
     # calibrated; predicted labels do not change. ECE before/after goes to report.txt and metrics.json.
     calibrate: bool = True
 
+    @classmethod
+    def for_evaluation(cls, trained: dict, **overrides) -> TrainConfig:
+        """A config that reads texts as a saved model was trained to (``trained``: its ``train_config``): the same
+        ``max_length`` and long-text handling; ``overrides`` set the rest (device, precision, batch size)."""
+        reading = ("max_length", "long_texts", "window_overlap", "window_aggregation", "max_windows")
+        return cls(**{**{k: trained[k] for k in reading if k in trained}, **overrides})
+
     def __post_init__(self) -> None:
         _check_types(self, "train")
         _check(self.epochs > 0, "train", "epochs", f"must be > 0, got {self.epochs}")
@@ -407,6 +414,16 @@ class RunPaths:
     test: str | None = None
     # Output folder of the run.
     output: str | None = None
+
+    @classmethod
+    def from_splits(cls, train, dev, test, output: str | Path) -> RunPaths:
+        """The files splits were read from (in-memory data has none); a split carved out of the training file (a
+        stratified hold-out) records no file of its own, so ``--config config.yaml`` carves it again."""
+        def file(split):
+            return split.source if split is not None and not split.source.startswith("<") else None
+
+        held_out = [file(s) if s is not None and file(s) != file(train) else None for s in (dev, test)]
+        return cls(data=file(train), dev=held_out[0], test=held_out[1], output=str(output))
 
 
 @dataclass(frozen=True)

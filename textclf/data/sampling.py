@@ -18,7 +18,14 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .collate import _generator, _shard, _shuffle_longest_first, _sorted_megabatches
+from .collate import (
+    _generator,
+    _shard,
+    _shuffle_longest_first,
+    _sorted_megabatches,
+    length_strata,
+    training_batches,
+)
 
 
 def row_weights(labels: np.ndarray, num_labels: int, kind: str) -> np.ndarray:
@@ -79,3 +86,19 @@ class WeightedBatches:
                        for i in range(0, len(chunk), self.batch_size)]
             batches = _shuffle_longest_first(batches, self.lengths, generator)
         return _shard(batches, self.rank, self.world_size, True)
+
+
+def training_sampler(labels: np.ndarray, lengths: np.ndarray, num_labels: int, config, rank: int = 0,
+                     world_size: int = 1, stratify: bool = True):
+    """The batches of a fine-tuning epoch for a :class:`~textclf.config.TrainConfig`: random, length-grouped or
+    token-budget batches (``train.sampler = "random"``), or class-balanced / class-weighted draws.
+
+    Length grouping is stratified by class when ``stratify``: every batch keeps the class mix (docs/benchmarks.md).
+    """
+    strata = length_strata(labels) if stratify else None
+    if config.sampler != "random":
+        weights = row_weights(labels, num_labels, config.sampler)
+        return WeightedBatches(weights, config.batch_size, config.seed, lengths if config.group_by_length else None,
+                               rank=rank, world_size=world_size, strata=strata)
+    return training_batches(lengths, config.batch_size, config.seed, config.max_tokens, config.group_by_length, rank,
+                            world_size, strata)

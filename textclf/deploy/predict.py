@@ -95,14 +95,14 @@ class TorchBackend:
     def pad_to_multiple_of(self) -> int | None:
         return self.runtime.pad_to_multiple_of
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 num_windows: torch.Tensor | None = None) -> np.ndarray:
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: torch.Tensor) -> np.ndarray:
+        """Logits of a batch; ``inputs`` are the input strategy's extra model inputs (``num_windows``: a
+        TextClassifier combines each text's windows itself, see :mod:`textclf.data.inputs`)."""
         device = self.runtime.device
         args = [input_ids.to(device), attention_mask.to(device)]
         if self.token_type_ids:
             args.append(torch.zeros_like(args[0]))
-        # num_windows: a TextClassifier combines each text's windows itself (see textclf.data.inputs)
-        kwargs = {} if num_windows is None else {"num_windows": num_windows.to(device)}
+        kwargs = {name: value.to(device) for name, value in inputs.items()}
         with torch.inference_mode(), self.runtime.autocast():
             logits = self.module(*args, **kwargs)
         return logits.float().cpu().numpy()

@@ -156,6 +156,11 @@ class RunAnalysis:
 
         return batch_hook
 
+    def evaluate(self, name: str, evaluate, data, split) -> tuple:
+        """``evaluate(data, batch_hook=...)`` under this analysis: returns the report and the note for report.txt."""
+        report = evaluate(data, batch_hook=self.hook(name, split))
+        return report, self.after(name, report)
+
     def after(self, name: str, report) -> str:
         """Fit the temperature after dev; add ECE to ``report.extra``; returns lines for ``report.txt``."""
         self.reports[name] = report

@@ -67,6 +67,23 @@ def update_meta(folder: str | Path, **entries: Any) -> dict[str, Any]:
     return meta
 
 
+# ---- a whole model folder -----------------------------------------------------------------------------------------
+
+
+def model_folder_writer(model, tokenizer, meta: dict[str, Any], normalizer: TextNormalizer | None = None):
+    """A function ``write(folder)`` that writes a loadable model folder: the weights and head (``model``, a
+    :class:`~textclf.model.classifier.TextClassifier`), the tokenizer, ``textclf.json`` (``meta`` and the model's own
+    settings) and the normaliser; handed to an atomic folder write."""
+    meta = {**meta, "normalizer": NORMALIZER_FILE} if normalizer is not None else meta
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder, tokenizer, meta)
+        if normalizer is not None:
+            write_normalizer(folder, normalizer)
+
+    return write
+
+
 # ---- the normaliser ------------------------------------------------------------------------------------------------
 
 

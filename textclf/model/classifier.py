@@ -350,3 +350,13 @@ class TextClassifier(nn.Module):
         if file_name.startswith(prefix):
             return "encoder." + file_name[len(prefix):]
         return file_name.replace("classifier.", "head.", 1)
+
+
+def check_max_length(model: nn.Module, max_length: int) -> None:
+    """Refuse a ``max_length`` beyond the encoder's position embeddings, naming the largest that fits."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if model.config.model_type in ("roberta", "xlm-roberta", "camembert") and limit:
+        limit -= 2  # these reserve two positions for the padding offset
+    if limit and max_length > limit:
+        raise ConfigError(f"train.max_length: {max_length} exceeds the model's limit of {limit} tokens; use "
+                          f"--max-length {limit} or less")

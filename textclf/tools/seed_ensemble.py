@@ -92,8 +92,7 @@ def train_ensemble(seeds: list[int], model: str = "minilm", data=None, output_di
     for name, split in (("dev", data.dev), ("test", data.test)):
         if split is None:
             continue
-        report = evaluator.evaluate(split, batch_hook=analysis.hook(name, split))
-        note = analysis.after(name, report)
+        report, note = analysis.evaluate(name, evaluator.evaluate, split, split)
         member_lines = "\n".join(f"  seed {s}: accuracy {m[name]['accuracy']:.4f}, macro F1 {m[name]['macro_f1']:.4f}"
                                  for s, m in members.items() if m.get(name))
         run_report.add(name, report, f"== ensemble of {len(seeds)} on {name} ({report.num_rows} rows) ==\n"

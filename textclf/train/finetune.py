@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .callbacks import Callback
+from .optim import build_adamw
 
 
 def _no_decay_ids(model: nn.Module) -> set[int]:
@@ -90,6 +91,14 @@ def build_finetune_adamw(model, config, device: torch.device) -> torch.optim.Ada
     groups = layerwise_parameter_groups(model, config.lr, config.weight_decay, config.layer_lr_decay,
                                         config.head_lr, include_frozen=config.unfreeze_every is not None)
     return torch.optim.AdamW(groups, lr=config.lr, fused=device.type in ("cpu", "cuda"))
+
+
+def build_optimizer(model, config, device: torch.device) -> torch.optim.AdamW:
+    """AdamW for ``config``: per-depth and head learning rates (and room for frozen layers to thaw later) when it
+    asks for them, else one learning rate with no decay on biases and normalisation weights."""
+    if uses_finetune_control(config):
+        return build_finetune_adamw(model, config, device)
+    return build_adamw(model, config.lr, config.weight_decay, device)
 
 
 def uses_finetune_control(config) -> bool:

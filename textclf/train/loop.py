@@ -145,16 +145,16 @@ class TrainingLoop:
         batches = self.train_sampler.epoch_batches(self.state.epoch)
         accum = self.config.grad_accum
         for i, batch in enumerate(self._loader(batches[self.state.batch_in_epoch:]), self.state.batch_in_epoch):
-            window_start = i - i % accum
-            self.accumulated = min(accum, len(batches) - window_start)  # micro-batches in this step's window
-            is_step = i + 1 == window_start + self.accumulated
-            self._current_rows = batches[window_start : i + 1]
-            if i == window_start:
-                self._window_losses = []
+            step_start = i - i % accum
+            self.accumulated = min(accum, len(batches) - step_start)  # micro-batches in this optimizer step
+            is_step = i + 1 == step_start + self.accumulated
+            self._current_rows = batches[step_start : i + 1]
+            if i == step_start:
+                self._step_losses = []
             batch = self.prepare_batch(batch, self.state.epoch, i)
             with self._no_sync_unless(is_step):
                 output = self.training_step(batch)
-            self._window_losses.append(output.loss)  # stays on the device; read only if the step is not finite
+            self._step_losses.append(output.loss)  # stays on the device; read only if the step is not finite
             self._track(output)
             if not is_step:
                 continue
@@ -553,7 +553,7 @@ class TrainingLoop:
         step, epoch, first = self.state.global_step + 1, self.state.epoch, self.state.batch_in_epoch
         micro_batches = getattr(self, "_current_rows", [])  # row indices of each micro-batch of this step
         # The loss of each micro-batch stayed on the device; we are stopping, so this sync costs nothing.
-        losses = [float(loss) for loss in getattr(self, "_window_losses", [])]
+        losses = [float(loss) for loss in getattr(self, "_step_losses", [])]
         bad = [j for j, loss in enumerate(losses) if not math.isfinite(loss)]
         if reason is None:
             if bad:

@@ -1,14 +1,16 @@
-"""What a fine-tuning run and a pretraining run share about their folder: which settings a resume may change, and
-the log that a resume truncates back to its checkpoint. One copy, so the two loops cannot drift apart."""
+"""What a run folder must agree with before a resume, and what a resume repairs: which settings a resume may change,
+the training data's fingerprint, the best model's step, and the log truncated back to its checkpoint."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 from pathlib import Path
 
-from ..errors import TrainingError
+from ..errors import OutputDirError, TrainingError
+from ..model import bundle
 
 
 def flatten(config: dict) -> dict:
@@ -58,3 +60,39 @@ def disk_full_error(exc: BaseException, output_dir: Path, step: int, keep_checkp
     where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
     return TrainingError(f"the disk holding {output_dir} is full: no space left while writing{where} at optimizer "
                          f"step {step}; free some space, or lower --keep-checkpoints (now {keep_checkpoints}); {then}")
+
+
+def rows_fingerprint(texts: list[str], labels: list | None, label_map) -> dict:
+    """What a fine-tuning checkpoint must agree with: the label set and the exact training rows (order included)."""
+    digest = hashlib.sha256()
+    for i, text in enumerate(texts):
+        digest.update(f"{text}\x1f{labels[i] if labels is not None else ''}\x1e".encode())
+    return {"labels": label_map.to_dict(), "train_rows": len(texts), "train_sha256": digest.hexdigest()}
+
+
+def fingerprint_differences(saved: dict, now: dict) -> list[str]:
+    """How the training data of a checkpoint (``saved``) differs from this run's (``now``), one phrase each."""
+    if saved.get("labels") != now["labels"]:
+        return [f"labels: {(saved.get('labels') or {}).get('names')} -> {now['labels'].get('names')}"]
+    if saved.get("train_sha256") != now["train_sha256"]:
+        same_size = saved.get("train_rows") == now["train_rows"]
+        return [f"training data: {saved.get('train_rows')} rows -> {now['train_rows']} rows"
+                + (" with different texts or labels" if same_size else "")]
+    return []
+
+
+def check_best_is_not_ahead(output_dir: Path, checkpoint: Path, resumed_at: int, total_steps: int) -> None:
+    """Refuse a resume that would end before the step that wrote ``best/``.
+
+    A run killed after saving ``best/`` at step 16 but before its next checkpoint (12) resumes at 12; it writes
+    ``best/`` again at 16 only if it gets there. Ending earlier would report one best step in metrics.json and
+    keep another one's weights in ``best/``.
+    """
+    best = output_dir / "best"
+    best_step = bundle.read_meta(best).get("step") if bundle.has_meta(best) else None
+    if isinstance(best_step, int) and resumed_at < best_step and total_steps < best_step:
+        raise OutputDirError(
+            f"cannot resume from {checkpoint} (step {resumed_at}) with {total_steps} optimizer steps: {best} "
+            f"was saved at step {best_step} by the run that was interrupted, and this run would end before it "
+            f"(best/ would hold weights its own metrics never saw). Resume with --max-steps {best_step} or more "
+            "(or the original --epochs), or pass --overwrite without --resume to start over")

@@ -15,7 +15,6 @@ an override. Callbacks (``callbacks.py``) observe; they never change what a step
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +24,13 @@ from torch import nn
 
 from ..config import DataConfig, ModelConfig, RunConfig, RunPaths, TrainConfig
 from ..data.augment import augment_dataset
-from ..data.collate import length_strata, sequential_shard, training_batches
+from ..data.collate import sequential_shard
 from ..data.inputs import input_strategy
 from ..data.normalize import TextNormalizer
 from ..data.readers import DatasetSplits, Split, TextClassificationDataset, load_dataset
-from ..data.sampling import WeightedBatches, row_weights
+from ..data.sampling import training_sampler
 from ..deploy.predict import Predictor
-from ..errors import ConfigError, OutputDirError
+from ..errors import ConfigError
 from ..eval.analysis import RunAnalysis, RunReport
 from ..eval.metrics import EvalReport
 from ..eval.multilabel import (
@@ -40,7 +39,7 @@ from ..eval.multilabel import (
 )
 from ..eval.tasks import saved_task, task_for
 from ..model import bundle
-from ..model.classifier import TextClassifier, load_tokenizer
+from ..model.classifier import TextClassifier, check_max_length, load_tokenizer
 from ..model.ensemble import load_model
 from ..model.losses import class_weight_vector
 from ..runtime import (
@@ -49,9 +48,11 @@ from ..runtime import (
 )
 from . import checkpoint as ckpt
 from .callbacks import Callback, EarlyStopping
-from .finetune import GradualUnfreezing, build_finetune_adamw, uses_finetune_control
+from .finetune import GradualUnfreezing, build_optimizer
+from .loggers import log_evaluation
 from .loop import TrainingLoop, TrainState  # noqa: F401 (TrainState: part of the public API)
-from .optim import build_adamw, build_scheduler
+from .optim import build_scheduler
+from .run_folder import check_best_is_not_ahead, fingerprint_differences, rows_fingerprint
 
 
 @dataclass
@@ -117,42 +118,52 @@ class Trainer(TrainingLoop):
         self.data = (data if isinstance(data, DatasetSplits) or data is None
                      else load_dataset(data, config=self.data_config))
         self.tokenizer = tokenizer or load_tokenizer(self.model_config.name)
-        if isinstance(model, nn.Module):  # a TextClassifier, or a loaded EnsembleClassifier (to evaluate it)
-            self.model = model
-        else:
-            if self.data is None:
-                raise ConfigError("Trainer: pass data= so the label set is known before the head is built")
-            self.model = TextClassifier.from_encoder(self.model_config.name, self.data.label_map,
-                                                     self.model_config.pooling, self.model_config.dropout, head)
-        if self.model_config.freeze_layers_below is not None:
-            self.model.freeze_layers_below(self.model_config.freeze_layers_below)
-        # train.unfreeze_every: thaws one more layer every N optimizer steps (None: the frozen layers stay frozen)
-        unfreezing = GradualUnfreezing.from_config(self.model, self.model_config, self.config, self.runtime)
-        self.callbacks[:0] = [unfreezing] if unfreezing is not None else []  # first: the others see the new layers
         self.inputs = input_strategy(self.config)  # truncation or sliding windows (textclf.data.inputs)
-        self.inputs.configure(self.model)  # before .to(device): windows may add a scoring layer
-        self._check_max_length()
-        self.model.to(self.runtime.device)
-        if self.runtime.distributed:  # the same initial weights on every rank, then each rank its own dropout masks
-            seed_everything(self.config.seed, self.runtime.rank)
+        self.model = self._build_model(model, head)
         self.label_map = self.model.label_map or (self.data.label_map if self.data else None)
         # Single- or multi-label: loss, metrics, decisions (textclf.eval.tasks). Multi-label decision thresholds are
         # 0.5 until tuned on dev (tune_thresholds) and saved with the best model.
         self.task = task_for(self.label_map) if self.label_map is not None else None
+        self._prepare_data(normalizer, fresh_head=not isinstance(model, nn.Module))
+        self.collate = self.inputs.collate(self.tokenizer.pad_token_id or 0, self.runtime.pad_to_multiple_of)
 
+    def _build_model(self, model: str | nn.Module, head: nn.Module | None) -> nn.Module:
+        """The model on its device: a fresh classifier over the encoder (or the module given), frozen as configured
+        and ready for the input strategy."""
+        if isinstance(model, nn.Module):  # a TextClassifier, or a loaded EnsembleClassifier (to evaluate it)
+            built = model
+        elif self.data is None:
+            raise ConfigError("Trainer: pass data= so the label set is known before the head is built")
+        else:
+            built = TextClassifier.from_encoder(self.model_config.name, self.data.label_map, self.model_config.pooling,
+                                                self.model_config.dropout, head)
+        if self.model_config.freeze_layers_below is not None:
+            built.freeze_layers_below(self.model_config.freeze_layers_below)
+        # train.unfreeze_every: thaws one more layer every N optimizer steps (None: the frozen layers stay frozen)
+        unfreezing = GradualUnfreezing.from_config(built, self.model_config, self.config, self.runtime)
+        self.callbacks[:0] = [unfreezing] if unfreezing is not None else []  # first: the others see the new layers
+        self.inputs.configure(built)  # before .to(device): windows may add a scoring layer
+        check_max_length(built, self.config.max_length)
+        built.to(self.runtime.device)
+        if self.runtime.distributed:  # the same initial weights on every rank, then each rank its own dropout masks
+            seed_everything(self.config.seed, self.runtime.rank)
+        return built
+
+    def _prepare_data(self, normalizer: TextNormalizer | None, fresh_head: bool) -> None:
+        """Normalise and augment the texts, tokenize the splits, start a fresh head at the data, weigh the classes."""
+        self.truncated_rows: dict[str, int] = {}  # texts per split read only in part (reported in metrics.json)
         # Texts are normalised (synonym table, width folding) in _tokenize, for every split and every evaluate.
         self.normalizer = normalizer if normalizer is not None else TextNormalizer.from_config(self.data_config)
         if self.data is not None and self.data_config.augment:  # training rows only; made once, seeded
             self.data = augment_dataset(self.data, self.data_config, self.config.seed, log=self.print)
         self.train_dataset = self._tokenize(self.data.train) if self.data else None
         self.dev_dataset = self._tokenize(self.data.dev) if self.data and self.data.dev else None
-        if not isinstance(model, nn.Module) and self.train_dataset is not None:  # a fresh head
+        if fresh_head and self.train_dataset is not None:
             self.task.init_head(self.model, self.train_dataset.labels)
         # train.class_weights as a [C] vector (None: unweighted), from the training labels; see textclf.model.losses
         self.class_weights = (None if self.config.class_weights is None else class_weight_vector(
             self.config.class_weights, self.label_map, getattr(self.train_dataset, "labels", None)
         ).to(self.runtime.device))
-        self.collate = self.inputs.collate(self.tokenizer.pad_token_id or 0, self.runtime.pad_to_multiple_of)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str = "auto", precision: str = "auto",
@@ -162,11 +173,8 @@ class Trainer(TrainingLoop):
         ``max_length`` is the one the model was trained with; ``kwargs`` go to the constructor.
         """
         model = load_model(folder)  # a TextClassifier, or an EnsembleClassifier for an ensemble folder
-        trained = bundle.read_meta(folder).get("train_config") or {}
-        windowed = {k: trained[k] for k in ("long_texts", "window_overlap", "window_aggregation", "max_windows")
-                    if k in trained}  # evaluate reads long texts the way the model was trained to
-        config = TrainConfig(max_length=trained.get("max_length", 128), device=device, precision=precision,
-                             eval_batch_size=eval_batch_size, **windowed)
+        config = TrainConfig.for_evaluation(bundle.read_meta(folder).get("train_config") or {}, device=device,
+                                            precision=precision, eval_batch_size=eval_batch_size)
         kwargs.setdefault("progress", False)
         kwargs.setdefault("normalizer", bundle.read_normalizer(folder))  # texts read as in training
         trainer = cls(model, tokenizer=load_tokenizer(str(folder)), config=config, **kwargs)
@@ -174,9 +182,7 @@ class Trainer(TrainingLoop):
             trainer.task = saved_task(folder, trainer.label_map)  # with the thresholds tuned after training
         return trainer
 
-    # ==================================================================================================
-    # fit
-    # ==================================================================================================
+    # ---- fit --------------------------------------------------------------------------------------------------------
 
     def fit(self, resume: str | Path | None = None) -> FitResult:
         """Train, evaluating on dev and keeping the best model; ``resume="auto"`` continues the newest checkpoint.
@@ -193,16 +199,11 @@ class Trainer(TrainingLoop):
                 f"global batch {self.global_batch_size} ({self.config.batch_size} x {self.runtime.world_size} "
                 f"device(s) x {self.config.grad_accum} accumulation), {self.total_steps} optimizer steps")
 
-    # ==================================================================================================
-    # override points
-    # ==================================================================================================
+    # ---- override points --------------------------------------------------------------------------------------------
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         """AdamW (no decay on biases/LayerNorm) and warmup + linear/cosine decay, stepped per optimizer step."""
-        if uses_finetune_control(self.config):  # layer-wise / head learning rates, or frozen layers to thaw later
-            optimizer = build_finetune_adamw(self.model, self.config, self.runtime.device)
-        else:
-            optimizer = build_adamw(self.model, self.config.lr, self.config.weight_decay, self.runtime.device)
+        optimizer = build_optimizer(self.model, self.config, self.runtime.device)  # layer-wise rates if asked for
         scheduler = build_scheduler(optimizer, self.total_steps, self.config.warmup_ratio, self.config.schedule)
         return optimizer, scheduler
 
@@ -238,9 +239,7 @@ class Trainer(TrainingLoop):
         loss = self.compute_loss(logits, batch) if "labels" in batch else torch.zeros((), device=logits.device)
         return StepOutput(loss, logits.float(), len(logits))
 
-    # ==================================================================================================
-    # evaluation and prediction
-    # ==================================================================================================
+    # ---- evaluation and prediction ----------------------------------------------------------------------------------
 
     def evaluate(self, data: Split | TextClassificationDataset | None = None, batch_hook=None) -> EvalReport:
         """Accuracy, macro/micro F1, per-class scores and confusion matrix on ``data`` (default: dev).
@@ -289,7 +288,7 @@ class Trainer(TrainingLoop):
             raise ConfigError("Trainer.tune_thresholds: thresholds apply to multi-label models only")
         report = self.evaluate(data)
         self.task.thresholds = tune_thresholds(report.histograms, self.config.threshold_tuning,
-                                          self.config.threshold_min_positives, f"dev ({report.num_rows} rows)")
+                                               self.config.threshold_min_positives, f"dev ({report.num_rows} rows)")
         if save_to is not None and self.runtime.is_main:
             self.task.save(save_to, self.label_map.names)
         return self.task.thresholds
@@ -306,9 +305,7 @@ class Trainer(TrainingLoop):
                          thresholds=self.thresholds, windows=self.windows, batch_size=self.config.eval_batch_size,
                          normalizer=self.normalizer)
 
-    # ==================================================================================================
-    # derived quantities
-    # ==================================================================================================
+    # ---- derived quantities -----------------------------------------------------------------------------------------
 
     @property
     def thresholds(self):
@@ -327,33 +324,21 @@ class Trainer(TrainingLoop):
     @property
     def train_sampler(self):
         if not hasattr(self, "_train_sampler"):
-            cfg, rt = self.config, self.runtime
-            # Length grouping is stratified by class: every batch keeps the class mix (docs/benchmarks.md).
-            strata = length_strata(self.train_dataset.labels) if self.stratify_lengths else None
-            if cfg.sampler != "random":  # class-balanced or class-weighted draws (textclf.data.sampling)
-                weights = row_weights(self.train_dataset.labels, len(self.label_map), cfg.sampler)
-                lengths = self.train_dataset.lengths if cfg.group_by_length else None
-                self._train_sampler = WeightedBatches(weights, cfg.batch_size, cfg.seed, lengths, rank=rt.rank,
-                                                      world_size=rt.world_size, strata=strata)
-            else:
-                self._train_sampler = training_batches(self.train_dataset.lengths, cfg.batch_size, cfg.seed,
-                                                       cfg.max_tokens, cfg.group_by_length, rt.rank, rt.world_size,
-                                                       strata)
+            dataset, rt = self.train_dataset, self.runtime
+            self._train_sampler = training_sampler(dataset.labels, dataset.lengths, len(self.label_map), self.config,
+                                                   rt.rank, rt.world_size, self.stratify_lengths)
         return self._train_sampler
 
-    # ==================================================================================================
-    # helpers
-    # ==================================================================================================
+    # ---- helpers ----------------------------------------------------------------------------------------------------
 
     def _tokenize(self, split: Split) -> TextClassificationDataset:
-        if getattr(self, "normalizer", None) is not None:
+        if self.normalizer is not None:
             split = self.normalizer.apply_split(split)
-        label_map = self.label_map if hasattr(self, "label_map") else self.data.label_map
-        dataset = self.inputs.dataset(split, self.tokenizer, label_map)
+        dataset = self.inputs.dataset(split, self.tokenizer, self.label_map)
         note = self.inputs.describe(dataset, split.name)
         if note:
             self.print(note)
-        self.truncated_rows = {**getattr(self, "truncated_rows", {}), split.name: dataset.num_truncated}
+        self.truncated_rows[split.name] = dataset.num_truncated
         return dataset
 
     def _as_dataset(self, data) -> TextClassificationDataset:
@@ -366,14 +351,6 @@ class Trainer(TrainingLoop):
             return self._tokenize(data)
         raise ConfigError("Trainer.evaluate: expected a Split or TextClassificationDataset, "
                           f"got {type(data).__name__}")
-
-    def _check_max_length(self) -> None:
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        if self.model.config.model_type in ("roberta", "xlm-roberta", "camembert") and limit:
-            limit -= 2  # these reserve two positions for the padding offset
-        if limit and self.config.max_length > limit:
-            raise ConfigError(f"train.max_length: {self.config.max_length} exceeds the model's limit of {limit} "
-                              f"tokens; use --max-length {limit} or less")
 
     # ---- evaluation during training ------------------------------------------------------------------------
 
@@ -391,10 +368,7 @@ class Trainer(TrainingLoop):
         value = report[self.config.metric]
         self.state.history.append({"step": step,
                                    **{k: report[k] for k in ("accuracy", "macro_f1", "micro_f1", "loss")}})
-        for logger in self.loggers:
-            logger.log_metrics({f"dev/{k}": report[k] for k in ("accuracy", "macro_f1", "micro_f1", "loss")}, step)
-            if report.confusion_matrix:  # multi-label reports carry per-label counts instead
-                logger.log_confusion(report.confusion_matrix, report.label_names, step, "dev")
+        log_evaluation(self.loggers, report, step, "dev")
         best = self.state.best_metric
         improved = best is None or (value < best if self.config.metric == "loss" else value > best)
         if improved:
@@ -415,46 +389,18 @@ class Trainer(TrainingLoop):
                           "train.calibrate")
 
     def _data_fingerprint(self) -> dict:
-        """What a checkpoint must agree with: the label set and the exact training rows (order included)."""
         if getattr(self, "_fingerprint", None) is None:  # the data never changes during a run: hash it once
-            digest = hashlib.sha256()
             labels = self.data.train.labels if self.data is not None else None
-            for i, text in enumerate(self.train_dataset.texts):
-                digest.update(f"{text}\x1f{labels[i] if labels is not None else ''}\x1e".encode())
-            self._fingerprint = {"labels": self.label_map.to_dict(), "train_rows": len(self.train_dataset),
-                                 "train_sha256": digest.hexdigest()}
+            self._fingerprint = rows_fingerprint(self.train_dataset.texts, labels, self.label_map)
         return self._fingerprint
 
     def _data_differences(self, saved: dict) -> list[str]:
-        now = self._data_fingerprint()
-        if saved.get("labels") != now["labels"]:
-            return [f"labels: {(saved.get('labels') or {}).get('names')} -> {now['labels'].get('names')}"]
-        if saved.get("train_sha256") != now["train_sha256"]:
-            same_size = saved.get("train_rows") == now["train_rows"]
-            return [f"training data: {saved.get('train_rows')} rows -> {now['train_rows']} rows"
-                    + (" with different texts or labels" if same_size else "")]
-        return []
+        return fingerprint_differences(saved, self._data_fingerprint())
 
     def _check_resumable(self, checkpoint: Path) -> None:
         super()._check_resumable(checkpoint)
         resumed_at = (ckpt.read_state(checkpoint).get("train_state") or {}).get("global_step", 0)
-        self._check_best_is_not_ahead(checkpoint, resumed_at)
-
-    def _check_best_is_not_ahead(self, checkpoint: Path, resumed_at: int) -> None:
-        """Refuse a resume that would end before the step that wrote ``best/``.
-
-        A run killed after saving ``best/`` at step 16 but before its next checkpoint (12) resumes at 12; it writes
-        ``best/`` again at 16 only if it gets there. Ending earlier would report one best step in metrics.json and
-        keep another one's weights in ``best/``.
-        """
-        best = self.output_dir / "best"
-        best_step = bundle.read_meta(best).get("step") if bundle.has_meta(best) else None
-        if isinstance(best_step, int) and resumed_at < best_step and self.total_steps < best_step:
-            raise OutputDirError(
-                f"cannot resume from {checkpoint} (step {resumed_at}) with {self.total_steps} optimizer steps: {best} "
-                f"was saved at step {best_step} by the run that was interrupted, and this run would end before it "
-                f"(best/ would hold weights its own metrics never saw). Resume with --max-steps {best_step} or more "
-                "(or the original --epochs), or pass --overwrite without --resume to start over")
+        check_best_is_not_ahead(self.output_dir, checkpoint, resumed_at, self.total_steps)
 
     def _checkpoint_extras(self) -> dict:
         return {"batching": "stratified" if self.stratify_lengths else "plain", "labels": self.label_map.to_dict()}
@@ -474,29 +420,16 @@ class Trainer(TrainingLoop):
     @property
     def run_config(self) -> RunConfig:
         """The resolved configuration, with the data files as read, so ``--config config.yaml`` repeats the run."""
-        def file(split):
-            return split.source if split is not None and not split.source.startswith("<") else None
-
-        train = self.data.train if self.data else None
-        # A split carved out of the training file has the training file as source: record it as "not given".
-        dev, test = ((file(s) if s is not None and file(s) != file(train) else None)
-                     for s in ((self.data.dev, self.data.test) if self.data else (None, None)))
-        paths = RunPaths(data=file(train), dev=dev, test=test, output=str(self.output_dir))
-        return RunConfig(self.data_config, self.model_config, self.config, paths)
+        splits = (self.data.train, self.data.dev, self.data.test) if self.data else (None, None, None)
+        return RunConfig(self.data_config, self.model_config, self.config, RunPaths.from_splits(*splits,
+                                                                                                self.output_dir))
 
     def _save_bundle(self, folder: Path, extra: dict) -> None:
         """Write a loadable model folder (``best/`` or ``last/``) atomically, on rank 0."""
-        if self.runtime.is_main:
-            extra = {**extra, "base_model": self.model_config.name, "train_config": dataclasses.asdict(self.config),
-                     "windows": self.inputs.to_dict()}  # read by Predictor
-            if self.normalizer is not None:
-                extra["normalizer"] = "normalizer.json"  # read back by Predictor and Trainer.from_pretrained
-
-            def write(tmp):
-                self.model.save_pretrained(tmp, self.tokenizer, extra)
-                if self.normalizer is not None:
-                    bundle.write_normalizer(tmp, self.normalizer)
-
+        if self.runtime.is_main:  # how texts are read and decided travels with the weights (read by Predictor)
+            meta = {**extra, "base_model": self.model_config.name, "train_config": dataclasses.asdict(self.config),
+                    "windows": self.inputs.to_dict()}
+            write = bundle.model_folder_writer(self.model, self.tokenizer, meta, self.normalizer)
             ckpt.write_atomically(folder, write)
 
     def _finish(self) -> FitResult:
@@ -525,17 +458,15 @@ class Trainer(TrainingLoop):
         for name, dataset in (("dev", self.dev_dataset),
                               ("test", self._tokenize(self.data.test) if self.data.test else None)):
             if dataset is not None:
-                report = self.evaluate(dataset, batch_hook=analysis.hook(name, getattr(self.data, name)))
-                note = analysis.after(name, report)
+                report, note = analysis.evaluate(name, self.evaluate, dataset, getattr(self.data, name))
                 run_report.add(name, report, f"== {name} ({report.num_rows} rows, best model from step "
                                              f"{self.state.best_step}) ==\n{report.format()}\n{note}")
         metrics = run_report.metrics
+        # texts per split longer than max_length (windows: needing more than max_windows windows)
+        metrics["truncated_rows"] = dict(self.truncated_rows)
         if self.runtime.is_main:
             best = self.output_dir / "best"
             metrics["calibration"] = analysis.finish(self.output_dir, best if best.is_dir() else None)
-        # texts per split longer than max_length (windows: needing more than max_windows windows)
-        metrics["truncated_rows"] = dict(getattr(self, "truncated_rows", {}))
-        if self.runtime.is_main:
             run_report.write(self.output_dir)
         self._close_loggers()
         return FitResult(self.output_dir, self.state.global_step, self.state.best_step, self.state.best_metric,
