@@ -477,6 +477,20 @@ def section_from_dict(klass: type, values: dict[str, Any], where: str):
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def read_json_object(path: str | Path, error: type[Exception], fix: str, what: str = "",
+                     encoding: str = "utf-8", expected: str = "an object") -> dict[str, Any]:
+    """The JSON object in ``path``; unreadable, malformed or non-object content raises ``error`` naming the file
+    (after ``what``, e.g. ``"checkpoint state"``), what it should hold (``expected``) and what to do (``fix``)."""
+    name = f"{what} {path}" if what else str(path)
+    try:
+        value = json.loads(Path(path).read_text(encoding=encoding))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{name} cannot be read ({exc}); {fix}") from None
+    if not isinstance(value, dict):
+        raise error(f"{name} holds a JSON {type(value).__name__}, not {expected}; {fix}")
+    return value
+
+
 def load_mapping(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON file into a dict, with errors naming the file."""
     path = Path(path)

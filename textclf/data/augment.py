@@ -22,12 +22,11 @@ the same settings always give the same rows: a resumed run sees exactly the trai
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import re
 from pathlib import Path
 
-from ..config import parse_operations
+from ..config import parse_operations, read_json_object
 from ..errors import DataError
 from .normalize import read_pair_table, term_pattern
 
@@ -60,12 +59,9 @@ def read_entities(path: str | Path) -> dict[str, list[str]]:
         if not path.is_file():
             raise DataError(f"entity file {path} does not exist; give a JSON object {{type: [values]}} or a CSV "
                             "of `type,value` rows")
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8-sig"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"entity file {path} cannot be parsed ({exc}); expected a JSON object "
-                            "{type: [values]}") from None
-        if not isinstance(raw, dict) or not all(isinstance(v, list) and all(isinstance(x, str) and x.strip()
+        raw = read_json_object(path, DataError, "expected a JSON object {type: [values]}", what="entity file",
+                               encoding="utf-8-sig")
+        if not all(isinstance(v, list) and all(isinstance(x, str) and x.strip()
                                                                             for x in v) for v in raw.values()):
             raise DataError(f"entity file {path}: expected a JSON object mapping each entity type to a list of "
                             "non-empty strings, e.g. {\"city\": [\"Beijing\", \"Shanghai\"]}")

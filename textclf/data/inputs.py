@@ -22,7 +22,7 @@ from ..errors import ModelLoadError
 from .aggregation import aggregate_window_logits
 from .collate import make_collate, sequential_shard
 from .labels import LabelMap
-from .readers import Split, TextClassificationDataset, bounded_texts
+from .readers import Split, TextClassificationDataset, bounded_texts, offsets
 from .windows import WindowedTextDataset, WindowSpec, describe_windows, encode_windows, make_window_collate
 
 
@@ -127,15 +127,12 @@ class SlidingWindows(Truncation):
         backends (ONNX, exported modules) score windows, combined here with the same mean or max.
         ``batch_size`` counts texts; a batch holds all windows of its texts."""
         flat, window_lengths, num_windows, needed = encode_windows(tokenizer, texts, self.spec)
-        offsets = np.zeros(len(window_lengths) + 1, dtype=np.int64)
-        np.cumsum(window_lengths, out=offsets[1:])
-        first = np.zeros(len(texts) + 1, dtype=np.int64)
-        np.cumsum(num_windows, out=first[1:])
+        starts, first = offsets(window_lengths), offsets(num_windows)
         cost = np.add.reduceat(window_lengths, first[:-1]) if len(texts) else np.zeros(0, dtype=np.int64)
         collate = make_collate(tokenizer.pad_token_id or 0, backend.pad_to_multiple_of)
         out = np.empty((len(texts), num_labels), dtype=np.float32)
         for rows in sequential_shard(len(texts), batch_size, lengths=cost):
-            windows = [flat[offsets[w]:offsets[w + 1]] for i in rows for w in range(first[i], first[i + 1])]
+            windows = [flat[starts[w]:starts[w + 1]] for i in rows for w in range(first[i], first[i + 1])]
             batch = collate([{"input_ids": window} for window in windows])
             counts = torch.as_tensor(num_windows[rows])
             if backend.aggregates_windows:

@@ -337,6 +337,18 @@ class TextClassificationDataset(Dataset):
     ) -> None:
         self.texts = list(texts)
         self.max_length = int(max_length)
+        self._encode_labels(labels, label_map)
+
+        flat, self.lengths, self.num_truncated = _tokenize(tokenizer, self.texts, self.max_length, batch_size)
+        # Python ints index a tensor fastest; one list of n+1 ints is small next to the token array.
+        self._offsets = offsets(self.lengths).tolist()
+        self._input_ids = torch.from_numpy(flat)
+        if self.num_truncated:
+            logger.info("%d of %d texts are longer than max_length=%d tokens and were truncated",
+                        self.num_truncated, len(self.texts), self.max_length)
+
+    def _encode_labels(self, labels: Sequence[Any] | None, label_map: LabelMap | None) -> None:
+        """Set ``labels`` (ids, or multi-hot rows for multi-label data) and ``label_map`` (built when None)."""
         self.labels: np.ndarray | None = None
         if labels is not None:
             labels = list(labels)
@@ -345,22 +357,17 @@ class TextClassificationDataset(Dataset):
             if label_map is None:
                 multi = any(isinstance(x, (list, tuple, set, frozenset)) for x in labels)
                 label_map = LabelMap.from_labels(labels, multi_label=multi)
-            if label_map.multi_label:
-                self.labels = label_map.encode_multi_hot(labels)
-            else:
-                self.labels = np.asarray(label_map.encode_many(labels), dtype=np.int64)
+            self.labels = (label_map.encode_multi_hot(labels) if label_map.multi_label
+                           else np.asarray(label_map.encode_many(labels), dtype=np.int64))
         self.label_map = label_map
-
-        flat, self.lengths, self.num_truncated = _tokenize(tokenizer, self.texts, self.max_length, batch_size)
-        offsets = np.zeros(len(self.texts) + 1, dtype=np.int64)
-        np.cumsum(self.lengths, out=offsets[1:])
-        # Python ints index a tensor fastest; one list of n+1 ints is small next to the token array.
-        self._offsets = offsets.tolist()
-        self._input_ids = torch.from_numpy(flat)
         self._labels = None if self.labels is None else torch.from_numpy(self.labels)
-        if self.num_truncated:
-            logger.info("%d of %d texts are longer than max_length=%d tokens and were truncated",
-                        self.num_truncated, len(self.texts), self.max_length)
+
+    def _row(self, i: int) -> int:
+        """``i`` as a row index (negative counts from the end); IndexError outside the dataset."""
+        n = len(self.texts)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for {n} rows")
+        return i % n
 
     @classmethod
     def from_split(
@@ -374,11 +381,7 @@ class TextClassificationDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         """``{"input_ids": LongTensor [len], "labels": long scalar or float [num_labels]}`` ("labels" if labelled)."""
-        n = len(self.texts)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"index {i} out of range for {n} rows")
+        i = self._row(i)
         item = {"input_ids": self._input_ids[self._offsets[i]:self._offsets[i + 1]].long()}
         if self._labels is not None:
             item["labels"] = self._labels[i]
@@ -389,6 +392,14 @@ class TextClassificationDataset(Dataset):
 # emits [UNK]), so the first max_length tokens of a text lie within its first max_length x CHARS_PER_TOKEN
 # characters. Texts are cut there before tokenizing: a 200 MB text no longer takes the tokenizer down.
 CHARS_PER_TOKEN = 256
+
+
+def offsets(lengths: Sequence[int]) -> np.ndarray:
+    """Where each of ``n`` consecutive runs of these lengths starts in their concatenation, and the total: ``[n + 1]``
+    ``int64``, so run ``i`` is ``[offsets[i], offsets[i + 1])``."""
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
 
 
 def bounded_texts(texts: Sequence[str], max_tokens: int) -> tuple[list[str], int]:

@@ -38,7 +38,7 @@ import torch
 from ..errors import ConfigError
 from .collate import make_collate
 from .labels import LabelMap
-from .readers import Split, TextClassificationDataset, bounded_texts
+from .readers import Split, TextClassificationDataset, bounded_texts, offsets
 
 __all__ = [
     "WindowSpec",
@@ -191,30 +191,16 @@ class WindowedTextDataset(TextClassificationDataset):
         self.texts = list(texts)
         self.max_length = spec.max_length
         self.spec = spec
-        self.labels = None
-        if labels is not None:
-            labels = list(labels)
-            if len(labels) != len(self.texts):
-                raise ValueError(f"got {len(self.texts)} texts but {len(labels)} labels")
-            if label_map is None:
-                multi = any(isinstance(x, (list, tuple, set, frozenset)) for x in labels)
-                label_map = LabelMap.from_labels(labels, multi_label=multi)
-            self.labels = (label_map.encode_multi_hot(labels) if label_map.multi_label
-                           else np.asarray(label_map.encode_many(labels), dtype=np.int64))
-        self.label_map = label_map
+        self._encode_labels(labels, label_map)
 
         flat, window_lengths, self.num_windows, needed = encode_windows(tokenizer, self.texts, spec, batch_size)
         self.num_truncated = int((needed > self.num_windows).sum())
-        window_offsets = np.zeros(len(window_lengths) + 1, dtype=np.int64)
-        np.cumsum(window_lengths, out=window_offsets[1:])
-        first_window = np.zeros(len(self.texts) + 1, dtype=np.int64)
-        np.cumsum(self.num_windows, out=first_window[1:])
+        window_offsets, first_window = offsets(window_lengths), offsets(self.num_windows)
         self.lengths = np.add.reduceat(window_lengths, first_window[:-1]) if len(window_lengths) else \
             np.zeros(len(self.texts), dtype=np.int64)
         self._window_offsets = window_offsets.tolist()
         self._first_window = first_window.tolist()
         self._input_ids = torch.from_numpy(flat)
-        self._labels = None if self.labels is None else torch.from_numpy(self.labels)
         if self.num_truncated:
             logger.info("%d of %d texts need more than max_windows=%s windows; their ends were not read",
                         self.num_truncated, len(self.texts), spec.max_windows)
@@ -231,11 +217,7 @@ class WindowedTextDataset(TextClassificationDataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         """``{"windows": [LongTensor [len], ...], "labels": ...}`` (``"labels"`` if labelled)."""
-        n = len(self.texts)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"index {i} out of range for {n} rows")
+        i = self._row(i)
         offsets = self._window_offsets
         windows = [self._input_ids[offsets[w]:offsets[w + 1]].long()
                    for w in range(self._first_window[i], self._first_window[i + 1])]

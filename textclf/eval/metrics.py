@@ -97,6 +97,25 @@ class EvalReport:
         return "\n".join(lines)
 
 
+def class_scores(true_positive: np.ndarray, predicted: np.ndarray, support: np.ndarray,
+                 label_names: list[str]) -> tuple[dict[str, ClassScores], np.ndarray]:
+    """Per-class precision, recall and F1 from counts per class (0 where undefined, as scikit-learn reports with
+    ``zero_division=0``): the scores by label name, and the F1 vector for the macro and weighted averages."""
+    true_positive = np.asarray(true_positive, dtype=float)
+    precision = np.divide(true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0)
+    recall = np.divide(true_positive, support, out=np.zeros_like(true_positive), where=support > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
+    scores = {name: ClassScores(float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
+              for i, name in enumerate(label_names)}
+    return scores, f1
+
+
+def weighted_mean(f1: np.ndarray, support: np.ndarray) -> float:
+    """F1 averaged with each class weighted by its support (0 without any support)."""
+    return float(np.average(f1, weights=support)) if support.sum() else 0.0
+
+
 def report_from_confusion(counts: np.ndarray, label_names: list[str], loss: float | None = None) -> EvalReport:
     """Derive every metric from a confusion matrix (rows true, columns predicted).
 
@@ -104,31 +123,14 @@ def report_from_confusion(counts: np.ndarray, label_names: list[str], loss: floa
     ``zero_division=0``. Micro F1 equals accuracy for single-label classification.
     """
     counts = np.asarray(counts, dtype=np.int64)
-    true_positive = np.diag(counts).astype(float)
     support = counts.sum(axis=1)
-    predicted = counts.sum(axis=0)
-    precision = np.divide(true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0)
-    recall = np.divide(true_positive, support, out=np.zeros_like(true_positive), where=support > 0)
-    denominator = precision + recall
-    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
+    per_class, f1 = class_scores(np.diag(counts), counts.sum(axis=0), support, label_names)
     total = int(counts.sum())
-    accuracy = float(true_positive.sum() / total) if total else 0.0
-    weighted = float(np.average(f1, weights=support)) if total else 0.0
-    per_class = {
-        name: ClassScores(float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
-        for i, name in enumerate(label_names)
-    }
-    return EvalReport(
-        accuracy=accuracy,
-        macro_f1=float(f1.mean()) if len(f1) else 0.0,
-        micro_f1=accuracy,
-        weighted_f1=weighted,
-        loss=loss,
-        num_rows=total,
-        per_class=per_class,
-        confusion_matrix=counts.tolist(),
-        label_names=list(label_names),
-    )
+    accuracy = float(np.diag(counts).sum() / total) if total else 0.0
+    # single-label: micro F1 (every decision pooled) is the accuracy
+    return EvalReport(accuracy=accuracy, macro_f1=float(f1.mean()) if len(f1) else 0.0, micro_f1=accuracy,
+                      weighted_f1=weighted_mean(f1, support), loss=loss, num_rows=total, per_class=per_class,
+                      confusion_matrix=counts.tolist(), label_names=list(label_names))
 
 
 def _format_matrix(report: EvalReport) -> str:

@@ -30,7 +30,7 @@ import torch
 from ..config import THRESHOLD_MODES
 from ..errors import ConfigError
 from ..model import bundle
-from .metrics import ClassScores, EvalReport
+from .metrics import EvalReport, class_scores, weighted_mean
 
 NUM_BINS = 200
 
@@ -213,15 +213,11 @@ class MultiLabelMetrics:
         counts, row_sums = self.counts.cpu().numpy(), self.row_sums.cpu().numpy()
         rows = int(self.num_rows)
         summaries = {name: _summary(counts[k], row_sums[k], rows) for k, name in enumerate(self.names)}
-        tp, fp, fn = (counts[0, :, i].astype(float) for i in range(3))
-        precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=tp + fp > 0)
-        recall = np.divide(tp, tp + fn, out=np.zeros_like(tp), where=tp + fn > 0)
-        f1 = _f1(tp, fp, fn)
-        support = (tp + fn).astype(int)
+        tp, fp, fn = (counts[0, :, i] for i in range(3))
+        support = tp + fn
+        per_class, f1 = class_scores(tp, tp + fp, support, label_names)
         head = summaries[self.names[0]]
-        per_class = {name: ClassScores(float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
-                     for i, name in enumerate(label_names)}
-        weighted = float(np.average(f1, weights=support)) if support.sum() else 0.0
+        weighted = weighted_mean(f1, support)
         return MultiLabelReport(
             accuracy=head["subset_accuracy"], macro_f1=head["macro_f1"], micro_f1=head["micro_f1"],
             weighted_f1=weighted, loss=loss, num_rows=rows, per_class=per_class, confusion_matrix=[],

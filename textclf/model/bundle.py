@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..config import read_json_object
 from ..data.normalize import TextNormalizer
 from ..errors import DataError, ModelLoadError
 
@@ -36,15 +37,8 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelLoadError(f"{folder} is not a textclf model folder ({META_FILE} is missing); use OUTPUT/best or "
                              "OUTPUT/last of a training run, or a `textclf export` folder")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path} cannot be read ({exc}); the model folder is damaged: retrain, or restore "
-                             "the folder from a copy") from None
-    if not isinstance(meta, dict):
-        raise ModelLoadError(f"{path} holds a JSON {type(meta).__name__}, not an object; the model folder is "
-                             "damaged: retrain, or restore the folder from a copy")
-    return meta
+    return read_json_object(path, ModelLoadError, "the model folder is damaged: retrain, or restore the folder "
+                            "from a copy")
 
 
 def write_meta(folder: str | Path, meta: dict[str, Any]) -> None:

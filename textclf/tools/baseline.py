@@ -31,7 +31,7 @@ import numpy as np
 
 from ..data.labels import LabelMap
 from ..errors import ConfigError, DataError, ModelLoadError
-from ..eval.metrics import ClassScores, EvalReport, report_from_confusion
+from ..eval.metrics import EvalReport, class_scores, report_from_confusion, weighted_mean
 
 __all__ = ["TfidfBaseline", "is_mostly_cjk", "multilabel_report", "run_baseline", "compare_with_baseline"]
 
@@ -288,13 +288,10 @@ def multilabel_report(truth: np.ndarray, predicted: np.ndarray, label_names: lis
     whose true labels include ``i`` and whose predicted labels include ``j`` (its diagonal holds the true positives).
     """
     truth, predicted = np.asarray(truth, dtype=bool), np.asarray(predicted, dtype=bool)
-    tp = (truth & predicted).sum(axis=0).astype(float)
+    tp = (truth & predicted).sum(axis=0)
     support = truth.sum(axis=0)
     n_pred = predicted.sum(axis=0)
-    precision = np.divide(tp, n_pred, out=np.zeros_like(tp), where=n_pred > 0)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    denominator = precision + recall
-    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    per_class, f1 = class_scores(tp, n_pred, support, label_names)
     micro_den = n_pred.sum() + support.sum()
     micro = float(2 * tp.sum() / micro_den) if micro_den else 0.0
     rows = len(truth)
@@ -302,11 +299,10 @@ def multilabel_report(truth: np.ndarray, predicted: np.ndarray, label_names: lis
         accuracy=float((truth == predicted).all(axis=1).mean()) if rows else 0.0,
         macro_f1=float(f1.mean()) if len(f1) else 0.0,
         micro_f1=micro,
-        weighted_f1=float(np.average(f1, weights=support)) if support.sum() else 0.0,
+        weighted_f1=weighted_mean(f1, support),
         loss=None,
         num_rows=rows,
-        per_class={name: ClassScores(float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
-                   for i, name in enumerate(label_names)},
+        per_class=per_class,
         confusion_matrix=(truth.T.astype(np.int64) @ predicted.astype(np.int64)).tolist(),
         label_names=list(label_names),
         extra={"multi_label": True},

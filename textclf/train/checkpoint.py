@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..config import read_json_object
 from ..errors import TrainingError
 
 STATE_FILE = "trainer_state.json"
@@ -132,15 +133,9 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
 
 
 def read_state(folder: Path) -> dict:
-    path = Path(folder) / STATE_FILE
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TrainingError(f"checkpoint state {path} cannot be read ({exc}); delete {folder} to resume "
-                            "from the previous checkpoint") from None
-    if not isinstance(state, dict):
-        raise TrainingError(f"checkpoint state {path} holds a JSON {type(state).__name__}, not the state of a run; "
-                            f"delete {folder} to resume from the previous checkpoint")
+    state = read_json_object(Path(folder) / STATE_FILE, TrainingError,
+                             f"delete {folder} to resume from the previous checkpoint", what="checkpoint state",
+                             expected="the state of a run")
     if not state.get("complete"):
         raise TrainingError(f"checkpoint {folder} is incomplete; delete it to resume from the previous one")
     return state

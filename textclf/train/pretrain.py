@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from .. import outputs
 from ..config import DataConfig, PretrainConfig, TrainConfig, load_mapping
 from ..data.collate import training_batches
+from ..data.readers import offsets as token_offsets
 from ..errors import ConfigError, DataError, ModelLoadError, OutputDirError, TrainingError
 from ..model.classifier import load_tokenizer, resolve_model_name
 from . import checkpoint as ckpt
@@ -166,8 +167,7 @@ class MLMDataset(Dataset):
                 lengths.append(len(row))
                 self.num_truncated += len(row) == max_length
         self.lengths = np.asarray(lengths, dtype=np.int64)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(self.lengths, out=offsets[1:])
+        offsets = token_offsets(self.lengths)
         self._offsets = offsets.tolist()
         self._ids = torch.from_numpy(np.fromiter((t for row in ids for t in row), dtype=np.int32,
                                                  count=int(offsets[-1])))
