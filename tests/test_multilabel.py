@@ -196,3 +196,20 @@ def test_a_fresh_multilabel_head_starts_at_the_label_priors(tiny_model_dir, mult
     assert trainer.model.head.bias.detach().numpy() == pytest.approx(np.log(prior / (1 - prior)), rel=1e-5)
     start = trainer.model.head.bias.sigmoid().detach().numpy()
     assert start == pytest.approx(prior, rel=1e-5)  # the untrained model predicts each label's frequency
+
+
+def test_a_multilabel_ranking_never_contradicts_the_label_set(trained, tmp_path):
+    """top_k lists every chosen label first, each with its probability, then the most probable others."""
+    trainer, _, data = trained
+    names = trainer.label_map.names
+    values = np.full(len(names), 0.5, dtype=np.float32)
+    values[:3] = 0.0  # three labels always chosen, whatever their probability
+    predictor = textclf.Predictor(trainer.model, trainer.tokenizer, max_length=32, device="cpu", precision="fp32",
+                                  thresholds=values)
+    for prediction in predictor.predict(data.test.texts[:20], top_k=2):
+        assert len(prediction.label) >= 3
+        assert sorted(name for name, _ in prediction.top_k[:len(prediction.label)]) == sorted(prediction.label)
+        chosen = [p for _, p in prediction.top_k[:len(prediction.label)]]
+        assert chosen == sorted(chosen, reverse=True) and prediction.score == max(p for _, p in prediction.top_k)
+    wide = predictor.predict(data.test.texts[0], top_k=len(names))
+    assert sorted(name for name, _ in wide.top_k) == sorted(names)

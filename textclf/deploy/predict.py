@@ -50,8 +50,10 @@ ORT_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 class Prediction:
     """One text's result: the predicted label (labels, for multi-label) and probabilities.
 
-    ``truncated`` is True when the text had more tokens than the model's ``max_length`` and only the first
-    ``max_length`` tokens were classified.
+    ``score`` is the probability of the most probable label. ``top_k`` ranks ``(label, probability)`` pairs, most
+    probable first; for a multi-label model it lists every label of ``label`` first (each with its own probability),
+    then the most probable other labels up to ``top_k``, so it never contradicts the label set. ``truncated`` is True
+    when the text had more tokens than the model reads and only its first tokens were classified.
     """
 
     label: str | list[str]
@@ -324,9 +326,7 @@ class Predictor:
         k = min(top_k, len(names))  # more than the labels lists them all
         results = []
         for row, was_truncated in zip(probabilities, truncated):
-            order = np.argsort(-row)[:k]
-            ranked = [(names[i], float(row[i])) for i in order]
-            label, score = self.task.decide(row, names)
+            label, score, ranked = self.task.decide(row, names, k)  # argmax, or the thresholded label set
             results.append(Prediction(label, score, ranked, bool(was_truncated)))
         return results[0] if single else results
 

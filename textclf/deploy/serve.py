@@ -239,9 +239,12 @@ class MicroBatcher:
 
 
 def _trim(prediction: Prediction, k: int) -> Prediction:
-    if len(prediction.top_k) <= k:
+    """A request's own ``top_k`` out of a micro-batch predicted with the largest one; a multi-label ranking keeps
+    every chosen label (it always starts with the label set)."""
+    keep = max(k, len(prediction.label) if isinstance(prediction.label, list) else 1)
+    if len(prediction.top_k) <= keep:
         return prediction
-    return Prediction(prediction.label, prediction.score, prediction.top_k[:k], prediction.truncated)
+    return Prediction(prediction.label, prediction.score, prediction.top_k[:keep], prediction.truncated)
 
 
 # ==================================================================================================== app

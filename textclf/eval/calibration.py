@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .fonts import axis_labels
 from .metrics import confusion_image, most_frequent_classes
 
 NUM_BINS = 15
@@ -210,8 +211,11 @@ def plot_confusion(path: str | Path, counts, label_names: list[str], title: str 
     figure, axis = plt.subplots(figsize=(side, side), dpi=100)
     axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     ticks = range(len(label_names))
-    axis.set_xticks(ticks, label_names, rotation=45, ha="right", fontsize=8)
-    axis.set_yticks(ticks, label_names, fontsize=8)
+    labels = axis_labels(label_names)  # Chinese names need a font with their glyphs, or indices
+    axis.set_xticks(ticks, labels.names, rotation=45, ha="right", fontsize=8, fontproperties=labels.font)
+    axis.set_yticks(ticks, labels.names, fontsize=8, fontproperties=labels.font)
+    if labels.note:
+        figure.text(0.01, 0.01, labels.note, fontsize=6, wrap=True)
     if len(label_names) <= 30:
         for i in ticks:
             for j in ticks:

@@ -7,6 +7,7 @@ end. Under distributed evaluation the matrices of all ranks are summed with one 
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,11 +78,11 @@ class EvalReport:
 
     def format(self, digits: int = 4) -> str:
         """A text report in scikit-learn's ``classification_report`` layout, plus the confusion matrix."""
-        width = max([len(n) for n in self.label_names] + [len("weighted avg")])
+        width = max([display_width(n) for n in self.label_names] + [len("weighted avg")])
         head = f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1-score':>9} {'support':>9}"
         lines = [head, ""]
         for name, s in self.per_class.items():
-            lines.append(f"{name:>{width}} {s.precision:>9.{digits}f} {s.recall:>9.{digits}f} "
+            lines.append(f"{align(name, width)} {s.precision:>9.{digits}f} {s.recall:>9.{digits}f} "
                          f"{s.f1:>9.{digits}f} {s.support:>9}")
         lines.append("")
         lines.append(f"{'accuracy':>{width}} {'':>9} {'':>9} {self.accuracy:>9.{digits}f} {self.num_rows:>9}")
@@ -135,11 +136,22 @@ def report_from_confusion(counts: np.ndarray, label_names: list[str], loss: floa
 
 def _format_matrix(report: EvalReport) -> str:
     names = report.label_names
-    cell = max([len(str(v)) for row in report.confusion_matrix for v in row] + [len(n) for n in names])
-    lines = [" " * (cell + 1) + " ".join(f"{n:>{cell}}" for n in names)]
+    cell = max([len(str(v)) for row in report.confusion_matrix for v in row] + [display_width(n) for n in names])
+    lines = [" " * (cell + 1) + " ".join(align(n, cell) for n in names)]
     for name, row in zip(names, report.confusion_matrix):
-        lines.append(f"{name:>{cell}} " + " ".join(f"{v:>{cell}}" for v in row))
+        lines.append(f"{align(name, cell)} " + " ".join(f"{v:>{cell}}" for v in row))
     return "\n".join(lines)
+
+
+def display_width(text: str) -> int:
+    """Columns ``text`` takes in a terminal or a monospaced file: wide (CJK) characters take two, combining marks
+    none. ``len`` would misalign every table of Chinese label names."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def align(text: str, width: int) -> str:
+    """``text`` right-aligned in ``width`` display columns (see :func:`display_width`)."""
+    return " " * max(0, width - display_width(text)) + text
 
 
 # Large label sets (thousands of classes) are drawn as their most frequent classes: a full 3,000-class image at

@@ -30,7 +30,7 @@ import torch
 from ..config import THRESHOLD_MODES
 from ..errors import ConfigError
 from ..model import bundle
-from .metrics import EvalReport, class_scores, weighted_mean
+from .metrics import EvalReport, align, class_scores, display_width, weighted_mean
 
 NUM_BINS = 200
 
@@ -260,10 +260,10 @@ class MultiLabelReport(EvalReport):
 
     def format(self, digits: int = 4) -> str:
         """Per-label precision/recall/F1/support/threshold, the averages, and the threshold comparison."""
-        width = max([len(n) for n in self.label_names] + [len("weighted avg")])
+        width = max([display_width(n) for n in self.label_names] + [len("weighted avg")])
         lines = [f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1-score':>9} {'support':>9} {'threshold':>9}", ""]
         for (name, s), t in zip(self.per_class.items(), self.thresholds):
-            lines.append(f"{name:>{width}} {s.precision:>9.{digits}f} {s.recall:>9.{digits}f} "
+            lines.append(f"{align(name, width)} {s.precision:>9.{digits}f} {s.recall:>9.{digits}f} "
                          f"{s.f1:>9.{digits}f} {s.support:>9} {t:>9.3f}")
         tp, fp, fn = (np.asarray(self.per_label_counts, dtype=float)[:, i].sum() if self.per_label_counts else 0.0
                       for i in range(3))

@@ -43,10 +43,12 @@ class SingleLabelTask:
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().softmax(-1)
 
-    def decide(self, probabilities: np.ndarray, names: list[str]) -> tuple[str, float]:
-        """One text's label and its score, from its probabilities ``[C]``: the most probable label."""
-        best = int(np.argmax(probabilities))
-        return names[best], float(probabilities[best])
+    def decide(self, probabilities: np.ndarray, names: list[str], top_k: int = 1):
+        """One text's label, its score and its ``top_k`` most probable labels ``[(name, probability)]``, from its
+        probabilities ``[C]``: the most probable label."""
+        order = np.argsort(-probabilities, kind="stable")[:max(1, top_k)]
+        ranked = [(names[i], float(probabilities[i])) for i in order]
+        return ranked[0][0], ranked[0][1], ranked
 
     def describe(self, names: list[str]) -> dict:
         """What a service's ``/metadata`` shows about the decision rule (argmax: nothing to show)."""
@@ -80,10 +82,15 @@ class MultiLabelTask(SingleLabelTask):
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().sigmoid()
 
-    def decide(self, probabilities: np.ndarray, names: list[str]) -> tuple[list[str], float]:
-        """One text's labels (those at or above their thresholds, maybe none) and the highest probability."""
-        chosen = [names[i] for i in np.flatnonzero(probabilities >= self.thresholds.values)]
-        return chosen, float(probabilities.max()) if len(probabilities) else 0.0
+    def decide(self, probabilities: np.ndarray, names: list[str], top_k: int = 1):
+        """One text's labels (those at or above their thresholds, maybe none, in label order), the highest
+        probability, and the ranking: every chosen label first (most probable first), then the most probable others
+        up to ``top_k`` entries, so the ranking never contradicts the label set."""
+        order = np.argsort(-probabilities, kind="stable")
+        chosen = order[probabilities[order] >= self.thresholds.values[order]]
+        others = order[probabilities[order] < self.thresholds.values[order]]
+        ranked = [(names[i], float(probabilities[i])) for i in [*chosen, *others[:max(0, top_k - len(chosen))]]]
+        return [names[i] for i in sorted(chosen)], float(probabilities.max()) if len(probabilities) else 0.0, ranked
 
     def describe(self, names: list[str]) -> dict:
         return {"thresholds": dict(zip(names, self.thresholds.values.tolist()))}
