@@ -8,6 +8,7 @@ that fail before any model is loaded also run in-process through ``cli.main`` to
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import os
@@ -301,3 +302,44 @@ def test_json_config_and_flag_precedence_in_process(tmp_path):
     assert config.train.lr == 3e-5 and config.train.epochs == 2.0
     assert config.data.strict is False and config.train.patience is None and config.train.max_grad_norm is None
     assert config.model == ModelConfig()
+
+
+def test_evaluate_prints_the_headline_scores_the_docs_promise(run_dir):
+    result = run_cli("evaluate", "--model", run_dir / "best", "--data", TINY / "test.csv")
+    assert_ok(result)
+    headline = result.stdout.splitlines()[0]
+    assert headline.startswith("50 rows: accuracy ") and "macro F1" in headline and "micro F1" in headline
+
+
+def test_evaluate_reads_a_test_file_as_the_model_was_trained_to(tmp_path, tiny_model_dir):
+    """A model trained with --label-column topic reads the test file's topic column without the flag again."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "dev", "test"):
+        rows = list(csv.DictReader((TINY / f"{name}.csv").open(encoding="utf-8")))
+        with (data / f"{name}.csv").open("w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["title", "topic"])
+            writer.writerows([row["text"], row["label"]] for row in rows)
+    out = tmp_path / "run"
+    assert_ok(run_cli("train", "--data", data, "--model", tiny_model_dir, "--output", out, "--text-column", "title",
+                      "--label-column", "topic", "--max-steps", "2", "--max-length", "32", "--quiet"))
+    result = run_cli("evaluate", "--model", out / "best", "--data", data / "test.csv")
+    assert_ok(result)
+    assert result.stdout.startswith("50 rows: accuracy")
+    # an explicit flag still wins (and names the missing column)
+    assert_usage_error(run_cli("evaluate", "--model", out / "best", "--data", data / "test.csv", "--label-column",
+                               "label"), "label")
+
+
+def test_evaluate_scores_an_exported_model(run_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    export = tmp_path / "onnx"
+    assert_ok(run_cli("export", "--model", run_dir / "best", "--output", export, "--format", "onnx"))
+    report_file = tmp_path / "onnx-report.json"
+    result = run_cli("evaluate", "--model", export, "--data", TINY / "test.csv", "--output", report_file)
+    assert_ok(result)
+    exported, trained = json.loads(report_file.read_text()), json.loads((run_dir / "metrics.json").read_text())["test"]
+    assert exported["num_rows"] == 50 and exported["accuracy"] == pytest.approx(trained["accuracy"], abs=0.02)
+    assert_usage_error(run_cli("evaluate", "--model", export, "--data", TINY / "test.csv", "--errors",
+                               tmp_path / "e.csv"), "--errors needs the training model folder")

@@ -103,7 +103,7 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--model", required=True, metavar="DIR", help="model folder (e.g. OUTPUT/best)")
     evaluate.add_argument("--data", required=True, metavar="FILE", help="labelled CSV/TSV/JSONL file or class folder")
     evaluate.add_argument("--output", metavar="FILE", help="also write the report as JSON to FILE")
-    _add_reading_flags(evaluate)
+    _add_reading_flags(evaluate, as_trained=True)
     evaluate.add_argument("--batch-size", type=_number_in(int, 1, None), default=128,
                           help="texts per batch (default 128)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
@@ -216,11 +216,18 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                                    metavar=f.name.upper(), help=help_text)
 
 
-def _add_reading_flags(parser: argparse.ArgumentParser, labels: bool = True) -> None:
-    parser.add_argument("--text-column", default="text", help="column/key holding the text (default text)")
+def _add_reading_flags(parser: argparse.ArgumentParser, labels: bool = True, as_trained: bool = False) -> None:
+    """--text-column, --label-column, --encoding; ``as_trained``: unset flags read files as the model's training
+    files were read (saved in its textclf.json), else as the defaults."""
+    default = (lambda value: None) if as_trained else (lambda value: value)
+    where = "as in training, else {}" if as_trained else "{}"
+    parser.add_argument("--text-column", default=default("text"),
+                        help=f"column/key holding the text (default: {where.format('text')})")
     if labels:
-        parser.add_argument("--label-column", default="label", help="column/key holding the label (default label)")
-    parser.add_argument("--encoding", default="utf-8", help="file encoding, e.g. gbk (default utf-8)")
+        parser.add_argument("--label-column", default=default("label"),
+                            help=f"column/key holding the label (default: {where.format('label')})")
+    parser.add_argument("--encoding", default=default("utf-8"),
+                        help=f"file encoding, e.g. gbk (default: {where.format('utf-8')})")
 
 
 def _base_type(hint) -> tuple[type, bool]:
@@ -334,10 +341,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for path in (args.output, getattr(args, "errors", None)):
         if path:
             outputs.check_output_file(path, "--output" if path == args.output else "--errors")
+    meta = bundle.read_meta(args.model)  # a clear error for a folder that is no model
+    # The test file is read as the training files were (columns, separator, encoding); flags given now win.
+    given = {"text_column": args.text_column, "label_column": args.label_column, "encoding": args.encoding}
+    reading = {**(meta.get("data_reading") or {}), **{k: v for k, v in given.items() if v is not None}}
+    if meta.get("export"):  # an exported (ONNX, int8, TorchScript) model: scored through its own backend
+        from .deploy.predict import Predictor
+
+        if getattr(args, "errors", None):
+            raise UsageError(f"--errors needs the training model folder (e.g. OUTPUT/best); {args.model} is an export")
+        predictor = Predictor.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
+        split = read_split(args.data, "test", DataConfig(**reading, multi_label=predictor.label_map.multi_label))
+        return _print_report(predictor.evaluate(split), args.output)
     trainer = Trainer.from_pretrained(args.model, device=args.device, eval_batch_size=args.batch_size)
-    data_config = DataConfig(text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
-                             multi_label=trainer.label_map.multi_label)
-    split = read_split(args.data, "test", data_config)
+    split = read_split(args.data, "test", DataConfig(**reading, multi_label=trainer.label_map.multi_label))
     if getattr(args, "errors", None):
         from .eval.analysis import evaluate_with_errors, saved_temperature
 
@@ -345,10 +362,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"wrote {count} misclassified rows to {args.errors}", file=sys.stderr)
     else:
         report = trainer.evaluate(split)
+    return _print_report(report, args.output)
+
+
+def _print_report(report, output: str | None) -> int:
+    print(report.headline())
     print(report.format())
-    if args.output:
-        Path(args.output).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n",
-                                     encoding="utf-8")
+    if output:
+        Path(output).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return 0
 
 

@@ -116,6 +116,11 @@ class DataConfig:
     # training text is replaced by another value of the same type.
     entities: str | None = None
 
+    def reading(self) -> dict[str, Any]:
+        """How a labelled file is read (columns, label separator, encoding): saved with a model, so ``textclf
+        evaluate`` reads a test file as the training files were read without the flags again."""
+        return {k: getattr(self, k) for k in ("text_column", "label_column", "label_separator", "encoding")}
+
     def __post_init__(self) -> None:
         _check_types(self, "data")
         _check(bool(self.text_column), "data", "text_column", "must be a non-empty column name")

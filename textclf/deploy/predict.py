@@ -31,6 +31,7 @@ from ..data.labels import LabelMap
 from ..data.normalize import TextNormalizer
 from ..data.windows import WindowSpec
 from ..errors import ConfigError, ModelLoadError
+from ..eval.metrics import EvalReport
 from ..eval.multilabel import Thresholds
 from ..eval.tasks import saved_task, task_for
 from ..model import bundle
@@ -329,6 +330,24 @@ class Predictor:
             label, score, ranked = self.task.decide(row, names, k)  # argmax, or the thresholded label set
             results.append(Prediction(label, score, ranked, bool(was_truncated)))
         return results[0] if single else results
+
+    def evaluate(self, split, batch_size: int | None = None) -> EvalReport:
+        """Scores on a labelled :class:`~textclf.data.readers.Split`, computed as ``Trainer.evaluate`` computes them
+        (the task's streaming metrics over batches) through this predictor's backend: an exported ONNX or int8
+        model is scored on the user's own test set. Labels the model does not know are refused, naming the line."""
+        if split.labels is None:
+            raise ConfigError(f"{split.source}: the {split.name} split has no labels, so it cannot be evaluated")
+        self.label_map.check_known(split.labels, split.name, split.source, where=split.where)
+        targets = (self.label_map.encode_multi_hot(split.labels) if self.task.multi_label
+                   else np.asarray(self.label_map.encode_many(split.labels), dtype=np.int64))
+        metrics, loss_sum = self.task.metrics("cpu"), 0.0
+        step = 8 * (batch_size or self.batch_size)  # a few backend batches at a time: no logits for all rows
+        for start in range(0, len(split.texts), step):
+            logits = torch.from_numpy(self.logits(split.texts[start:start + step], batch_size))
+            labels = torch.from_numpy(targets[start:start + step])
+            metrics.update(logits, labels)
+            loss_sum += float(self.task.loss(logits, labels)) * len(labels)
+        return metrics.report(self.label_map.names, loss_sum)
 
     # ---- internals ------------------------------------------------------------------------------------
 

@@ -76,6 +76,12 @@ class EvalReport:
             **self.extra,
         }
 
+    def headline(self) -> str:
+        """One line with the scores that decide between models: accuracy, macro, micro and weighted F1, loss."""
+        loss = f", loss {self.loss:.4f}" if self.loss is not None else ""
+        return (f"{self.num_rows} rows: accuracy {self.accuracy:.4f}, macro F1 {self.macro_f1:.4f}, micro F1 "
+                f"{self.micro_f1:.4f}, weighted F1 {self.weighted_f1:.4f}{loss}")
+
     def format(self, digits: int = 4) -> str:
         """A text report in scikit-learn's ``classification_report`` layout, plus the confusion matrix."""
         width = max([display_width(n) for n in self.label_names] + [len("weighted avg")])

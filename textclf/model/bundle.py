@@ -119,7 +119,7 @@ def copy_inference_settings(source: str | Path, target: str | Path, meta: dict) 
     """
     source, target = Path(source), Path(target)
     source_meta = read_meta(source)
-    for key in ("normalizer", "calibration"):
+    for key in ("normalizer", "calibration", "data_reading"):
         if source_meta.get(key):
             meta[key] = source_meta[key]
     if source_meta.get("normalizer"):

@@ -428,7 +428,7 @@ class Trainer(TrainingLoop):
         """Write a loadable model folder (``best/`` or ``last/``) atomically, on rank 0."""
         if self.runtime.is_main:  # how texts are read and decided travels with the weights (read by Predictor)
             meta = {**extra, "base_model": self.model_config.name, "train_config": dataclasses.asdict(self.config),
-                    "windows": self.inputs.to_dict()}
+                    "windows": self.inputs.to_dict(), "data_reading": self.data_config.reading()}
             write = bundle.model_folder_writer(self.model, self.tokenizer, meta, self.normalizer)
             ckpt.write_atomically(folder, write)
 
