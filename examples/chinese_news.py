@@ -10,8 +10,8 @@ a state-of-the-art model. With network access, pass a real checkpoint with the s
     python examples/chinese_news.py --model bert-base-chinese --lr 3e-5 --epochs 3
     python examples/chinese_news.py --model hfl/chinese-roberta-wwm-ext --lr 2e-5 --max-length 64
 
-Data (``--data``): the full THUCNews titles at ``../shared/data/thucnews_titles`` when that folder exists (33k
-train rows), else the 200-row sample in ``tests/data/tiny``. Any folder with train/dev/test CSVs (``text,label``)
+Data (``--data``): by default the 4,000-row THUCNews sample in ``examples/data/thucnews_titles``; the figures above are
+from the full set (33k train rows, not shipped). Any folder with train/dev/test CSVs (``text,label``)
 works; Windows exports are often GBK: add ``--encoding gbk``.
 """
 
@@ -24,8 +24,7 @@ import textclf
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER = ROOT / "examples" / "tokenizers" / "bert-base-chinese"
-FULL_DATA = ROOT.parent / "shared" / "data" / "thucnews_titles"
-TINY_DATA = ROOT / "tests" / "data" / "tiny"
+SAMPLE_DATA = ROOT / "examples" / "data" / "thucnews_titles"
 TITLES = [
     "央行宣布下调存款准备金率0.5个百分点",
     "湖人主场大胜勇士 詹姆斯砍下三双",
@@ -37,9 +36,9 @@ TITLES = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(FULL_DATA if FULL_DATA.is_dir() else TINY_DATA),
-                        help="folder with train/dev/test CSVs (default: ../shared/data/thucnews_titles if present, "
-                             "else tests/data/tiny)")
+    parser.add_argument("--data", default=str(SAMPLE_DATA),
+                        help="folder with train/dev/test CSVs (default: the THUCNews sample in "
+                             "examples/data/thucnews_titles)")
     parser.add_argument("--encoding", default="utf-8", help="file encoding, e.g. gbk")
     parser.add_argument("--model", default=None,
                         help="a pretrained Chinese encoder (hub name or folder); default: a small BERT built from a "

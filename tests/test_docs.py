@@ -141,3 +141,35 @@ def test_mkdocs_build_strict(tmp_path):
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Pages that report measurements may say where the benchmark data lives; everything a user runs must work on a clone.
+MEASUREMENT_PAGES = {"benchmarks.md"}
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p.name not in MEASUREMENT_PAGES], ids=lambda p: p.name)
+def test_code_in_the_docs_uses_data_a_clone_has(page):
+    """A user's clone has examples/data, not the project's ../shared benchmark folder."""
+    blocks = code_blocks(page, ("bash", "console", "sh", "python", "text", ""))
+    assert not [line for block in blocks for line in block.splitlines() if "../shared" in line]
+
+
+def test_example_commands_use_data_a_clone_has():
+    for example in sorted((ROOT / "examples").glob("*.py")):
+        commands = [line for line in example.read_text(encoding="utf-8").splitlines()
+                    if line.strip().startswith(("textclf ", "python ")) and "../shared" in line]
+        assert commands == [], f"{example.name}: {commands}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_no_table_is_split_by_a_blank_line(page):
+    """A blank line inside a table starts a new paragraph: the rows after it render as text, not as table rows."""
+    lines = page.read_text(encoding="utf-8").splitlines()
+    split = []
+    for i in range(1, len(lines) - 1):
+        if lines[i].strip() or not lines[i - 1].startswith("|") or not lines[i + 1].startswith("|"):
+            continue
+        following = lines[i + 2] if i + 2 < len(lines) else ""
+        if not re.match(r"^\|[\s:|-]+\|$", following.strip()):  # not the separator line of a new table
+            split.append(i + 1)
+    assert split == [], f"blank lines inside a table at lines {split}"
