@@ -338,8 +338,7 @@ class Predictor:
         if split.labels is None:
             raise ConfigError(f"{split.source}: the {split.name} split has no labels, so it cannot be evaluated")
         self.label_map.check_known(split.labels, split.name, split.source, where=split.where)
-        targets = (self.label_map.encode_multi_hot(split.labels) if self.task.multi_label
-                   else np.asarray(self.label_map.encode_many(split.labels), dtype=np.int64))
+        targets = self.task.targets(self.label_map, split.labels)
         metrics, loss_sum = self.task.metrics("cpu"), 0.0
         step = 8 * (batch_size or self.batch_size)  # a few backend batches at a time: no logits for all rows
         for start in range(0, len(split.texts), step):

@@ -36,6 +36,10 @@ class SingleLabelTask:
         """Mean loss of ``logits [B, C]`` against class ids ``labels [B]``, in fp32."""
         return classification_loss(logits, labels, False, class_weights, focal_gamma, label_smoothing)
 
+    def targets(self, label_map: LabelMap, labels: list) -> np.ndarray:
+        """Label names as the loss and the metrics take them: class ids ``[N]``."""
+        return np.asarray(label_map.encode_many(labels), dtype=np.int64)
+
     def metrics(self, device: torch.device | str = "cpu") -> _Confusion:
         """A streaming accumulator: ``update(logits, labels)``, ``all_reduce()``, ``report(names, loss_sum)``."""
         return _Confusion(self.num_labels, device)
@@ -75,6 +79,10 @@ class MultiLabelTask(SingleLabelTask):
     def loss(self, logits, labels, class_weights=None, focal_gamma=None, label_smoothing=0.0) -> torch.Tensor:
         """Mean binary cross-entropy of ``logits [B, C]`` against multi-hot ``labels [B, C]``, in fp32."""
         return classification_loss(logits, labels, True, class_weights, focal_gamma, label_smoothing)
+
+    def targets(self, label_map: LabelMap, labels: list) -> np.ndarray:
+        """Label lists as multi-hot rows ``[N, C]``."""
+        return label_map.encode_multi_hot(labels)
 
     def metrics(self, device="cpu") -> _PerLabel:
         return _PerLabel(MultiLabelMetrics(self.num_labels, self.thresholds.candidates(), device))
