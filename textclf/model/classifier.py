@@ -360,3 +360,9 @@ def check_max_length(model: nn.Module, max_length: int) -> None:
     if limit and max_length > limit:
         raise ConfigError(f"train.max_length: {max_length} exceeds the model's limit of {limit} tokens; use "
                           f"--max-length {limit} or less")
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts: frozen layers show as the difference."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

@@ -69,9 +69,12 @@ class JsonlLogger:
         self.file.close()
 
 
+HEADLINE_METRICS = ("accuracy", "macro_f1", "micro_f1", "loss")  # logged and kept in the history per evaluation
+
+
 def log_evaluation(loggers: list, report, step: int, tag: str = "dev") -> None:
     """The headline scores of an evaluation (and its confusion matrix, for single-label reports) to every logger."""
     for logger in loggers:
-        logger.log_metrics({f"{tag}/{k}": report[k] for k in ("accuracy", "macro_f1", "micro_f1", "loss")}, step)
+        logger.log_metrics({f"{tag}/{k}": report[k] for k in HEADLINE_METRICS}, step)
         if report.confusion_matrix:  # multi-label reports carry per-label counts instead
             logger.log_confusion(report.confusion_matrix, report.label_names, step, tag)

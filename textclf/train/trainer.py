@@ -27,6 +27,7 @@ from ..data.augment import augment_dataset
 from ..data.collate import sequential_shard
 from ..data.inputs import input_strategy
 from ..data.normalize import TextNormalizer
+from ..data.preparation import DATA_DIR, normalise, save_prepared_data
 from ..data.readers import DatasetSplits, Split, TextClassificationDataset, load_dataset
 from ..data.sampling import training_sampler
 from ..deploy.predict import Predictor
@@ -39,7 +40,7 @@ from ..eval.multilabel import (
 )
 from ..eval.tasks import saved_task, task_for
 from ..model import bundle
-from ..model.classifier import TextClassifier, check_max_length, load_tokenizer
+from ..model.classifier import TextClassifier, check_max_length, count_parameters, load_tokenizer
 from ..model.ensemble import load_model
 from ..model.losses import class_weight_vector
 from ..runtime import (
@@ -49,7 +50,7 @@ from ..runtime import (
 from . import checkpoint as ckpt
 from .callbacks import Callback, EarlyStopping
 from .finetune import GradualUnfreezing, build_optimizer
-from .loggers import log_evaluation
+from .loggers import HEADLINE_METRICS, log_evaluation
 from .loop import TrainingLoop, TrainState  # noqa: F401 (TrainState: part of the public API)
 from .optim import build_scheduler
 from .run_folder import check_best_is_not_ahead, fingerprint_differences, rows_fingerprint
@@ -154,8 +155,11 @@ class Trainer(TrainingLoop):
         self.truncated_rows: dict[str, int] = {}  # texts per split read only in part (reported in metrics.json)
         # Texts are normalised (synonym table, width folding) in _tokenize, for every split and every evaluate.
         self.normalizer = normalizer if normalizer is not None else TextNormalizer.from_config(self.data_config)
+        self.augmented_rows = 0  # appended to the training rows; written to OUTPUT/data/augmented.csv
         if self.data is not None and self.data_config.augment:  # training rows only; made once, seeded
-            self.data = augment_dataset(self.data, self.data_config, self.config.seed, log=self.print)
+            rows, self.data = len(self.data.train), augment_dataset(self.data, self.data_config, self.config.seed,
+                                                                    log=self.print)
+            self.augmented_rows = len(self.data.train) - rows
         self.train_dataset = self._tokenize(self.data.train) if self.data else None
         self.dev_dataset = self._tokenize(self.data.dev) if self.data and self.data.dev else None
         if fresh_head and self.train_dataset is not None:
@@ -195,9 +199,11 @@ class Trainer(TrainingLoop):
         return super().fit(resume)
 
     def describe_run(self) -> str:
+        trainable, total = count_parameters(self.model)  # frozen layers (freeze_layers_below) train later or never
         return (f"training on {self.runtime.device} in {self.runtime.precision}: {len(self.train_dataset)} rows, "
                 f"global batch {self.global_batch_size} ({self.config.batch_size} x {self.runtime.world_size} "
-                f"device(s) x {self.config.grad_accum} accumulation), {self.total_steps} optimizer steps")
+                f"device(s) x {self.config.grad_accum} accumulation), {self.total_steps} optimizer steps, "
+                f"{trainable:,} of {total:,} parameters trainable")
 
     # ---- override points --------------------------------------------------------------------------------------------
 
@@ -332,12 +338,11 @@ class Trainer(TrainingLoop):
     # ---- helpers ----------------------------------------------------------------------------------------------------
 
     def _tokenize(self, split: Split) -> TextClassificationDataset:
-        if self.normalizer is not None:
-            split = self.normalizer.apply_split(split)
+        split, normalised = normalise(split, self.normalizer)  # synonym table, width folding: counted
         dataset = self.inputs.dataset(split, self.tokenizer, self.label_map)
-        note = self.inputs.describe(dataset, split.name)
-        if note:
-            self.print(note)
+        for note in (normalised, self.inputs.describe(dataset, split.name)):
+            if note:
+                self.print(note)
         self.truncated_rows[split.name] = dataset.num_truncated
         return dataset
 
@@ -366,8 +371,7 @@ class Trainer(TrainingLoop):
         step = self.state.global_step
         self.state.last_eval_step = step
         value = report[self.config.metric]
-        self.state.history.append({"step": step,
-                                   **{k: report[k] for k in ("accuracy", "macro_f1", "micro_f1", "loss")}})
+        self.state.history.append({"step": step, **{k: report[k] for k in HEADLINE_METRICS}})
         log_evaluation(self.loggers, report, step, "dev")
         best = self.state.best_metric
         improved = best is None or (value < best if self.config.metric == "loss" else value > best)
@@ -416,6 +420,11 @@ class Trainer(TrainingLoop):
 
     def resolved_config(self) -> dict:
         return self.run_config.to_dict()
+
+    def _save_config(self) -> None:  # with the splits held out of the training file and the augmented rows
+        super()._save_config()
+        for note in save_prepared_data(self.data, self.output_dir / DATA_DIR, self.data_config, self.augmented_rows):
+            self.print(note)
 
     @property
     def run_config(self) -> RunConfig:
