@@ -290,7 +290,8 @@ def test_cli_pretrain_and_tokenizer(tmp_path, tiny_data_dir, arch, capsys):
             "--output", str(out), "--max-steps", "3", "--max-length", "32", "--precision", "fp32", "--device", "cpu",
             "--quiet"]
     assert main(args) == 0
-    assert "fine-tune: textclf train --model" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "fine-tune: textclf train --model" in printed and printed.count("pretrained encoder:") == 1
     assert (out / "model" / "model.safetensors").is_file()
     assert main(args) == 2 and "already holds a run" in capsys.readouterr().err
     assert main([*args, "--resume", "auto"]) == 0  # no checkpoint of this run: starts over, over its own folder

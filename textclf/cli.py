@@ -292,14 +292,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = Trainer(model=config.model.name, data=data, output_dir=config.run.output, config=config.train,
                       model_config=config.model, data_config=config.data, overwrite=args.overwrite,
                       progress=not args.quiet)
+    trainer.resume_hint = resume_command(getattr(args, "argv", None))  # said once, by the trainer, after a signal
     result = trainer.fit(resume=args.resume)
-    if not trainer.runtime.is_main:  # under torchrun, rank 0 reports for the whole job
+    if result.interrupted or not trainer.runtime.is_main:  # under torchrun, rank 0 reports for the whole job
         return 128 + result.signal if result.interrupted else 0
-    if result.interrupted:
-        print(f"textclf train: interrupted after optimizer step {result.global_step}; a checkpoint was written. "
-              f"To continue exactly where it stopped, run:\n  {resume_command(getattr(args, 'argv', None))}",
-              file=sys.stderr)
-        return 128 + result.signal
     out = Path(config.run.output)
     report = (out / "report.txt").read_text(encoding="utf-8") if (out / "report.txt").is_file() else ""
     print(report)
@@ -672,14 +668,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     trainer = Pretrainer(args.model, args.data, args.output, train_config, pretrain_config,
                          data_config=DataConfig(text_column=args.text_column, encoding=args.encoding),
                          overwrite=args.overwrite, progress=not args.quiet)
+    trainer.resume_hint = resume_command(getattr(args, "argv", None))
     result = trainer.fit(resume=args.resume)
     if result.interrupted:
-        print(f"textclf pretrain: interrupted after optimizer step {result.global_step}; a checkpoint was written. "
-              "Run the same command with --resume auto to continue", file=sys.stderr)
         return 128 + result.signal
-    print(f"pretrained encoder: {result.model_dir} (MLM loss {result.final_loss:.4f} at step {result.global_step}); "
-          f"with its MLM head: {Path(args.output) / 'mlm'}")
-    print(f"fine-tune: textclf train --model {result.model_dir} --pooling mean --data DIR --output DIR")
     print(f"TensorBoard: tensorboard --logdir {Path(args.output) / 'runs'}")
     return 0
 
@@ -724,8 +716,11 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("always", DataWarning)
         default_show = warnings.showwarning
 
+        package = str(Path(__file__).resolve().parent)
+
         def show(message, category, filename, lineno, file=None, line=None):
-            if issubclass(category, DataWarning):
+            # textclf's own warnings (data rows dropped, emulated bf16) are messages to the user, not code locations
+            if issubclass(category, DataWarning) or str(filename).startswith(package):
                 print(f"{prefix}: warning: {message}", file=sys.stderr)
             else:
                 default_show(message, category, filename, lineno, file, line)

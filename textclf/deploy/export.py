@@ -160,6 +160,13 @@ class ExportResult:
         return self.reference_size_bytes / max(1, self.size_bytes)
 
 
+def size_change(size: int, reference: int) -> str:
+    """``"3.9x smaller"``, ``"1.02x larger"`` or ``"the same size"``: never "0.98x smaller" for a larger file."""
+    if size == reference:
+        return "the same size"
+    return f"{reference / size:.2f}x smaller" if size < reference else f"{size / reference:.2f}x larger"
+
+
 # ==================================================================================================== export
 
 
@@ -245,7 +252,9 @@ def export_model(model_dir: str | Path, output_dir: str | Path, format: str = "o
         if format == "onnx":
             fp32_path = staging / MODEL_FILES["onnx"]
             used_opset = _export_onnx(module, example, inputs, fp32_path, opset)
+            log(f"  traced the graph ({fp32_path.stat().st_size / 1e6:.1f} MB, opset {used_opset})")
             if quantize:
+                log("  quantizing to int8 ...")
                 _quantize_int8(fp32_path, staging / INT8_FILE)
                 fp32_path.unlink()
         elif format == "torchscript":
@@ -262,6 +271,8 @@ def export_model(model_dir: str | Path, output_dir: str | Path, format: str = "o
         bundle.write_meta(staging, meta)
 
         exported = Predictor.from_pretrained(staging, device="cpu", precision="fp32", batch_size=batch_size)
+        log(f"  checking parity on {len(sample)} texts" + (f" and accuracy on {len(texts)} labelled texts ..."
+                                                          if labels is not None else " ..."))
         report = check_parity(reference, exported, sample, source, format, quantize, atol, min_agreement)
         if labels is not None:
             report.accuracy = _accuracy_change(reference, exported, texts, labels, str(data), max_accuracy_drop)
@@ -296,7 +307,8 @@ def export_model(model_dir: str | Path, output_dir: str | Path, format: str = "o
     result = ExportResult(output_dir, model_file, report, model_file.stat().st_size,
                           (model_dir / WEIGHTS_FILE).stat().st_size, time.time() - started)
     log(f"exported {model_file} ({result.size_bytes / 1e6:.1f} MB; PyTorch weights "
-        f"{result.reference_size_bytes / 1e6:.1f} MB, {result.compression:.2f}x smaller) in {result.seconds:.0f} s")
+        f"{result.reference_size_bytes / 1e6:.1f} MB, {size_change(result.size_bytes, result.reference_size_bytes)}) "
+        f"in {result.seconds:.0f} s")
     return result
 
 

@@ -13,6 +13,7 @@ Custom heads: subclass and override :meth:`TextClassifier.build_head`, or pass `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 from pathlib import Path
@@ -75,13 +76,31 @@ def _refuse_run_folder(name: str) -> None:
                                  f"pass --model {folder / inner}")
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' "Loading weights" bars and load reports off while textclf loads a model (textclf says what
+    matters in its own words, once); the previous settings come back afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_encoder(name: str) -> nn.Module:
     """Load a pretrained encoder with ``transformers.AutoModel`` (hub name or local folder), in fp32."""
     from transformers import AutoModel
 
     path = resolve_model_name(name)
     try:
-        encoder = AutoModel.from_pretrained(path)
+        with quiet_transformers():
+            encoder = AutoModel.from_pretrained(path)
     except (OSError, ValueError, pickle.UnpicklingError, RuntimeError) as exc:  # RuntimeError: a damaged weight file
         raise ModelLoadError(_unloadable_message(name, exc)) from None
     return encoder.float()  # fp32 master weights; autocast handles the low-precision compute
@@ -93,7 +112,8 @@ def load_tokenizer(name: str):
 
     path = resolve_model_name(name)
     try:
-        return AutoTokenizer.from_pretrained(path, use_fast=True)
+        with quiet_transformers():
+            return AutoTokenizer.from_pretrained(path, use_fast=True)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(_unloadable_message(name, exc)) from None
 

@@ -30,6 +30,7 @@ import json
 import math
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -104,6 +105,8 @@ class TrainingLoop:
         self._sparse_grads = None  # set by fit() while train.speedups keeps an embedding-gradient buffer
         self._interrupt_signal: int | None = None
         self._skipped_total = 0  # fp16 steps the scaler skipped in this run (logged)
+        # How to continue after a signal; the command line sets its exact command (same flags, --resume auto).
+        self.resume_hint: str | None = None
         self._resumed_meters: dict | None = None
 
     # ==================================================================================================
@@ -308,12 +311,12 @@ class TrainingLoop:
     # helpers
     # ==================================================================================================
 
-    def print(self, message: str) -> None:
-        """Print on rank 0 only."""
+    def print(self, message: str, file=None) -> None:
+        """Print on rank 0 only (above the progress bar)."""
         if self.runtime.is_main:
             from tqdm.auto import tqdm
 
-            tqdm.write(message)
+            tqdm.write(message, file=file)
 
     def _emit(self, event: str, *args) -> None:
         for callback in self.callbacks:
@@ -537,13 +540,13 @@ class TrainingLoop:
 
     # ---- failures --------------------------------------------------------------------------------------
 
-    def _stopped_by_signal(self) -> str:
-        """The message printed when a signal ended training (a checkpoint was written at this step)."""
+    def _report_stop(self) -> None:
+        """Say, once and on stderr, that a signal ended training and how to continue from the checkpoint it wrote."""
         name = signal.Signals(self._interrupt_signal).name
-        return (f"stopped by {name} after optimizer step {self.state.global_step}; the checkpoint "
-                f"{self.output_dir / 'checkpoints' / ckpt.checkpoint_name(self.state.global_step)} holds everything. "
-                f"Continue with {type(self).__name__}.fit(resume='auto'), or run the same textclf command with "
-                "--resume auto")
+        how = self.resume_hint or f"{type(self).__name__}.fit(resume='auto') (or the same command with --resume auto)"
+        self.print(f"stopped by {name} after optimizer step {self.state.global_step}; the checkpoint "
+                   f"{self.output_dir / 'checkpoints' / ckpt.checkpoint_name(self.state.global_step)} holds "
+                   f"everything. To continue exactly where it stopped, run:\n  {how}", file=sys.stderr)
 
     def _raise_non_finite(self, reason: str | None = None) -> None:
         """Stop with an error naming the step and the batch, and dump the step's texts for inspection.

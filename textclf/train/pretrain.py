@@ -38,7 +38,7 @@ from ..config import DataConfig, PretrainConfig, TrainConfig, load_mapping
 from ..data.collate import training_batches
 from ..data.readers import offsets as token_offsets
 from ..errors import ConfigError, DataError, ModelLoadError, OutputDirError, TrainingError
-from ..model.classifier import load_tokenizer, resolve_model_name
+from ..model.classifier import load_tokenizer, quiet_transformers, resolve_model_name
 from . import checkpoint as ckpt
 from .callbacks import Callback
 from .loop import TrainingLoop, TrainState
@@ -255,7 +255,7 @@ def mask_tokens(input_ids: torch.Tensor, word_ids: torch.Tensor, config: Pretrai
 # ====================================================================================================== the model
 
 
-def build_mlm_model(model: str | None, architecture: str | None, tokenizer) -> nn.Module:
+def build_mlm_model(model: str | None, architecture: str | None, tokenizer, log=print) -> nn.Module:
     """A masked-language model: ``model``'s weights (continued pretraining), or a fresh one of ``architecture``.
 
     ``architecture`` is ``"small"``, ``"base"`` or a JSON file of a ``transformers`` config (``model_type``
@@ -269,10 +269,15 @@ def build_mlm_model(model: str | None, architecture: str | None, tokenizer) -> n
                               "pretrain from scratch (--config small|base|PATH.json)")
         path = resolve_model_name(model)
         try:
-            mlm = AutoModelForMaskedLM.from_pretrained(path)
+            with quiet_transformers():  # its table of MISSING head weights is said below in one line
+                mlm, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"model {model!r} cannot be loaded as a masked-language model: {exc}") from None
         _check_vocab(mlm.config.vocab_size, tokenizer, f"model {model}")
+        new = [k for k in info.get("missing_keys", ()) if not k.endswith("position_ids")]
+        if new:
+            log(f"{model}: {len(new)} weights of the masked-language head are new (the folder holds an encoder "
+                "without one); pretraining trains them from their initialisation")
         return mlm.float()
     vocab = len(tokenizer)
     special = {"pad_token_id": tokenizer.pad_token_id or 0}
@@ -411,7 +416,7 @@ class Pretrainer(TrainingLoop):
         self.tokenizer = tokenizer
         if tokenizer.mask_token_id is None:
             raise ConfigError("pretrain: the tokenizer has no mask token; masked-language modelling needs one")
-        self.model = build_mlm_model(model, pcfg.architecture, tokenizer).to(self.runtime.device)
+        self.model = build_mlm_model(model, pcfg.architecture, tokenizer, log=self.print).to(self.runtime.device)
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit and self.config.max_length > limit:
             raise ConfigError(f"train.max_length: {self.config.max_length} exceeds the model's limit of {limit}")
@@ -550,7 +555,7 @@ class Pretrainer(TrainingLoop):
         self._close_loggers()
         last_loss = self.state.history[-1]["loss"] if self.state.history else None
         if self._interrupt_signal is not None:
-            self.print(self._stopped_by_signal())
+            self._report_stop()
             return PretrainResult(self.output_dir, None, self.state.global_step, last_loss, interrupted=True,
                                   signal=self._interrupt_signal)
         meta = {"pretrained_by": "textclf pretrain", "base_model": self.model_name,
@@ -570,8 +575,10 @@ class Pretrainer(TrainingLoop):
 
         ckpt.write_atomically(self.output_dir / MLM_DIR, write(self.model))
         model_dir = ckpt.write_atomically(self.output_dir / MODEL_DIR, write(encoder_for_finetuning(self.model)))
-        self.print(f"pretrained encoder: {model_dir}; fine-tune it with "
-                   f"textclf train --model {model_dir} --pooling mean --data ...")
+        loss = "n/a" if last_loss is None else f"{last_loss:.4f}"
+        self.print(f"pretrained encoder: {model_dir} (MLM loss {loss} at step {self.state.global_step}); with its MLM "
+                   f"head: {self.output_dir / MLM_DIR}\n"
+                   f"fine-tune: textclf train --model {model_dir} --pooling mean --data DIR --output DIR")
         return PretrainResult(self.output_dir, model_dir, self.state.global_step, last_loss)
 
 

@@ -448,7 +448,7 @@ class Trainer(TrainingLoop):
         self._emit("on_train_end")
         if interrupted:
             self._close_loggers()
-            self.print(self._stopped_by_signal())
+            self._report_stop()
             return FitResult(self.output_dir, self.state.global_step, self.state.best_step, self.state.best_metric,
                              None, None, stopped_early=False, interrupted=True, signal=self._interrupt_signal)
         self._save_bundle(self.output_dir / "last", {"step": self.state.global_step})
