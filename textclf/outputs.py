@@ -59,6 +59,7 @@ PRETRAIN_RUN = Layout("pretraining run", frozenset({
 }), sign="config.yaml")
 EXPORT = Layout("export", frozenset({
     "textclf.json", "labels.json", "parity.json", "normalizer.json", "synonyms.csv", "model.onnx", "model.int8.onnx",
+    "README.md",
     "model.ts", "model.pt2", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
     "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "added_tokens.json", "chat_template.jinja",
 }), sign="textclf.json", patterns=("*.onnx", "*.onnx.data"))

@@ -48,6 +48,7 @@ from ..data.labels import LABELS_FILE
 from ..errors import ConfigError, OutputDirError, TextclfError
 from ..model import bundle
 from ..model.bundle import copy_inference_settings
+from ..model.card import CARD_FILE
 from ..model.classifier import WEIGHTS_FILE
 
 FORMATS = ("onnx", "torchscript", "torch-export")
@@ -266,6 +267,12 @@ def export_model(model_dir: str | Path, output_dir: str | Path, format: str = "o
 
         meta = _export_metadata(model_dir, reference, format, quantize, file_name, inputs, used_opset)
         meta = copy_inference_settings(model_dir, staging, meta)  # synonym table, width folding, temperature
+        if (model_dir / CARD_FILE).is_file():  # the model card travels with the model, saying what this folder is
+            card = (model_dir / CARD_FILE).read_text(encoding="utf-8")
+            (staging / CARD_FILE).write_text(
+                f"{card.rstrip()}\n\n## This folder\n\nA `textclf export` of `{model_dir}` as {format}"
+                f"{' (int8)' if quantize else ''}: it loads with `textclf.Predictor.from_pretrained`, and "
+                "`parity.json` holds its agreement with the PyTorch model.\n", encoding="utf-8")
         reference.tokenizer.save_pretrained(str(staging))
         reference.label_map.save(staging / LABELS_FILE)
         bundle.write_meta(staging, meta)

@@ -32,7 +32,6 @@ from ..data.readers import DatasetSplits, Split, TextClassificationDataset, load
 from ..data.sampling import training_sampler
 from ..deploy.predict import Predictor
 from ..errors import ConfigError
-from ..eval.analysis import RunAnalysis, RunReport
 from ..eval.metrics import EvalReport
 from ..eval.multilabel import (
     Thresholds,
@@ -53,6 +52,7 @@ from .finetune import GradualUnfreezing, build_optimizer
 from .loggers import HEADLINE_METRICS, log_evaluation
 from .loop import TrainingLoop, TrainState  # noqa: F401 (TrainState: part of the public API)
 from .optim import build_scheduler
+from .report import report_run
 from .run_folder import check_best_is_not_ahead, fingerprint_differences, rows_fingerprint
 
 
@@ -460,23 +460,7 @@ class Trainer(TrainingLoop):
         if (self.task.has_thresholds and self.config.threshold_tuning != "none" and self.dev_dataset is not None
                 and (self.output_dir / "best").is_dir()):
             self.tune_thresholds(save_to=self.output_dir / "best")
-        run_report = RunReport(best_step=self.state.best_step, global_step=self.state.global_step,
-                               metric=self.config.metric, history=self.state.history)
-        # Temperature fitted on dev, ECE, errors.csv and the plots (textclf.eval.analysis); labels are unchanged.
-        analysis = RunAnalysis(self.label_map.names, self.task.multi_label, self.config.calibrate)
-        for name, dataset in (("dev", self.dev_dataset),
-                              ("test", self._tokenize(self.data.test) if self.data.test else None)):
-            if dataset is not None:
-                report, note = analysis.evaluate(name, self.evaluate, dataset, getattr(self.data, name))
-                run_report.add(name, report, f"== {name} ({report.num_rows} rows, best model from step "
-                                             f"{self.state.best_step}) ==\n{report.format()}\n{note}")
-        metrics = run_report.metrics
-        # texts per split longer than max_length (windows: needing more than max_windows windows)
-        metrics["truncated_rows"] = dict(self.truncated_rows)
-        if self.runtime.is_main:
-            best = self.output_dir / "best"
-            metrics["calibration"] = analysis.finish(self.output_dir, best if best.is_dir() else None)
-            run_report.write(self.output_dir)
+        metrics = report_run(self)  # dev and test scores, calibration, errors.csv, metrics.json, model cards
         self._close_loggers()
         return FitResult(self.output_dir, self.state.global_step, self.state.best_step, self.state.best_metric,
                          metrics.get("dev"), metrics.get("test"), stopped_early=stopped_early)

@@ -1,0 +1,50 @@
+"""Every model folder a run saves has a model card (README.md) in the Hugging Face format: metadata the Hub's own
+parser reads, the run's scores, the data's SHA-256, the recipe; exports carry it along."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from huggingface_hub import ModelCard
+
+import textclf
+from textclf.model.card import language_of
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model_dir, tiny_data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("card") / "run"
+    trainer = textclf.Trainer(str(tiny_model_dir), str(tiny_data_dir), out, progress=False,
+                              config=textclf.TrainConfig(max_steps=3, max_length=32, device="cpu", precision="fp32"))
+    trainer.fit()
+    return trainer, out
+
+
+def test_best_and_last_get_a_card_the_hub_can_parse(run):
+    trainer, out = run
+    metrics = json.loads((out / "metrics.json").read_text())
+    card = ModelCard.load(out / "best" / "README.md")
+    assert card.data.pipeline_tag == "text-classification" and card.data.language == ["zh"]
+    assert card.data.license == "other"
+    scores = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert scores[("test", "accuracy")] == pytest.approx(metrics["test"]["accuracy"], abs=1e-4)
+    assert scores[("dev", "f1")] == pytest.approx(metrics["dev"]["macro_f1"], abs=1e-4)
+    text = card.text
+    assert trainer._data_fingerprint()["train_sha256"] in text and "| lr | 5e-05 |" in text
+    assert all(f"| {name} |" in text for name in trainer.label_map.names)  # per-class scores
+    assert ModelCard.load(out / "last" / "README.md").data.pipeline_tag == "text-classification"
+
+
+def test_an_export_carries_the_card(run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from textclf.deploy.export import export_model
+
+    _, out = run
+    export_model(out / "best", tmp_path / "onnx", log=lambda *_: None)
+    card = ModelCard.load(tmp_path / "onnx" / "README.md")
+    assert card.data.pipeline_tag == "text-classification" and "A `textclf export`" in card.text
+
+
+def test_language_is_guessed_from_the_texts():
+    assert language_of(["央行宣布降准", "湖人大胜勇士"]) == "zh" and language_of(["Who wrote Hamlet?"]) == "en"
