@@ -71,3 +71,13 @@ def test_emulated_bf16_is_a_one_line_warning_not_a_code_location(tiny_model_dir,
                                                          (100, 100, "the same size")])
 def test_export_size_is_described_honestly(size, reference, said):
     assert size_change(size, reference) == said
+
+
+def test_a_first_run_says_how_long_it_will_take(tiny_model_dir, tiny_data, tmp_path, capsys):
+    from textclf.train.callbacks import TimeEstimate
+
+    config = TrainConfig(max_steps=7, batch_size=8, max_length=32, device="cpu", precision="fp32")
+    Trainer(str(tiny_model_dir), tiny_data, tmp_path / "run", config, progress=False,
+            callbacks=[TimeEstimate(after_steps=3)]).fit()
+    said = [line for line in capsys.readouterr().out.splitlines() if "min of training left" in line]
+    assert len(said) == 1 and said[0].startswith("about 0:") and "(4 optimizer steps at " in said[0]

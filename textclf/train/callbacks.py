@@ -105,3 +105,34 @@ class ProgressBar(Callback):
     def on_train_end(self, trainer: Trainer) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class TimeEstimate(Callback):
+    """Say once, after the first ``after_steps`` optimizer steps, how long the rest of training will take here.
+
+    The first steps include warm-up costs (kernel selection, allocator growth), so the estimate uses the steps after
+    the first one. Printed even without a progress bar: a first run on a laptop should say up front whether it is a
+    matter of minutes or of an hour.
+    """
+
+    def __init__(self, after_steps: int = 6):
+        self.after_steps = max(2, after_steps)
+        self.started = self.first_step = None
+        self.said = False
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        self.started, self.said = trainer.state.global_step, False
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        import time
+
+        step = trainer.state.global_step
+        if step == self.started + 1:
+            self.first_step = time.perf_counter()
+        elif not self.said and step >= self.started + self.after_steps and self.first_step is not None:
+            per_step = (time.perf_counter() - self.first_step) / (step - self.started - 1)
+            left = trainer.total_steps - step
+            minutes, seconds = divmod(round(per_step * left), 60)
+            trainer.print(f"about {minutes}:{seconds:02d} min of training left ({left} optimizer steps at "
+                          f"{per_step:.2f} s each on {trainer.runtime.device}, evaluations not counted)")
+            self.said = True
