@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,21 @@ def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_pat
     assert sorted((p.relative_to(ddp_out), p.stat().st_mtime_ns) for p in ddp_out.rglob("*")) == before
 
 
+def _wait_until_gone(pids: list[int], timeout: float = 60.0) -> None:
+    """Wait until every killed worker has exited (a zombie has: it holds no lock and no port). Resuming while one
+    still runs would meet its run lock and its rendezvous port, not the machine failure the test is about."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/status", encoding="utf-8") as status:
+                    if any(line.startswith("State:") and "Z" in line.split()[1] for line in status):
+                        break
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            time.sleep(0.05)
+
+
 def test_two_process_run_killed_and_resumed_matches_the_uninterrupted_run(tmp_path, tiny_model_dir, tiny_data_dir):
     reference_out, out = tmp_path / "reference", tmp_path / "interrupted"
     run_torchrun(["-m", "textclf", *_train_args(tiny_data_dir, tiny_model_dir, reference_out, RESUME)])
@@ -243,6 +259,7 @@ def test_two_process_run_killed_and_resumed_matches_the_uninterrupted_run(tmp_pa
             except ProcessLookupError:
                 pass
         killed.wait(timeout=60)
+        _wait_until_gone(worker_pids)  # a loaded machine takes a while to tear down a killed worker
     assert ckpt.latest_checkpoint(out / "checkpoints").name == ckpt.checkpoint_name(6)
 
     # Resumed as a two-node job (one process per node): each rank's state is keyed by its RANK, so only the number

@@ -41,9 +41,14 @@ def test_an_export_carries_the_card(run, tmp_path):
     from textclf.deploy.export import export_model
 
     _, out = run
-    export_model(out / "best", tmp_path / "onnx", log=lambda *_: None)
+    said = []
+    export_model(out / "best", tmp_path / "onnx", log=said.append)
     card = ModelCard.load(tmp_path / "onnx" / "README.md")
     assert card.data.pipeline_tag == "text-classification" and "A `textclf export`" in card.text
+    # each long step says what it is doing, and the size is described honestly
+    assert any(line.startswith("  traced the graph") for line in said)
+    assert any(line.startswith("  checking parity on") for line in said)
+    assert any(("x smaller" in line or "x larger" in line or "same size" in line) for line in said)
 
 
 def test_language_is_guessed_from_the_texts():

@@ -1,6 +1,6 @@
 """The ``textclf`` command line: subcommands over the same Python API.
 
-``textclf train | evaluate | predict | info | export | serve | baseline | audit | pretrain | tokenizer train``
+``textclf train | evaluate | predict | info | report | export | serve | baseline | audit | pretrain | tokenizer train``
 (also ``python -m textclf ...``).
 
 Training flags are generated from the config dataclasses, so ``--help`` always lists every field with the
@@ -131,6 +131,15 @@ def build_parser() -> ArgumentParser:
                                description="Labels, base encoder, training config and metrics of a model folder.")
     info.add_argument("--model", required=True, metavar="DIR", help="model folder (e.g. OUTPUT/best)")
     info.set_defaults(handler=cmd_info)
+
+    report = commands.add_parser("report", help="write a run's report.html (scores, curves, errors) to look at",
+                                 description="One self-contained HTML page about a training or baseline run folder: "
+                                             "headline scores, the per-class table, the confusion matrix, curves, "
+                                             "calibration, the most confident errors. Written at the end of every "
+                                             "train and baseline run as well.")
+    report.add_argument("run", metavar="RUN_DIR", help="a training (or textclf baseline) output folder")
+    report.add_argument("--output", metavar="FILE", help="where to write the page (default RUN_DIR/report.html)")
+    report.set_defaults(handler=cmd_report)
 
     export = commands.add_parser("export", help="export a model to ONNX (optionally int8) or TorchScript",
                                  description="Export a trained model into a self-contained folder and check it "
@@ -398,6 +407,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"wrote {len(lines)} predictions to {args.output}")
     else:
         print("\n".join(lines))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .eval.html_report import write_html_report
+
+    if not (Path(args.run) / "metrics.json").is_file():
+        raise UsageError(f"{args.run} holds no metrics.json: pass the output folder of a finished textclf train or "
+                         "textclf baseline run")
+    if args.output:
+        outputs.check_output_file(args.output, "--output")
+    print(f"wrote {write_html_report(args.run, args.output)} (open it in any browser; it needs no network)")
     return 0
 
 

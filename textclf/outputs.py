@@ -52,7 +52,7 @@ class Layout:
 
 RUN = Layout("run", frozenset({
     "config.yaml", "log.jsonl", "checkpoints", "best", "last", "runs", "metrics.json", "report.txt",
-    "confusion.png", "reliability.png", "errors.csv", "data",
+    "confusion.png", "reliability.png", "errors.csv", "data", "report.html", "audit.csv", "audit.json",
 }), sign="config.yaml")
 PRETRAIN_RUN = Layout("pretraining run", frozenset({
     "config.yaml", "log.jsonl", "checkpoints", "runs", "model", "mlm",

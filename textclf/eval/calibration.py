@@ -140,7 +140,7 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
                            + chunk(b"IEND", b""))
 
 
-def _matplotlib():
+def pyplot():
     try:
         import matplotlib
 
@@ -154,7 +154,7 @@ def _matplotlib():
 def plot_reliability(path: str | Path, before: CalibrationBins, after: CalibrationBins | None = None,
                      title: str = "") -> None:
     """Reliability diagram: accuracy per confidence bin (bars) against the diagonal, before and after scaling."""
-    plt = _matplotlib()
+    plt = pyplot()
     curves = [("before", before, "#d62728")] + ([("after", after, "#1f77b4")] if after is not None else [])
     if plt is None:
         _reliability_png(path, [bins for _, bins, _ in curves])
@@ -197,7 +197,7 @@ MAX_PLOTTED_CLASSES = 60
 def plot_confusion(path: str | Path, counts, label_names: list[str], title: str = "") -> None:
     """Confusion matrix (rows: true label, columns: predicted), shaded by share of the true class, with counts."""
     counts = np.asarray(counts)
-    plt = _matplotlib()
+    plt = pyplot()
     if plt is None:
         write_png(path, confusion_image(counts).transpose(1, 2, 0))
         return

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..data.labels import LabelMap
 from ..errors import ConfigError, DataError, ModelLoadError
+from ..eval.html_report import write_html_report
 from ..eval.metrics import EvalReport, class_scores, report_from_confusion, weighted_mean
 
 __all__ = ["TfidfBaseline", "is_mostly_cjk", "multilabel_report", "run_baseline", "compare_with_baseline"]
@@ -348,6 +349,7 @@ def run_baseline(data, output_dir: str | Path | None = None, *, save_model: bool
         (out / "report.txt").write_text("\n\n".join(sections) + "\n", encoding="utf-8")
         if save_model:
             clf.save(out / MODEL_FILE)
+        write_html_report(out)
     metrics["report"] = "\n\n".join(sections)
     return metrics
 
@@ -373,6 +375,7 @@ def compare_with_baseline(output_dir: str | Path, data, **baseline_kwargs: Any) 
     result = run_baseline(data, None, **baseline_kwargs)
     run["baseline"] = {k: v for k, v in result.items() if k != "report"}
     path.write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_html_report(output_dir)  # report.html shows the baseline's scores beside the run's
     lines = [f"{'split':<6} {'metric':<9} {'model':>8} {'baseline':>9} {'diff':>8}"]
     for split in ("dev", "test"):
         if split not in run or split not in result:

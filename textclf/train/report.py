@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..eval.analysis import RunAnalysis, RunReport
+from ..eval.html_report import write_html_report
 from ..model import bundle
 from ..model.card import CARD_FILE, language_of, model_card
 
@@ -36,6 +37,7 @@ def report_run(trainer) -> dict:
         metrics["calibration"] = analysis.finish(out, best if best.is_dir() else None)
         run_report.write(out)
         write_model_cards(trainer, metrics)
+        write_html_report(out)  # report.html: the same, to look at
     return metrics
 
 

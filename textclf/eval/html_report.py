@@ -1,0 +1,217 @@
+"""``report.html``: one self-contained page about a run that a person would rather look at than read.
+
+Headline scores (against the TF-IDF baseline when the run folder holds one), the per-class table (click a header
+to sort), the confusion matrix, training and dev curves from ``log.jsonl``, the calibration curve, the most
+confident errors with their texts and, when an audit ran, its flags. Pictures are drawn with matplotlib and inlined
+as data URIs, and the sorting script is inline too: the file opens offline, in any browser, copied anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from pathlib import Path
+
+from ..model import bundle
+from .calibration import pyplot
+
+REPORT_FILE = "report.html"
+MAX_ERRORS = 25  # most confident errors shown
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", "Noto Sans", "PingFang SC", "Microsoft YaHei", sans-serif;
+       margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+.sub { color: #666; } table { border-collapse: collapse; margin: 0.6em 0; }
+th, td { border: 1px solid #ddd; padding: 4px 10px; text-align: right; } th { background: #f4f6f8; }
+td.text, th.text { text-align: left; max-width: 640px; } th.sortable { cursor: pointer; }
+.low { background: #fdecea; } img { max-width: 100%; border: 1px solid #eee; } .note { color: #666; }
+"""
+
+# Sorts a table by the clicked column: numbers numerically, anything else as text.
+_SCRIPT = """
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  table.querySelectorAll("th").forEach(function (th, column) {
+    th.classList.add("sortable");
+    th.addEventListener("click", function () {
+      var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+      var ascending = th.dataset.order !== "asc";
+      rows.sort(function (a, b) {
+        var x = a.cells[column].textContent, y = b.cells[column].textContent;
+        var nx = parseFloat(x), ny = parseFloat(y);
+        var order = (isNaN(nx) || isNaN(ny)) ? x.localeCompare(y) : nx - ny;
+        return ascending ? order : -order;
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+      th.dataset.order = ascending ? "asc" : "desc";
+    });
+  });
+});
+"""
+
+
+def write_html_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
+    """Write ``report.html`` for the run (or baseline) folder ``run_dir``; returns its path."""
+    run_dir = Path(run_dir)
+    metrics = _read_json(run_dir / "metrics.json")
+    if metrics is None:
+        raise FileNotFoundError(f"{run_dir / 'metrics.json'} is missing: report needs a finished training run "
+                                "(textclf train) or baseline (textclf baseline) folder")
+    sections = [_headline(run_dir, metrics), _per_class(metrics), _confusion(run_dir), _curves(run_dir),
+                _calibration(run_dir, metrics), _errors(run_dir), _audit(run_dir)]
+    title = html.escape(run_dir.resolve().name)
+    subtitle = html.escape(_subtitle(run_dir, metrics))
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>textclf report: {title}</title>'
+            f"<style>{_STYLE}</style></head><body>\n<h1>{title}</h1>\n<p class=\"sub\">{subtitle}</p>\n"
+            + "\n".join(s for s in sections if s) + f"\n<script>{_SCRIPT}</script>\n</body></html>\n")
+    path = Path(output) if output else run_dir / REPORT_FILE
+    bundle.write_atomically(path, page.rstrip("\n"))
+    return path
+
+
+def _subtitle(run_dir: Path, metrics: dict) -> str:
+    meta = _read_json(run_dir / "best" / bundle.META_FILE) or {}
+    parts = [f"base model {meta['base_model']}" if meta.get("base_model") else None,
+             f"best model from step {metrics['best_step']} of {metrics['global_step']} (by {metrics.get('metric')})"
+             if metrics.get("best_step") is not None else None]
+    return "; ".join(p for p in parts if p) or "textclf run"
+
+
+def _headline(run_dir: Path, metrics: dict) -> str:
+    baseline = _read_json(run_dir / "baseline" / "metrics.json") or metrics.get("baseline")
+    keys = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "loss")
+    header = "<tr><th class=\"text\">split</th>" + "".join(f"<th>{k.replace('_', ' ')}</th>" for k in keys) + "</tr>"
+    rows = []
+    for split in ("dev", "test"):
+        for who, source in (("", metrics), (" (TF-IDF baseline)", baseline or {})):
+            report = source.get(split)
+            if report:
+                cells = "".join(f"<td>{_number(report.get(k))}</td>" for k in keys)
+                rows.append(f"<tr><td class=\"text\">{split}{who} ({report.get('num_rows')} rows)</td>{cells}</tr>")
+    if not rows:
+        return ""
+    return f"<h2>Scores</h2>\n<table>{header}{''.join(rows)}</table>"
+
+
+def _per_class(metrics: dict) -> str:
+    split = "test" if metrics.get("test") else "dev"
+    per_class = (metrics.get(split) or {}).get("per_class") or {}
+    if not per_class:
+        return ""
+    rows = []
+    for name, s in per_class.items():
+        low = ' class="low"' if s["f1"] < 0.5 else ""
+        rows.append(f"<tr{low}><td class=\"text\">{html.escape(name)}</td><td>{s['precision']:.4f}</td>"
+                    f"<td>{s['recall']:.4f}</td><td>{s['f1']:.4f}</td><td>{s['support']}</td></tr>")
+    return (f"<h2>Per class ({split})</h2>\n<p class=\"note\">Click a column to sort; rows below 0.5 F1 are "
+            "shaded.</p>"
+            "<table class=\"sortable\"><thead><tr><th class=\"text\">label</th><th>precision</th><th>recall</th>"
+            f"<th>F1</th><th>support</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def _confusion(run_dir: Path) -> str:
+    image = _inline_png(run_dir / "confusion.png")
+    return f"<h2>Confusion matrix</h2>\n{image}" if image else ""
+
+
+def _curves(run_dir: Path) -> str:
+    """Training loss and dev scores against optimizer steps, from log.jsonl."""
+    records = []
+    try:
+        with open(run_dir / "log.jsonl", encoding="utf-8") as handle:
+            records = [json.loads(line) for line in handle if line.strip()]
+    except (OSError, json.JSONDecodeError):
+        return ""
+    train = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r]
+    dev = [(r["step"], r.get("dev/macro_f1"), r.get("dev/accuracy")) for r in records if "dev/macro_f1" in r]
+    plt = pyplot()
+    if plt is None or not train:
+        return ""
+    figure, (loss_axis, dev_axis) = plt.subplots(1, 2, figsize=(10, 3.4), dpi=100)
+    loss_axis.plot(*zip(*train), color="#1f77b4")
+    loss_axis.set(title="training loss", xlabel="optimizer step")
+    if dev:
+        steps, f1, accuracy = zip(*dev)
+        dev_axis.plot(steps, f1, marker="o", label="macro F1")
+        dev_axis.plot(steps, accuracy, marker="s", label="accuracy")
+        dev_axis.legend()
+    dev_axis.set(title="dev", xlabel="optimizer step", ylim=(0, 1))
+    figure.tight_layout()
+    return f"<h2>Training</h2>\n{_figure_png(plt, figure)}"
+
+
+def _calibration(run_dir: Path, metrics: dict) -> str:
+    image = _inline_png(run_dir / "reliability.png")
+    calibration = metrics.get("calibration") or {}
+    if not image and not calibration.get("temperature"):
+        return ""
+    note = ""
+    if calibration.get("temperature"):
+        note = (f"<p>Temperature {calibration['temperature']:.3f} fitted on dev; expected calibration error on test "
+                f"{_number(calibration.get('test_ece_before'))} before, {_number(calibration.get('test_ece_after'))} "
+                "after.</p>")
+    return f"<h2>Calibration</h2>\n{note}{image}"
+
+
+def _errors(run_dir: Path) -> str:
+    try:
+        with open(run_dir / "errors.csv", encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError:
+        return ""
+    if not rows:
+        return ""
+    body = "".join(f"<tr><td>{html.escape(r.get('line', ''))}</td><td class=\"text\">{html.escape(r['text'])}</td>"
+                   f"<td class=\"text\">{html.escape(r['label'])}</td><td class=\"text\">{html.escape(r['predicted'])}"
+                   f"</td><td>{html.escape(r.get('confidence', ''))}</td></tr>" for r in rows[:MAX_ERRORS])
+    return (f"<h2>Most confident errors</h2>\n<p class=\"note\">{min(len(rows), MAX_ERRORS)} of {len(rows)} "
+            "misclassified test rows, most confident first (all in errors.csv): often label errors, not model "
+            "errors.</p><table class=\"sortable\"><thead><tr><th>line</th><th class=\"text\">text</th>"
+            "<th class=\"text\">label</th><th class=\"text\">predicted</th><th>confidence</th></tr></thead>"
+            f"<tbody>{body}</tbody></table>")
+
+
+def _audit(run_dir: Path) -> str:
+    """The label audit's top flags, when ``textclf audit --output RUN_DIR`` wrote ``audit.csv`` here."""
+    try:
+        with open(run_dir / "audit.csv", encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError:
+        return ""
+    if not rows:
+        return ""
+    columns = list(rows[0])[:6]
+    head = "".join(f"<th class=\"text\">{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td class=\"text\">{html.escape(str(r.get(c, '')))}</td>" for c in columns)
+                   + "</tr>" for r in rows[:MAX_ERRORS])
+    return (f"<h2>Label audit</h2>\n<table class=\"sortable\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+            "</table>")
+
+
+def _inline_png(path: Path) -> str:
+    try:
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+    except OSError:
+        return ""
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _figure_png(plt, figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return f'<img alt="curves" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode("ascii")}">'
+
+
+def _number(value) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
