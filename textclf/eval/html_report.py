@@ -157,11 +157,7 @@ def _calibration(run_dir: Path, metrics: dict) -> str:
 
 
 def _errors(run_dir: Path) -> str:
-    try:
-        with open(run_dir / "errors.csv", encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError:
-        return ""
+    rows = _read_csv(run_dir / "errors.csv")
     if not rows:
         return ""
     body = "".join(f"<tr><td>{html.escape(r.get('line', ''))}</td><td class=\"text\">{html.escape(r['text'])}</td>"
@@ -176,11 +172,7 @@ def _errors(run_dir: Path) -> str:
 
 def _audit(run_dir: Path) -> str:
     """The label audit's top flags, when ``textclf audit --output RUN_DIR`` wrote ``audit.csv`` here."""
-    try:
-        with open(run_dir / "audit.csv", encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError:
-        return ""
+    rows = _read_csv(run_dir / "audit.csv")
     if not rows:
         return ""
     columns = list(rows[0])[:6]
@@ -208,6 +200,15 @@ def _figure_png(plt, figure) -> str:
 
 def _number(value) -> str:
     return "" if value is None else f"{value:.4f}"
+
+
+def _read_csv(path: Path) -> list[dict]:
+    """The rows of a CSV file the run wrote (errors.csv, audit.csv); none when it is not there."""
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            return list(csv.DictReader(handle))
+    except OSError:
+        return []
 
 
 def _read_json(path: Path):
