@@ -135,3 +135,13 @@ def test_cli_audit_writes_ranked_csv(tiny_data_dir, tmp_path, capsys):
     assert (tmp_path / "audit.json").is_file()
     assert np.all([r["split"] in ("train", "dev", "test") for r in rows])
     assert cli.main(["audit", "--data", str(tiny_data_dir), "--folds", "1"]) == 2
+
+
+def test_cli_audit_says_how_far_it_is(tiny_data_dir, capsys):
+    """Each stage and each fold is a line on stderr, so a long audit is never silent; stdout keeps the results."""
+    assert cli.main(["audit", "--data", str(tiny_data_dir), "--folds", "3", "--top", "1"]) == 0
+    printed = capsys.readouterr()
+    progress = [line for line in printed.err.splitlines() if line.startswith("textclf audit: ")]
+    folds = [line.split(": ")[1] for line in progress if line.startswith("textclf audit: fold ")]
+    assert folds == ["fold 1/3", "fold 2/3", "fold 3/3"]
+    assert any("near duplicates" in line for line in progress) and "fold 1/3" not in printed.out

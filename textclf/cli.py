@@ -565,7 +565,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
                                    lr=args.lr, device=args.device)
     result = audit(_toolbox_data(args), args.method, args.folds, splits=splits,
                    near_threshold=args.near_threshold or None, model=args.model, train_config=train_config,
-                   baseline_kwargs={"analyzer": args.analyzer} if args.method == "baseline" else None)
+                   baseline_kwargs={"analyzer": args.analyzer} if args.method == "baseline" else None,
+                   log=lambda message: print(f"textclf audit: {message}", file=sys.stderr, flush=True))
     print(result.format_summary())
     for rank, row in enumerate(result.rows[: args.top], start=1):
         suggestion = f" -> {row.suggested_label}" if row.suggested_label is not None else ""

@@ -143,7 +143,8 @@ def _fold_keys(labels: list) -> list[str]:
 
 def out_of_fold_probabilities(texts: list[str], labels: list, label_map, folds: int = 5, seed: int = 42,
                               method: str = "baseline", model: str = "minilm", train_config=None,
-                              work_dir: str | Path | None = None, baseline_kwargs: dict | None = None) -> np.ndarray:
+                              work_dir: str | Path | None = None, baseline_kwargs: dict | None = None,
+                              log=None) -> np.ndarray:
     """Probabilities ``[N, C]`` for every row from a model trained on the other folds (stratified K-fold).
 
     ``method="transformer"`` fine-tunes ``model`` with ``train_config`` once per fold under ``work_dir/fold-k``
@@ -173,6 +174,7 @@ def out_of_fold_probabilities(texts: list[str], labels: list, label_map, folds: 
         work_dir = temporary.name
     try:
         for k, (fit_rows, held_rows) in enumerate(splitter):
+            started = time.perf_counter()
             fit_texts, fit_labels = [texts[i] for i in fit_rows], [labels[i] for i in fit_rows]
             held_texts = [texts[i] for i in held_rows]
             if method == "baseline":
@@ -184,6 +186,9 @@ def out_of_fold_probabilities(texts: list[str], labels: list, label_map, folds: 
                 trainer = train_fold(fit_texts, fit_labels, label_map, Path(work_dir) / f"fold-{k + 1}", model,
                                      train_config)
                 out[held_rows] = trainer.predictor().predict_proba(held_texts).astype(np.float64)
+            if log is not None:  # each fold is a fit: say how far the audit is
+                log(f"fold {k + 1}/{folds}: trained on {len(fit_rows)} rows, scored {len(held_rows)} "
+                    f"({time.perf_counter() - started:.1f} s)")
     finally:
         if temporary is not None:
             temporary.cleanup()
@@ -195,7 +200,7 @@ def out_of_fold_probabilities(texts: list[str], labels: list, label_map, folds: 
 
 def audit(data, method: str = "baseline", folds: int = 5, *, splits: tuple[str, ...] = ("train", "dev", "test"),
           seed: int = 42, near_threshold: float | None = 0.9, model: str = "minilm", train_config=None,
-          work_dir: str | Path | None = None, baseline_kwargs: dict | None = None) -> AuditResult:
+          work_dir: str | Path | None = None, baseline_kwargs: dict | None = None, log=None) -> AuditResult:
     """Flag probable label errors, conflicting labels and duplicates across splits.
 
     Args:
@@ -212,6 +217,7 @@ def audit(data, method: str = "baseline", folds: int = 5, *, splits: tuple[str, 
         train_config: :class:`~textclf.config.TrainConfig` of the per-fold runs (``method="transformer"``).
         work_dir: where the per-fold runs go (default: a temporary folder, removed afterwards).
         baseline_kwargs: :class:`~textclf.tools.baseline.TfidfBaseline` arguments for ``method="baseline"``.
+        log: called with a line per stage and per fold (the command line prints them to stderr), or None.
 
     Returns:
         An :class:`AuditResult`; ``result.to_csv(path)`` writes the ranked rows.
@@ -250,8 +256,10 @@ def audit(data, method: str = "baseline", folds: int = 5, *, splits: tuple[str, 
     pooled = [(name, i) for name in audited for i in range(len(available[name]))]
     texts = [available[name].texts[i] for name, i in pooled]
     labels = [available[name].labels[i] for name, i in pooled]
+    say = log or (lambda message: None)
+    say(f"label issues: {folds}-fold out-of-fold probabilities for {len(texts)} rows ({method}) ...")
     probabilities = out_of_fold_probabilities(texts, labels, label_map, folds, seed, method, model, train_config,
-                                              work_dir, baseline_kwargs)
+                                              work_dir, baseline_kwargs, log=say)
     if label_map.multi_label:
         thresholds, margins, issues = _multi_label_issues(probabilities, labels, label_map)
     else:
@@ -263,8 +271,10 @@ def audit(data, method: str = "baseline", folds: int = 5, *, splits: tuple[str, 
         row.score = float(margins[k])
 
     # ---- 2. conflicting labels and 3. duplicates across splits
+    say("conflicting labels and copies across splits ...")
     _find_conflicts_and_copies(available, row_for)
     if near_threshold is not None:
+        say(f"near duplicates across splits (TF-IDF cosine >= {near_threshold}) ...")
         _find_near_duplicates(available, near_threshold, row_for)
 
     for row in rows.values():  # a conflict is certain (one of the copies is wrong): it outranks any margin
