@@ -151,6 +151,8 @@ def test_predictor_applies_saved_thresholds(trained, tmp_path):
         assert names[0] in prediction.label and names[1] not in prediction.label
     plain = textclf.Predictor(trainer.model, trainer.tokenizer, max_length=32, device="cpu", precision="fp32")
     assert (plain.thresholds == 0.5).all()
+    plain.thresholds = values  # set after construction: predict decides with them
+    assert [p.label for p in plain.predict(texts)] == [p.label for p in predictions]
     # Trainer.from_pretrained (textclf evaluate) evaluates with the saved thresholds too
     evaluator = textclf.Trainer.from_pretrained(folder, device="cpu", precision="fp32")
     assert np.allclose(evaluator.thresholds.values, values)

@@ -218,10 +218,8 @@ class Predictor:
         self.label_map = label_map
         self.max_length = max_length
         self.batch_size = batch_size
-        self.thresholds = _threshold_array(thresholds, len(label_map))  # [C] multi-label decision thresholds
-        # single- or multi-label: probabilities, decisions (textclf.eval.tasks)
-        tuned = thresholds if isinstance(thresholds, Thresholds) else Thresholds(self.thresholds)
-        self.task = task_for(label_map, tuned)
+        # single- or multi-label: probabilities, decisions (textclf.eval.tasks); the task owns the thresholds
+        self.task = task_for(label_map, _as_thresholds(thresholds, len(label_map)))
         self.metadata = dict(metadata or {})
         self.normalizer = normalizer
         self.temperature = float(temperature)
@@ -229,6 +227,17 @@ class Predictor:
         self.inputs = input_strategy_for(windows, max_length)  # truncation or sliding windows (textclf.data.inputs)
         self.inputs.check_backend(self.backend)
         self.max_length = self.inputs.max_length
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """The multi-label decision thresholds ``[C]`` (0.5 where none were tuned); assigning one float, ``[C]``
+        values or a :class:`~textclf.eval.multilabel.Thresholds` changes what ``predict`` decides."""
+        owned = self.task.thresholds
+        return owned.values if owned is not None else np.full(len(self.label_map), 0.5, dtype=np.float32)
+
+    @thresholds.setter
+    def thresholds(self, value) -> None:
+        self.task = task_for(self.label_map, _as_thresholds(value, len(self.label_map)))
 
     @property
     def windows(self) -> WindowSpec | None:
@@ -364,10 +373,12 @@ class Predictor:
         return self.inputs.logits(self.backend, self.tokenizer, texts, batch_size, len(self.label_map))
 
 
-def _threshold_array(thresholds, num_labels: int) -> np.ndarray:
-    values = getattr(thresholds, "values", thresholds)  # a multilabel.Thresholds carries them in .values
-    values = np.broadcast_to(np.asarray(0.5 if values is None else values, dtype=np.float32), (num_labels,))
-    return values.copy()
+def _as_thresholds(thresholds, num_labels: int) -> Thresholds:
+    """A :class:`Thresholds` from one float, ``[C]`` values, a ``Thresholds`` or None (0.5 for every label)."""
+    if isinstance(thresholds, Thresholds):
+        return thresholds
+    values = np.asarray(0.5 if thresholds is None else thresholds, dtype=np.float32)
+    return Thresholds(np.broadcast_to(values, (num_labels,)).copy())
 
 
 def _saved_temperature(meta: dict) -> float:
