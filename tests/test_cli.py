@@ -117,6 +117,12 @@ def test_evaluate_matches_the_training_report(run_dir, tmp_path):
     assert report["num_rows"] == 50
     assert report["accuracy"] == pytest.approx(trained["accuracy"])
     assert report["macro_f1"] == pytest.approx(trained["macro_f1"])
+    # ... and a page to look at beside the JSON: scores, the sortable per-class table, the confusion matrix
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "Per class" in page and "Confusion matrix" in page and "data:image/png;base64," in page
+    assert "report.html" in result.stderr
+    assert_usage_error(run_cli("evaluate", "--model", run_dir / "best", "--data", TINY / "test.csv", "--output",
+                               tmp_path / "page.html"), "name the JSON file")
 
 
 def test_predict_texts_to_stdout(run_dir):

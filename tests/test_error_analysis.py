@@ -62,13 +62,15 @@ def test_cli_evaluate_writes_errors(tiny_model_dir, tmp_path):
     with open(data, "w", encoding="utf-8", newline="") as handle:
         csv.writer(handle).writerows([["text", "label"], *zip(TEXTS, gold)])
     assert main(["evaluate", "--model", str(folder), "--data", str(data), "--errors", str(tmp_path / "err.csv"),
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--output", str(tmp_path / "eval.json")]) == 0
     rows = _read(tmp_path / "err.csv")
     wrong = [i for i, (p, g) in enumerate(zip(predicted, gold)) if p != g]
     assert len(rows) == len(wrong) > 0
     assert sorted(int(r["line"]) for r in rows) == [i + 2 for i in wrong]  # line 1 is the header
     assert all(r["predicted"] == predicted[int(r["line"]) - 2] != r["label"] for r in rows)
     assert np.all(np.diff([float(r["confidence"]) for r in rows]) <= 0)
+    page = (tmp_path / "eval.html").read_text(encoding="utf-8")  # the page beside eval.json lists the errors
+    assert "Most confident errors" in page and "err.csv" in page
 
 
 def test_run_report_writes_both_files_atomically(tmp_path):

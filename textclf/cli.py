@@ -102,7 +102,8 @@ def build_parser() -> ArgumentParser:
                                    description="Score a trained model on a labelled file.")
     evaluate.add_argument("--model", required=True, metavar="DIR", help="model folder (e.g. OUTPUT/best)")
     evaluate.add_argument("--data", required=True, metavar="FILE", help="labelled CSV/TSV/JSONL file or class folder")
-    evaluate.add_argument("--output", metavar="FILE", help="also write the report as JSON to FILE")
+    evaluate.add_argument("--output", metavar="FILE", help="also write the report as JSON to FILE, and as a page to "
+                          "look at beside it (FILE with the suffix .html)")
     _add_reading_flags(evaluate, as_trained=True)
     evaluate.add_argument("--batch-size", type=_number_in(int, 1, None), default=128,
                           help="texts per batch (default 128)")
@@ -343,9 +344,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.readers import read_split
     from .train.trainer import Trainer
 
-    for path in (args.output, getattr(args, "errors", None)):
+    if args.output and Path(args.output).suffix.lower() == ".html":
+        raise UsageError(f"--output {args.output}: name the JSON file (e.g. eval.json); the page is written beside it "
+                         "with the suffix .html")
+    for path in (args.output, args.output and Path(args.output).with_suffix(".html"), getattr(args, "errors", None)):
         if path:
-            outputs.check_output_file(path, "--output" if path == args.output else "--errors")
+            outputs.check_output_file(path, "--errors" if path == getattr(args, "errors", None) else "--output")
     meta = bundle.read_meta(args.model)  # a clear error for a folder that is no model
     # The test file is read as the training files were (columns, separator, encoding); flags given now win.
     given = {"text_column": args.text_column, "label_column": args.label_column, "encoding": args.encoding}
@@ -357,7 +361,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise UsageError(f"--errors needs the training model folder (e.g. OUTPUT/best); {args.model} is an export")
         predictor = Predictor.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
         split = read_split(args.data, "test", DataConfig(**reading, multi_label=predictor.label_map.multi_label))
-        return _print_report(predictor.evaluate(split), args.output)
+        return _print_report(predictor.evaluate(split), args)
     trainer = Trainer.from_pretrained(args.model, device=args.device, eval_batch_size=args.batch_size)
     split = read_split(args.data, "test", DataConfig(**reading, multi_label=trainer.label_map.multi_label))
     if getattr(args, "errors", None):
@@ -367,14 +371,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"wrote {count} misclassified rows to {args.errors}", file=sys.stderr)
     else:
         report = trainer.evaluate(split)
-    return _print_report(report, args.output)
+    return _print_report(report, args)
 
 
-def _print_report(report, output: str | None) -> int:
+def _print_report(report, args: argparse.Namespace) -> int:
+    """Print the evaluation; with --output, write it as JSON and as a page (FILE.html) beside it."""
+    from .eval.html_report import write_evaluation_report
+
     print(report.headline())
     print(report.format())
-    if output:
-        Path(output).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if args.output:
+        output = Path(args.output)
+        output.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        page = write_evaluation_report(report.to_dict(), output.with_suffix(".html"), args.model, args.data,
+                                       getattr(args, "errors", None))
+        print(f"wrote {output} and {page}", file=sys.stderr)
     return 0
 
 

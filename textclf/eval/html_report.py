@@ -13,6 +13,7 @@ import csv
 import html
 import io
 import json
+import tempfile
 from pathlib import Path
 
 from ..model import bundle
@@ -61,15 +62,36 @@ def write_html_report(run_dir: str | Path, output: str | Path | None = None) -> 
         raise FileNotFoundError(f"{run_dir / 'metrics.json'} is missing: report needs a finished training run "
                                 "(textclf train) or baseline (textclf baseline) folder")
     sections = [_headline(run_dir, metrics), _per_class(metrics), _confusion(run_dir), _curves(run_dir),
-                _calibration(run_dir, metrics), _errors(run_dir), _audit(run_dir)]
-    title = html.escape(run_dir.resolve().name)
-    subtitle = html.escape(_subtitle(run_dir, metrics))
+                _calibration(run_dir, metrics), _errors(run_dir / "errors.csv"), _audit(run_dir)]
+    path = Path(output) if output else run_dir / REPORT_FILE
+    _write_page(path, run_dir.resolve().name, _subtitle(run_dir, metrics), sections)
+    return path
+
+
+def write_evaluation_report(report: dict, path: str | Path, model: str, data: str,
+                            errors_csv: str | Path | None = None) -> Path:
+    """The page of one ``textclf evaluate``: scores, the per-class table, the confusion matrix and (with
+    ``--errors``) the most confident errors of ``model`` on ``data``; ``report`` is the evaluation's JSON."""
+    metrics = {"test": report}
+    confusion = ""
+    if report.get("confusion_matrix"):  # multi-label reports have per-label counts instead
+        from .calibration import plot_confusion
+
+        with tempfile.TemporaryDirectory() as folder:
+            image = Path(folder) / "confusion.png"
+            plot_confusion(image, report["confusion_matrix"], report["labels"], f"{Path(data).name}")
+            confusion = f"<h2>Confusion matrix</h2>\n{_inline_png(image)}"
+    sections = [_scores(metrics), _per_class(metrics), confusion, _errors(errors_csv) if errors_csv else ""]
+    _write_page(Path(path), f"{Path(model).name} on {Path(data).name}", f"model {model}; data {data}", sections)
+    return Path(path)
+
+
+def _write_page(path: Path, title: str, subtitle: str, sections: list[str]) -> None:
+    title, subtitle = html.escape(title), html.escape(subtitle)
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>textclf report: {title}</title>'
             f"<style>{_STYLE}</style></head><body>\n<h1>{title}</h1>\n<p class=\"sub\">{subtitle}</p>\n"
             + "\n".join(s for s in sections if s) + f"\n<script>{_SCRIPT}</script>\n</body></html>\n")
-    path = Path(output) if output else run_dir / REPORT_FILE
     bundle.write_atomically(path, page.rstrip("\n"))
-    return path
 
 
 def _subtitle(run_dir: Path, metrics: dict) -> str:
@@ -81,7 +103,10 @@ def _subtitle(run_dir: Path, metrics: dict) -> str:
 
 
 def _headline(run_dir: Path, metrics: dict) -> str:
-    baseline = _read_json(run_dir / "baseline" / "metrics.json") or metrics.get("baseline")
+    return _scores(metrics, _read_json(run_dir / "baseline" / "metrics.json") or metrics.get("baseline"))
+
+
+def _scores(metrics: dict, baseline: dict | None = None) -> str:
     keys = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "loss")
     header = "<tr><th class=\"text\">split</th>" + "".join(f"<th>{k.replace('_', ' ')}</th>" for k in keys) + "</tr>"
     rows = []
@@ -156,17 +181,18 @@ def _calibration(run_dir: Path, metrics: dict) -> str:
     return f"<h2>Calibration</h2>\n{note}{image}"
 
 
-def _errors(run_dir: Path) -> str:
-    rows = _read_csv(run_dir / "errors.csv")
+def _errors(errors_csv: Path) -> str:
+    rows = _read_csv(Path(errors_csv))
     if not rows:
         return ""
     body = "".join(f"<tr><td>{html.escape(r.get('line', ''))}</td><td class=\"text\">{html.escape(r['text'])}</td>"
                    f"<td class=\"text\">{html.escape(r['label'])}</td><td class=\"text\">{html.escape(r['predicted'])}"
                    f"</td><td>{html.escape(r.get('confidence', ''))}</td></tr>" for r in rows[:MAX_ERRORS])
     return (f"<h2>Most confident errors</h2>\n<p class=\"note\">{min(len(rows), MAX_ERRORS)} of {len(rows)} "
-            "misclassified test rows, most confident first (all in errors.csv): often label errors, not model "
-            "errors.</p><table class=\"sortable\"><thead><tr><th>line</th><th class=\"text\">text</th>"
-            "<th class=\"text\">label</th><th class=\"text\">predicted</th><th>confidence</th></tr></thead>"
+            f"misclassified rows, most confident first (all in {html.escape(Path(errors_csv).name)}): often label "
+            "errors, not model errors.</p><table class=\"sortable\"><thead><tr><th>line</th>"
+            "<th class=\"text\">text</th><th class=\"text\">label</th><th class=\"text\">predicted</th>"
+            "<th>confidence</th></tr></thead>"
             f"<tbody>{body}</tbody></table>")
 
 
