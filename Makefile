@@ -2,6 +2,7 @@
 #
 #   make install                     # venv + torch + textclf in editable mode with dev,serve,onnx extras
 #   make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+#   make browser                     # Chromium for the headless-browser test of report.html (Debian, as root)
 #   make test | lint | docs | demo | bench | clean
 
 PYTHON ?= python3
@@ -17,10 +18,10 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 LINT_PATHS := $(wildcard textclf tests examples bench)
 
-.PHONY: help install demo test lint docs bench clean distclean
+.PHONY: help install browser demo test lint docs bench clean distclean
 
 help:
-	@echo "targets: install demo test lint docs bench clean distclean"
+	@echo "targets: install browser demo test lint docs bench clean distclean"
 	@echo "variables: PYTHON=$(PYTHON) VENV=$(VENV) TORCH_SPEC='$(TORCH_SPEC)' EXTRAS=$(EXTRAS)"
 
 # Create the virtual environment once.
@@ -36,6 +37,17 @@ $(STAMP): setup.cfg setup.py | $(VPY)
 	touch $@
 
 install: $(STAMP)
+
+# tests/test_html_report.py opens report.html in a headless Chromium; without one that test is skipped (and says so).
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then \
+		echo "Chromium is installed"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && apt-get install -y -q chromium; \
+	else \
+		echo "install Chromium with your system's package manager (Debian/Ubuntu: sudo apt install chromium)" >&2; \
+		exit 1; \
+	fi
 
 demo: install
 	$(VPY) examples/quickstart.py
