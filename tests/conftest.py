@@ -6,9 +6,14 @@ English and CJK characters), so tokenization is exactly what users get; only the
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
+
+from textclf.train.callbacks import Callback
 
 TESTS = Path(__file__).parent
 TINY_DATA = TESTS / "data" / "tiny"
@@ -39,6 +44,42 @@ def build_tiny_encoder(folder: Path, seed: int = 0, dropout: float = 0.1) -> Pat
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A local model folder usable as ``model=`` anywhere a hub name is."""
     return build_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def make_sentence_encoder(folder: Path, pooling: str = "mean_tokens", normalize: bool = True) -> Path:
+    """Give a model folder the sentence-transformers files that say how it pools (as all-MiniLM-L6-v2 has)."""
+    import json
+
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    modes = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens")
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, **{f"pooling_mode_{m}": m == pooling for m in modes}}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sentence_encoder(tmp_path_factory) -> Path:
+    """The tiny encoder as a mean-pooling, normalising sentence embedder (what the few-shot recipe needs)."""
+    return make_sentence_encoder(build_tiny_encoder(tmp_path_factory.mktemp("tiny-sentence-bert")))
+
+
+class SignalAt(Callback):
+    """Sends this process a real SIGTERM after optimizer step ``step`` (the trainer's handler catches it and stops
+    with a checkpoint)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, trainer):
+        if trainer.state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs at the next bytecode boundary
 
 
 @pytest.fixture(scope="session")

@@ -18,14 +18,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import SignalAt
 from safetensors.torch import load_file
 
-from textclf import Callback
 from textclf.errors import OutputDirError, TrainingError
 from textclf.runtime import rng_state, seed_everything, set_rng_state
 from textclf.train import checkpoint as ckpt
@@ -282,23 +281,11 @@ def _trainer(model_dir, data_dir, out, **overrides):
                    model_config=ModelConfig(pooling="mean"), callbacks=callbacks, overwrite=overwrite)
 
 
-class _SignalAt(Callback):
-    """Sends this process a real SIGTERM after optimizer step ``step`` (the trainer's handler catches it)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, trainer):
-        if trainer.state.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.05)  # the handler runs at the next bytecode boundary
-
-
 def test_sigterm_checkpoints_and_resume_auto_continues_in_process(tmp_path, tiny_model_dir, tiny_data_dir):
     """SIGTERM mid-run returns ``interrupted``; changed settings are refused; resuming twice matches the reference."""
     reference = _trainer(tiny_model_dir, tiny_data_dir, tmp_path / "reference").fit()
     out = tmp_path / "run"
-    trainer = _trainer(tiny_model_dir, tiny_data_dir, out, callbacks=[_SignalAt(3), _SignalAt(5)])
+    trainer = _trainer(tiny_model_dir, tiny_data_dir, out, callbacks=[SignalAt(3), SignalAt(5)])
     result = trainer.fit()
     assert result.interrupted and result.global_step == 3 and not (out / "last").exists()
     assert result.signal == signal.SIGTERM  # what the command line exits with (128 + 15), no private state read

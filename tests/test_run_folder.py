@@ -15,6 +15,10 @@ def test_setting_changes_name_what_a_resume_may_not_change():
     # a damaged config (null, a list) counts as "every setting differs", never as a crash
     assert setting_changes(now, None, ("run.",)) == setting_changes(now, [1, 2], ("run.",)) == [
         "train.epochs: None -> 3", "train.lr: None -> 0.001"]
+    # a setting added by a later release is no change at its default (the old run behaved so), a change otherwise
+    assert setting_changes({"train": {"lr": 1e-4, "recipe": "fine-tune"}}, {"train": {"lr": 1e-4}}, ()) == []
+    assert setting_changes({"train": {"lr": 1e-4, "recipe": "few-shot"}}, {"train": {"lr": 1e-4}}, ()) == [
+        "train.recipe: None -> 'few-shot'"]
 
 
 def test_truncate_log_keeps_the_checkpoint_steps_and_drops_torn_lines(tmp_path):

@@ -164,6 +164,9 @@ class ModelConfig:
     dropout: float = 0.1
     # Freeze the embeddings and all encoder layers below this index (e.g. 3 of 6 trains the top 3); None trains all.
     freeze_layers_below: int | None = None
+    # Scale each pooled text vector to unit length before the head, as sentence embedders (all-MiniLM-L6-v2) were
+    # trained; the few-shot recipe takes pooling and this from the encoder's own sentence-transformers config.
+    normalize: bool = False
 
     def __post_init__(self) -> None:
         _check_types(self, "model")
@@ -179,6 +182,8 @@ class ModelConfig:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RECIPES = ("fine-tune", "few-shot", "auto")
+FEW_SHOT_HEADS = ("logistic", "linear")
 SCHEDULES = ("linear", "cosine", "constant")
 METRICS = ("macro_f1", "micro_f1", "accuracy", "loss")
 # DataLoader worker processes: each holds a copy of the tokenized data; more than this only costs memory.
@@ -193,6 +198,15 @@ WINDOW_AGGREGATIONS = ("mean", "max", "attention")
 class TrainConfig:
     """The optimisation recipe."""
 
+    # How the model learns: "fine-tune" (rows -> logits -> cross-entropy, every layer), "few-shot" (contrastive
+    # pairs of rows tune a sentence encoder, then the head is fitted on its embeddings; SetFit's method) or "auto"
+    # (textclf picks the recipe and its settings from the data; settings you give explicitly are kept).
+    recipe: str = "fine-tune"
+    # Few-shot: same-label partners drawn per training row and epoch, and as many different-label partners.
+    pairs_per_row: int = 20
+    # Few-shot: the head fitted on the tuned embeddings: "logistic" (scikit-learn logistic regression) or "linear"
+    # (a linear layer trained by full-batch Adam on cross-entropy).
+    few_shot_head: str = "logistic"
     # Passes over the training data.
     epochs: float = 3
     # Stop after this many optimizer steps (overrides epochs when set).
@@ -294,6 +308,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_types(self, "train")
+        _check(self.recipe in RECIPES, "train", "recipe", f"must be one of {RECIPES}, got {self.recipe!r}")
+        _check(self.pairs_per_row >= 1, "train", "pairs_per_row", f"must be >= 1, got {self.pairs_per_row}")
+        _check(self.few_shot_head in FEW_SHOT_HEADS, "train", "few_shot_head",
+               f"must be one of {FEW_SHOT_HEADS}, got {self.few_shot_head!r}")
         _check(self.epochs > 0, "train", "epochs", f"must be > 0, got {self.epochs}")
         _check(self.max_steps is None or self.max_steps > 0, "train", "max_steps", "must be > 0 when set")
         _check(self.lr > 0, "train", "lr", f"must be > 0, got {self.lr}")

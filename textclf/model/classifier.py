@@ -118,6 +118,46 @@ def load_tokenizer(name: str):
         raise ModelLoadError(_unloadable_message(name, exc)) from None
 
 
+def sentence_pooling(name: str) -> dict | None:
+    """How a sentence-transformers encoder turns token vectors into its sentence embedding, read from its
+    ``modules.json`` and pooling config: ``{"pooling": "mean", "normalize": True}`` for all-MiniLM-L6-v2; None
+    when the folder (or hub repository) holds no such information (a plain encoder such as bert-base-chinese).
+
+    Raises:
+        ConfigError: the encoder pools in a way TextClassifier does not (max or weighted pooling, or CLS pooling,
+            which sentence-transformers takes without the encoder's pooler layer).
+    """
+    modules = _read_model_json(name, "modules.json")
+    pooling = next((m for m in modules or [] if str(m.get("type", "")).endswith("Pooling")), None)
+    config = _read_model_json(name, f"{pooling.get('path') or '1_Pooling'}/config.json") if pooling else None
+    if not config:
+        return None
+    modes = [key[len("pooling_mode_"):] for key, on in config.items() if key.startswith("pooling_mode_") and on]
+    if modes != ["mean_tokens"]:
+        raise ConfigError(f"model {name} pools its sentence embedding by {' + '.join(modes) or 'nothing'}; the "
+                          "few-shot recipe supports mean-pooling sentence encoders (such as all-MiniLM-L6-v2, the "
+                          "minilm alias): choose one, or use --recipe fine-tune")
+    return {"pooling": "mean", "normalize": any(str(m.get("type", "")).endswith("Normalize") for m in modules)}
+
+
+def _read_model_json(name: str, file: str):
+    """A JSON file of a local model folder, or of a hub repository (downloaded); None when it has none."""
+    path = resolve_model_name(name)
+    if Path(path).is_dir():
+        target = Path(path) / file
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            target = Path(hf_hub_download(path, file))
+        except Exception:  # noqa: BLE001 -- offline, unknown repository or no such file: the same answer
+            return None
+    try:
+        return json.loads(target.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def _unloadable_message(name: str, exc: Exception) -> str:
     if Path(name).exists():
         return f"model folder {name} cannot be loaded: {exc}"
@@ -138,10 +178,12 @@ class TextClassifier(nn.Module):
         dropout: dropout rate before the head.
         head: a custom head mapping ``[B, hidden]`` to ``[B, num_labels]``; default :meth:`build_head`.
         label_map: the label vocabulary, saved with the model.
+        normalize: scale each pooled vector to unit length before the head, as sentence embedders such as
+            all-MiniLM-L6-v2 were trained (:func:`sentence_pooling`).
     """
 
     def __init__(self, encoder: nn.Module, num_labels: int, pooling: str = "cls", dropout: float = 0.1,
-                 head: nn.Module | None = None, label_map: LabelMap | None = None):
+                 head: nn.Module | None = None, label_map: LabelMap | None = None, normalize: bool = False):
         super().__init__()
         if pooling not in ("cls", "mean"):
             raise ConfigError(f"model.pooling: must be 'cls' or 'mean', got {pooling!r}")
@@ -149,6 +191,7 @@ class TextClassifier(nn.Module):
             encoder.pooler = None  # unused by mean pooling; DDP needs every parameter to receive a gradient
         self.encoder = encoder
         self.pooling = pooling
+        self.normalize = normalize
         self.num_labels = num_labels
         self.label_map = label_map
         self.dropout = nn.Dropout(dropout)
@@ -174,20 +217,26 @@ class TextClassifier(nn.Module):
              attention_mask: torch.Tensor) -> torch.Tensor:
         """``[B, T, H]`` token vectors -> ``[B, H]`` text vector."""
         if self.pooling == "cls":
-            return pooler_output if pooler_output is not None else hidden[:, 0]
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            pooled = pooler_output if pooler_output is not None else hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None, num_windows: torch.Tensor | None = None) -> torch.Tensor:
+                token_type_ids: torch.Tensor | None = None, num_windows: torch.Tensor | None = None,
+                return_embeddings: bool = False) -> torch.Tensor:
         """``input_ids``, ``attention_mask``: ``[B, T]``. Returns logits ``[B, num_labels]``.
 
         With ``num_windows`` (``[N]``, windows per text) the ``B`` rows are the windows of ``N`` texts in order, and
-        the logits ``[N, num_labels]`` combine each text's windows (:meth:`aggregate_windows`).
+        the logits ``[N, num_labels]`` combine each text's windows (:meth:`aggregate_windows`). With
+        ``return_embeddings`` it returns the pooled text vectors ``[B, hidden]`` instead (contrastive training).
         """
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         pooled = self.pool(outputs.last_hidden_state, getattr(outputs, "pooler_output", None), attention_mask)
+        if return_embeddings:
+            return pooled
         if num_windows is not None:
             return self.aggregate_windows(pooled, num_windows)
         return self.head(self.dropout(pooled))
@@ -221,9 +270,9 @@ class TextClassifier(nn.Module):
 
     @classmethod
     def from_encoder(cls, name: str, label_map: LabelMap, pooling: str = "cls", dropout: float = 0.1,
-                     head: nn.Module | None = None) -> TextClassifier:
+                     head: nn.Module | None = None, normalize: bool = False) -> TextClassifier:
         """A fresh classifier on top of a pretrained encoder (hub name, local folder or alias)."""
-        return cls(load_encoder(name), len(label_map), pooling, dropout, head, label_map)
+        return cls(load_encoder(name), len(label_map), pooling, dropout, head, label_map, normalize)
 
     # ---- freezing -----------------------------------------------------------------------------------
 
@@ -254,7 +303,8 @@ class TextClassifier(nn.Module):
     def hf_compatible(self) -> bool:
         """True when the saved folder loads in ``AutoModelForSequenceClassification`` with the same logits."""
         has_pooler = getattr(self.encoder, "pooler", None) is not None
-        return (not self.custom_head and self.pooling == "cls" and has_pooler and self.window_scorer is None
+        return (not self.custom_head and self.pooling == "cls" and not self.normalize and has_pooler
+                and self.window_scorer is None
                 and self.config.model_type in HF_POOLER_HEADS)
 
     def _hf_state_dict(self) -> dict[str, torch.Tensor]:
@@ -286,7 +336,8 @@ class TextClassifier(nn.Module):
         if self.config.model_type in HF_POOLER_HEADS:
             config[HF_POOLER_HEADS[self.config.model_type]] = self.dropout.p
         (folder / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-        meta = {"pooling": self.pooling, "dropout": self.dropout.p, "num_labels": self.num_labels,
+        meta = {"pooling": self.pooling, "normalize": self.normalize, "dropout": self.dropout.p,
+                "num_labels": self.num_labels,
                 "hf_compatible": self.hf_compatible, "custom_head": self.custom_head,
                 "head_class": type(self.head).__name__, "window_aggregation": self.window_aggregation,
                 **(extra or {})}
@@ -324,7 +375,7 @@ class TextClassifier(nn.Module):
             raise ModelLoadError(f"{folder / LABELS_FILE} lists {len(label_map)} labels but the model's head has "
                                  f"{num_labels} outputs; the folder is damaged: restore labels.json from the training "
                                  "run, or retrain")
-        model = cls(encoder, num_labels, pooling, dropout, head, label_map)
+        model = cls(encoder, num_labels, pooling, dropout, head, label_map, bool(meta.get("normalize", False)))
         model.configure_windows(meta.get("window_aggregation", "mean"))  # before loading: may add window_scorer
         model.load_weights(folder)
         return model

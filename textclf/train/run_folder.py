@@ -3,12 +3,14 @@ the training data's fingerprint, the best model's step, and the log truncated ba
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
 import os
 from pathlib import Path
 
+from ..config import DataConfig, ModelConfig, PretrainConfig, TrainConfig
 from ..errors import OutputDirError, TrainingError
 from ..model import bundle
 
@@ -21,10 +23,20 @@ def flatten(config: dict) -> dict:
 
 def setting_changes(now: dict, saved: dict | None, resumable: tuple[str, ...]) -> list[str]:
     """``"section.field: then -> now"`` for every setting that differs from ``saved`` and that a resume may not
-    change (``resumable`` holds the prefixes it may: ``"run."``, ``"train.epochs"``...)."""
+    change (``resumable`` holds the prefixes it may: ``"run."``, ``"train.epochs"``...).
+
+    A setting that a later release added (absent from ``saved``) and that is at its default now changed nothing:
+    the run that wrote the checkpoint behaved as that default does.
+    """
     now, then = flatten(now), flatten(saved if isinstance(saved, dict) else {})
+    added_at_default = {key for key, value in now.items()  # (a damaged config, with no settings, is not a release)
+                        if then and key not in then and _DEFAULTS.get(key, ...) == value}
     return [f"{key}: {then.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(now) | set(then))
-            if not key.startswith(resumable) and then.get(key) != now.get(key)]
+            if not key.startswith(resumable) and then.get(key) != now.get(key) and key not in added_at_default]
+
+
+_DEFAULTS = flatten({section: dataclasses.asdict(klass()) for section, klass in (
+    ("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig), ("pretrain", PretrainConfig))})
 
 
 def truncate_log(path: Path, step: int) -> None:

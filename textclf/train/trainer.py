@@ -29,7 +29,6 @@ from ..data.inputs import input_strategy
 from ..data.normalize import TextNormalizer
 from ..data.preparation import DATA_DIR, normalise, save_prepared_data
 from ..data.readers import DatasetSplits, Split, TextClassificationDataset, load_dataset
-from ..data.sampling import training_sampler
 from ..deploy.predict import Predictor
 from ..errors import ConfigError
 from ..eval.metrics import EvalReport
@@ -51,6 +50,7 @@ from .callbacks import Callback, EarlyStopping
 from .finetune import GradualUnfreezing, build_optimizer
 from .loggers import HEADLINE_METRICS, log_evaluation
 from .loop import TrainingLoop, TrainState  # noqa: F401 (TrainState: part of the public API)
+from .objectives import objective_for
 from .optim import build_scheduler
 from .report import report_run
 from .run_folder import check_best_is_not_ahead, fingerprint_differences, rows_fingerprint
@@ -119,6 +119,9 @@ class Trainer(TrainingLoop):
         self.data = (data if isinstance(data, DatasetSplits) or data is None
                      else load_dataset(data, config=self.data_config))
         self.tokenizer = tokenizer or load_tokenizer(self.model_config.name)
+        # What a training batch is and what it costs: rows and their loss, or few-shot pairs (textclf.train.objectives)
+        self.objective = objective_for(self.config, self.model_config.name)
+        self.model_config = self.objective.model_config(self.model_config)
         self.inputs = input_strategy(self.config)  # truncation or sliding windows (textclf.data.inputs)
         self.model = self._build_model(model, head)
         self.label_map = self.model.label_map or (self.data.label_map if self.data else None)
@@ -136,8 +139,10 @@ class Trainer(TrainingLoop):
         elif self.data is None:
             raise ConfigError("Trainer: pass data= so the label set is known before the head is built")
         else:
-            built = TextClassifier.from_encoder(self.model_config.name, self.data.label_map, self.model_config.pooling,
-                                                self.model_config.dropout, head)
+            cfg = self.model_config
+            built = TextClassifier.from_encoder(cfg.name, self.data.label_map, cfg.pooling, cfg.dropout, head,
+                                                cfg.normalize)
+            self.objective.configure(built, self.config)
         if self.model_config.freeze_layers_below is not None:
             built.freeze_layers_below(self.model_config.freeze_layers_below)
         # train.unfreeze_every: thaws one more layer every N optimizer steps (None: the frozen layers stay frozen)
@@ -231,11 +236,9 @@ class Trainer(TrainingLoop):
         """
         num_tokens = int(batch["attention_mask"].sum())  # on the host copy: no device sync
         batch = self._to_device(batch)
-        with self.runtime.autocast():
-            logits = self.ddp_model(batch["input_ids"], batch["attention_mask"], **self.inputs.model_inputs(batch))
-        loss = self.compute_loss(logits, batch)
+        loss, logits, rows = self.objective.loss(self, batch)  # forward under autocast, then compute_loss
         self.scaler.scale(loss / self.accumulated).backward()
-        return StepOutput(loss.detach(), logits.detach(), len(logits), num_tokens)  # rows = texts, not windows
+        return StepOutput(loss.detach(), logits, rows, num_tokens)
 
     def evaluation_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         """Forward and (when labels are present) loss of one evaluation batch, under autocast."""
@@ -330,9 +333,7 @@ class Trainer(TrainingLoop):
     @property
     def train_sampler(self):
         if not hasattr(self, "_train_sampler"):
-            dataset, rt = self.train_dataset, self.runtime
-            self._train_sampler = training_sampler(dataset.labels, dataset.lengths, len(self.label_map), self.config,
-                                                   rt.rank, rt.world_size, self.stratify_lengths)
+            self._train_sampler = self.objective.sampler(self)  # rows (length-grouped...), or few-shot pairs
         return self._train_sampler
 
     # ---- helpers ----------------------------------------------------------------------------------------------------
@@ -367,6 +368,7 @@ class Trainer(TrainingLoop):
             self._evaluate_and_keep_best()
 
     def _evaluate_and_keep_best(self) -> EvalReport:
+        self.objective.prepare_head(self)  # few-shot: the head is fitted on the current embeddings
         report = self.evaluate()
         step = self.state.global_step
         self.state.last_eval_step = step
@@ -451,6 +453,7 @@ class Trainer(TrainingLoop):
             self._report_stop()
             return FitResult(self.output_dir, self.state.global_step, self.state.best_step, self.state.best_metric,
                              None, None, stopped_early=False, interrupted=True, signal=self._interrupt_signal)
+        self.objective.prepare_head(self)
         self._save_bundle(self.output_dir / "last", {"step": self.state.global_step})
         # Rank 0 wrote best/ and reloads it; the other ranks take its weights over the process group, so none
         # reads a folder rank 0 may still be writing, and no filesystem shared between nodes is needed.

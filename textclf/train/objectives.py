@@ -1,0 +1,171 @@
+"""What a training batch is and what it costs: the objective of a fine-tuning run (``train.recipe``).
+
+* :class:`Classification` (``fine-tune``) -- rows -> logits -> the task's loss (cross-entropy, with the config's
+  class weights, focal loss, label smoothing), through :meth:`Trainer.compute_loss`.
+* :class:`ContrastivePairs` (``few-shot``) -- SetFit's method: batches of row pairs (:class:`~textclf.data.pairs.
+  PairBatches`) -> pooled embeddings -> the squared distance of each pair's cosine similarity from its target (1 for
+  the same label, 0 for different labels). The head does not train with the encoder; it is fitted on the tuned
+  embeddings of the training rows before every evaluation and before a model folder is saved, so ``best/`` and
+  ``last/`` are ordinary model folders (Predictor, evaluate, export, serve).
+
+The :class:`~textclf.Trainer` asks its objective for the epoch's batches, the loss of a batch, and to make the head
+ready before evaluating; everything else (precision, accumulation, checkpoints, resume, logging, callbacks) is the
+shared loop's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import ModelConfig, TrainConfig
+from ..data.collate import sequential_shard
+from ..data.pairs import PairBatches
+from ..data.sampling import training_sampler
+from ..errors import ConfigError
+from ..model.classifier import sentence_pooling
+
+
+class Classification:
+    """Full fine-tuning: every batch is rows with labels, the loss is the task's (``train.recipe = "fine-tune"``)."""
+
+    recipe = "fine-tune"
+
+    def model_config(self, model_config: ModelConfig) -> ModelConfig:
+        """The model settings this objective trains with (fine-tuning keeps them)."""
+        return model_config
+
+    def configure(self, model: nn.Module, config: TrainConfig) -> None:
+        """Prepare a freshly built model for training."""
+
+    def sampler(self, trainer):
+        dataset, rt = trainer.train_dataset, trainer.runtime
+        return training_sampler(dataset.labels, dataset.lengths, len(trainer.label_map), trainer.config, rt.rank,
+                                rt.world_size, trainer.stratify_lengths)
+
+    def loss(self, trainer, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(mean loss, logits, rows)`` of a batch already on the device."""
+        with trainer.runtime.autocast():
+            logits = trainer.ddp_model(batch["input_ids"], batch["attention_mask"],
+                                       **trainer.inputs.model_inputs(batch))
+        return trainer.compute_loss(logits, batch), logits.detach(), len(logits)  # rows = texts, not windows
+
+    def prepare_head(self, trainer) -> None:
+        """Make the head ready before an evaluation or a saved model folder (it trains with the encoder)."""
+
+
+class ContrastivePairs(Classification):
+    """Few-shot training of a sentence encoder on pairs of rows, then a head fitted on its embeddings.
+
+    Args:
+        model_name: the encoder; its sentence-transformers pooling config says how it pools (and must exist).
+    """
+
+    recipe = "few-shot"
+
+    def __init__(self, model_name: str):
+        self.pooling = sentence_pooling(model_name)
+        if self.pooling is None:
+            raise ConfigError(f"train.recipe: few-shot training tunes a sentence encoder, and {model_name} has no "
+                              "sentence-transformers pooling information (modules.json and 1_Pooling/config.json); "
+                              "use an encoder trained as a sentence embedder, such as minilm (all-MiniLM-L6-v2), "
+                              "or --recipe fine-tune")
+
+    def model_config(self, model_config: ModelConfig) -> ModelConfig:
+        """The encoder's own sentence pooling: its embeddings are what the pairs tune."""
+        from dataclasses import replace
+
+        return replace(model_config, pooling=self.pooling["pooling"], normalize=self.pooling["normalize"])
+
+    def configure(self, model: nn.Module, config: TrainConfig) -> None:
+        if config.long_texts != "truncate":
+            raise ConfigError("train.long_texts: few-shot training reads each text once, truncated to max_length; "
+                              "use long_texts=truncate with --recipe few-shot")
+        if not isinstance(getattr(model, "head", None), nn.Linear):
+            raise ConfigError("train.recipe: few-shot training fits a linear head on the embeddings; a custom head "
+                              "cannot be fitted that way (use --recipe fine-tune)")
+        for param in model.head.parameters():  # fitted on the embeddings, never by the optimizer
+            param.requires_grad_(False)
+
+    def sampler(self, trainer):
+        cfg, rt = trainer.config, trainer.runtime
+        return PairBatches(trainer.train_dataset.labels, cfg.batch_size, cfg.pairs_per_row, cfg.seed, rt.rank,
+                           rt.world_size, trainer.label_map.names)
+
+    def loss(self, trainer, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, None, int]:
+        """The batch holds ``B`` anchors, then their ``B`` partners: one forward pass embeds both sides."""
+        with trainer.runtime.autocast():
+            embeddings = trainer.ddp_model(batch["input_ids"], batch["attention_mask"], return_embeddings=True)
+        first, second = embeddings.float().chunk(2)  # fp32: a cosine of bf16 vectors is too coarse for the loss
+        labels = batch["labels"]
+        target = (labels[: len(first)] == labels[len(first):]).float()
+        similarity = nn.functional.cosine_similarity(first, second, dim=-1)
+        return nn.functional.mse_loss(similarity, target), None, len(first)
+
+    def prepare_head(self, trainer) -> None:
+        """Fit the head on the current embeddings of the training rows (deterministic: the same on every rank)."""
+        embeddings = embed_rows(trainer, trainer.train_dataset)
+        labels = np.asarray(trainer.train_dataset.labels)
+        weight, bias = fit_linear_head(embeddings, labels, len(trainer.label_map), trainer.config.few_shot_head,
+                                       trainer.config.seed)
+        head = trainer.model.head
+        with torch.no_grad():
+            head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
+            head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+
+
+def embed_rows(trainer, dataset) -> np.ndarray:
+    """``[N, hidden]`` float32 pooled embeddings of a tokenized dataset, in row order, under the run's precision."""
+    model, was_training = trainer.model, trainer.model.training
+    model.eval()
+    out = np.zeros((len(dataset), model.config.hidden_size), dtype=np.float32)
+    batches = sequential_shard(len(dataset), trainer.config.eval_batch_size, 0, 1, dataset.lengths)
+    with torch.inference_mode():
+        for rows, batch in zip(batches, trainer._loader(batches, dataset)):
+            batch = trainer._to_device(batch)
+            with trainer.runtime.autocast():
+                vectors = model(batch["input_ids"], batch["attention_mask"], return_embeddings=True)
+            out[rows] = vectors.float().cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def fit_linear_head(embeddings: np.ndarray, labels: np.ndarray, num_labels: int, kind: str = "logistic",
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(weight [C, H], bias [C])`` of a linear layer whose softmax classifies ``embeddings``.
+
+    ``"logistic"``: scikit-learn's multinomial logistic regression (L2, C=1, as SetFit's default head). A class
+    missing from ``labels`` gets a bias of -30 (never predicted). Two classes: the fitted ``w.x + b`` becomes the
+    second class's logit and 0 the first's, which gives the same probabilities. ``"linear"``: a linear layer trained by
+    full-batch Adam (lr 1e-2, 300 steps, weight decay 1e-2) on cross-entropy, from a seeded start.
+    """
+    present = np.unique(labels)
+    weight = np.zeros((num_labels, embeddings.shape[1]), dtype=np.float32)
+    bias = np.full(num_labels, -30.0, dtype=np.float32)
+    if kind == "logistic":
+        from sklearn.linear_model import LogisticRegression
+
+        fitted = LogisticRegression(max_iter=1000).fit(embeddings, labels)
+        if len(present) == 2:
+            weight[present[1]], bias[present[1]], bias[present[0]] = fitted.coef_[0], fitted.intercept_[0], 0.0
+        else:
+            weight[present], bias[present] = fitted.coef_, fitted.intercept_
+        return weight, bias
+    generator = torch.Generator().manual_seed(seed)
+    x, y = torch.as_tensor(embeddings), torch.as_tensor(labels, dtype=torch.long)
+    layer = nn.Linear(x.shape[1], num_labels)
+    with torch.no_grad():
+        layer.weight.normal_(0.0, 0.02, generator=generator)
+        layer.bias.zero_()
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=1e-2, weight_decay=1e-2)
+    for _ in range(300):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(layer(x), y).backward()
+        optimizer.step()
+    return layer.weight.detach().numpy(), layer.bias.detach().numpy()
+
+
+def objective_for(config: TrainConfig, model_name: str) -> Classification:
+    """The objective of ``train.recipe`` (an "auto" recipe is resolved before this is asked)."""
+    return ContrastivePairs(model_name) if config.recipe == "few-shot" else Classification()
