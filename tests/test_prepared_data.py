@@ -43,6 +43,12 @@ def test_given_splits_are_not_copied(tiny_model_dir, tiny_data_dir, tmp_path):
     out = tmp_path / "run"
     textclf.Trainer(str(tiny_model_dir), str(tiny_data_dir), out, _config(), progress=False).fit()
     assert not (out / "data").exists()
+    # splits given in memory share a source name ("<list>") but were not held out of train: not copied either
+    data = textclf.load_dataset(tiny_data_dir)
+    rows = [(split, list(zip(split.texts, split.labels))) for split in (data.train, data.test)]
+    given = textclf.load_dataset(rows[0][1], dev=list(zip(data.dev.texts, data.dev.labels)), test=rows[1][1])
+    textclf.Trainer(str(tiny_model_dir), given, tmp_path / "lists", _config(), progress=False).fit()
+    assert not (tmp_path / "lists" / "data").exists()
 
 
 def test_augmented_rows_are_written_with_their_source_line(tiny_model_dir, tiny_data, tmp_path):

@@ -47,7 +47,7 @@ def save_prepared_data(data: DatasetSplits, folder: Path, config, augmented: int
     returns one line per file for the log (none when there is nothing to keep)."""
     notes = []
     for split in (data.dev, data.test):
-        if split is not None and split.source == data.train.source:  # carved out of the training file
+        if split is not None and split.held_out:  # carved out of the training file
             folder.mkdir(parents=True, exist_ok=True)
             write_split(split, folder / f"{split.name}.csv", config)
             notes.append(f"{split.name}: {len(split)} rows held out of {split.source} (stratified, seed "

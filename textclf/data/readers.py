@@ -72,6 +72,7 @@ class Split:
         source: The file or folder read, or ``"<DataFrame>"``, ``"<list>"``, ``"<dict>"``.
         locations: Where each row came from (line number, DataFrame index, or file path), for messages.
         location_kind: What ``locations`` hold: ``"line"``, ``"row"``, ``"item"`` or ``"file"``.
+        held_out: The rows were held out of another split by :func:`stratified_split` (not read as they are).
     """
 
     name: str
@@ -80,6 +81,7 @@ class Split:
     source: str
     locations: list[Any] | None = field(default=None, repr=False)
     location_kind: str = field(default="row", repr=False)
+    held_out: bool = field(default=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -299,7 +301,8 @@ def stratified_split(
     keys = _stratify_keys(split, n_held, names)
     indices = np.arange(n)
     kept, held = train_test_split(indices, test_size=n_held, random_state=seed, shuffle=True, stratify=keys)
-    return split.subset(np.sort(kept).tolist(), names[0]), split.subset(np.sort(held).tolist(), names[1])
+    held_out = dataclasses.replace(split.subset(np.sort(held).tolist(), names[1]), held_out=True)
+    return split.subset(np.sort(kept).tolist(), names[0]), held_out
 
 
 # ====================================================================================================== the dataset
