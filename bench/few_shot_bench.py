@@ -4,7 +4,6 @@ For each data set (SST-2, TREC, the AG News subset from ../shared/data), each N 
 draw (seeded: the same rows for every system), every system trains on the N x C rows only -- no dev split, as a
 user with 8 rows per class has none -- and is scored on the full test set:
 
-* ``auto``     -- ``textclf train --recipe auto`` (TrainConfig(recipe="auto")), MiniLM;
 * ``few-shot`` -- ``--recipe few-shot`` with its defaults plus the settings given by ``--few-shot``;
 * ``setfit``   -- the ``setfit`` package (the peer), ``SetFitModel`` over the same all-MiniLM-L6-v2 folder, its
   documented defaults (``TrainingArguments()``: oversampled unique pairs, 1 epoch, batch 16, body lr 2e-5,
@@ -39,7 +38,7 @@ import numpy as np
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = ("sst2", "trec", "ag_news_subset")
-SYSTEMS = ("auto", "setfit", "fine-tune", "baseline")
+SYSTEMS = ("few-shot", "setfit", "fine-tune", "baseline")
 
 
 def read(path: Path) -> list[tuple[str, str]]:
@@ -120,7 +119,7 @@ def run_one(system: str, train, test, seed: int, work: Path, few_shot: dict) -> 
         return run_setfit(train, test, seed, work)
     if system == "baseline":
         return run_baseline(train, test)
-    recipe = {"auto": {"recipe": "auto"}, "fine-tune": {}, "few-shot": {"recipe": "few-shot", **few_shot}}[system]
+    recipe = {"fine-tune": {}, "few-shot": {"recipe": "few-shot", **few_shot}}[system]
     return run_textclf(train, test, TrainConfig(**common, **recipe), work)
 
 

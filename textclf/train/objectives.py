@@ -30,8 +30,6 @@ from ..model.classifier import sentence_pooling
 class Classification:
     """Full fine-tuning: every batch is rows with labels, the loss is the task's (``train.recipe = "fine-tune"``)."""
 
-    recipe = "fine-tune"
-
     def model_config(self, model_config: ModelConfig) -> ModelConfig:
         """The model settings this objective trains with (fine-tuning keeps them)."""
         return model_config
@@ -62,9 +60,8 @@ class ContrastivePairs(Classification):
         model_name: the encoder; its sentence-transformers pooling config says how it pools (and must exist).
     """
 
-    recipe = "few-shot"
-
     def __init__(self, model_name: str):
+        self._fitted_at_step: int | None = None  # the optimizer step whose embeddings the head was last fitted on
         self.pooling = sentence_pooling(model_name)
         if self.pooling is None:
             raise ConfigError(f"train.recipe: few-shot training tunes a sentence encoder, and {model_name} has no "
@@ -104,7 +101,13 @@ class ContrastivePairs(Classification):
         return nn.functional.mse_loss(similarity, target), None, len(first)
 
     def prepare_head(self, trainer) -> None:
-        """Fit the head on the current embeddings of the training rows (deterministic: the same on every rank)."""
+        """Fit the head on the current embeddings of the training rows (deterministic: the same on every rank).
+
+        Once per optimizer step: the end of a run with a dev split has just fitted it for the last evaluation.
+        """
+        if self._fitted_at_step == trainer.state.global_step:
+            return
+        self._fitted_at_step = trainer.state.global_step
         embeddings = embed_rows(trainer, trainer.train_dataset)
         labels = np.asarray(trainer.train_dataset.labels)
         weight, bias = fit_linear_head(embeddings, labels, len(trainer.label_map), trainer.config.few_shot_head,
@@ -167,5 +170,5 @@ def fit_linear_head(embeddings: np.ndarray, labels: np.ndarray, num_labels: int,
 
 
 def objective_for(config: TrainConfig, model_name: str) -> Classification:
-    """The objective of ``train.recipe`` (an "auto" recipe is resolved before this is asked)."""
+    """The objective of ``train.recipe``."""
     return ContrastivePairs(model_name) if config.recipe == "few-shot" else Classification()
