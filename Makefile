@@ -1,6 +1,6 @@
 # textclf developer tasks. Everything runs inside $(VENV), which `make install` creates on first use.
 #
-#   make install                     # venv + torch + textclf in editable mode with dev,serve,onnx extras
+#   make install                     # venv + torch + textclf in editable mode with dev,serve,onnx,tune extras
 #   make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 #   make browser                     # Chromium for the headless-browser test of report.html (Debian, as root)
 #   make test | lint | docs | demo | bench | clean
@@ -8,7 +8,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,serve,onnx
+EXTRAS ?= dev,serve,onnx,tune
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 

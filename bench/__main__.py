@@ -1,4 +1,6 @@
-"""``python -m bench``: the training benchmark (textclf vs the Hugging Face Trainer), then the deployment one."""
+"""``python -m bench``: the training benchmark (textclf vs the Hugging Face Trainer), the deployment one, then the
+few-shot grid against SetFit (bench/few_shot_bench.py; it resumes into bench/results/few-shot.json, so runs already
+there are not repeated)."""
 
 import sys
 
@@ -10,8 +12,11 @@ def main() -> int:
     try:
         from bench import deploy_bench
     except ImportError:  # the deployment benchmark is optional
-        return status
-    return status or deploy_bench.main([])
+        deploy_bench = None
+    status = status or (deploy_bench.main([]) if deploy_bench else 0)
+    from bench import few_shot_bench
+
+    return status or few_shot_bench.main(["--out", "bench/results/few-shot.json", "--plot", "docs/img/few-shot.png"])
 
 
 sys.exit(main())

@@ -4,7 +4,8 @@ For each data set (SST-2, TREC, the AG News subset from ../shared/data), each N 
 draw (seeded: the same rows for every system), every system trains on the N x C rows only -- no dev split, as a
 user with 8 rows per class has none -- and is scored on the full test set:
 
-* ``few-shot`` -- ``--recipe few-shot`` with its defaults plus the settings given by ``--few-shot``;
+* ``auto``     -- ``--recipe auto``: textclf looks at the N x C rows and the encoder and picks the recipe;
+* ``few-shot`` -- ``--recipe few-shot`` with its defaults plus the settings given by ``--few-shot`` (a variant);
 * ``setfit``   -- the ``setfit`` package (the peer), ``SetFitModel`` over the same all-MiniLM-L6-v2 folder, its
   documented defaults (``TrainingArguments()``: oversampled unique pairs, 1 epoch, batch 16, body lr 2e-5,
   logistic-regression head), the draw as its seed;
@@ -38,7 +39,7 @@ import numpy as np
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = ("sst2", "trec", "ag_news_subset")
-SYSTEMS = ("few-shot", "setfit", "fine-tune", "baseline")
+SYSTEMS = ("auto", "setfit", "fine-tune", "baseline")
 
 
 def read(path: Path) -> list[tuple[str, str]]:
@@ -119,7 +120,7 @@ def run_one(system: str, train, test, seed: int, work: Path, few_shot: dict) -> 
         return run_setfit(train, test, seed, work)
     if system == "baseline":
         return run_baseline(train, test)
-    recipe = {"fine-tune": {}, "few-shot": {"recipe": "few-shot", **few_shot}}[system]
+    recipe = {"auto": {"recipe": "auto"}, "fine-tune": {}, "few-shot": {"recipe": "few-shot", **few_shot}}[system]
     return run_textclf(train, test, TrainConfig(**common, **recipe), work)
 
 

@@ -52,7 +52,6 @@ BAD_VALUES = [
     (TrainConfig, "label_smoothing", 1.0),
     (TrainConfig, "sampler", "oversample"),
     (TrainConfig, "recipe", "setfit"),
-    (TrainConfig, "recipe", "auto"),  # not built yet: refused rather than silently fine-tuning
     (TrainConfig, "pairs_per_row", 0),
     (TrainConfig, "few_shot_head", "mlp"),
     (TrainConfig, "layer_lr_decay", 0.0),

@@ -173,3 +173,13 @@ def test_committed_notebook_has_no_outputs():
     for cell in notebook.cells:
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None
+
+
+def test_few_labels_script(tmp_path, tiny_sentence_encoder, capsys):
+    few = load_example("few_labels")
+    outcome = few.main(["--model", str(tiny_sentence_encoder), "--data", str(TINY), "--per-class", "4",
+                        "--output", str(tmp_path / "run"), "--max-steps", "3", "--lr-find"])
+    assert outcome["recipe"] == "few-shot"  # a sentence encoder and 4 rows per class
+    printed = capsys.readouterr().out
+    assert "40 training rows (4 per class of 10)" in printed and "recipe auto: few-shot" in printed
+    assert "lr-find:" in printed and (tmp_path / "run-lr" / "lr_find.png").is_file()

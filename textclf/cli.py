@@ -28,7 +28,7 @@ from pathlib import Path
 from . import outputs
 from .config import DataConfig, ModelConfig, RunConfig, RunPaths, TrainConfig, field_docs, load_mapping
 from .data.labels import LABELS_FILE, LabelMap
-from .errors import ConfigError, TextclfError
+from .errors import ConfigError, OutputDirError, TextclfError
 from .model import bundle
 
 # Config sections whose fields become flags; a field may get a flag name other than its own.
@@ -97,6 +97,40 @@ def build_parser() -> ArgumentParser:
     train.add_argument("--cv", type=int, metavar="K", help="K-fold cross-validation over train+dev instead of one "
                        "run: one model per fold in OUTPUT/fold-k, mean ± std in OUTPUT/cv.json")
     train.set_defaults(handler=cmd_train)
+
+    lr_find = commands.add_parser("lr-find", help="learning-rate range test: loss against lr, and a suggested lr",
+                                  description="Train for --steps optimizer steps while the learning rate grows "
+                                  "exponentially from --start-lr to --end-lr, with the data, model and settings "
+                                  "train would use; plot the loss against the lr (OUTPUT/lr_find.png, TensorBoard "
+                                  "under OUTPUT/runs) and suggest an lr. Nothing is trained for keeps.")
+    lr_find.add_argument("--config", metavar="FILE", help="YAML/JSON config, as for train; flags override it")
+    _add_config_flags(lr_find)
+    lr_find.add_argument("--start-lr", type=_number_in(float, 1e-12, None), default=1e-7,
+                         help="learning rate of the first step (default 1e-7)")
+    lr_find.add_argument("--end-lr", type=_number_in(float, 1e-12, None), default=1.0,
+                         help="learning rate of the last step (default 1)")
+    lr_find.add_argument("--steps", type=_number_in(int, 5, None), default=100,
+                         help="optimizer steps (default 100); the test stops early once the loss diverges")
+    lr_find.add_argument("--overwrite", action="store_true", help="replace an earlier lr-find in the output folder")
+    lr_find.set_defaults(handler=cmd_lr_find)
+
+    tune = commands.add_parser("tune", help="time-boxed search of lr, epochs, trained layers and recipe (Optuna)",
+                               description="Search the learning rate, the epochs, the layers that train and (when "
+                               "few-shot training fits the data) the recipe within --budget, starting from what "
+                               "--recipe auto picks; settings given as flags or in --config are held fixed. Trials "
+                               "are scored on dev (successive halving over epochs) or, with no dev split, by "
+                               "--folds-fold cross-validation. Each trial is a run folder in OUTPUT/trials; the best "
+                               "model is copied to OUTPUT/best. Run the same command again to continue a search.")
+    tune.add_argument("--config", metavar="FILE", help="YAML/JSON config, as for train; flags override it")
+    _add_config_flags(tune)
+    tune.add_argument("--budget", required=True, metavar="DURATION", help="wall-clock time for the whole search, "
+                      "e.g. 20m, 1h30m, 90s (over every session that continues it)")
+    tune.add_argument("--trials", type=_number_in(int, 1, None), metavar="N",
+                      help="stop after N finished trials even if time is left")
+    tune.add_argument("--folds", type=_number_in(int, 2, 20), default=3, metavar="K",
+                      help="cross-validation folds per trial when there is no dev split (default 3)")
+    tune.add_argument("--overwrite", action="store_true", help="start afresh over an earlier search in --output")
+    tune.set_defaults(handler=cmd_tune)
 
     evaluate = commands.add_parser("evaluate", help="score a trained model on a labelled file",
                                    description="Score a trained model on a labelled file.")
@@ -266,6 +300,12 @@ def _parser_for(kind: type, optional: bool, flag: str):
 
 def resolve_run_config(args: argparse.Namespace) -> RunConfig:
     """Defaults, then the --config file, then flags; every section validated with errors that name the field."""
+    return RunConfig.from_dict(given_settings(args), source=args.config or "command line")
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, dict]:
+    """The settings the user gave, by section: the --config file's, then the flags' (argparse leaves flags that
+    were not given out of ``args``)."""
     raw = load_mapping(args.config) if getattr(args, "config", None) else {}
     for name, _ in SECTIONS:
         if not isinstance(raw.get(name) or {}, dict):
@@ -278,7 +318,17 @@ def resolve_run_config(args: argparse.Namespace) -> RunConfig:
         if "." in dest:
             section, name = dest.split(".", 1)
             sections[section][name] = value
-    return RunConfig.from_dict(sections, source=args.config or "command line")
+    return sections
+
+
+def _config_with_data_and_output(args: argparse.Namespace, command: str) -> RunConfig:
+    """The resolved config of a command that trains: it needs training data and an output folder."""
+    config = resolve_run_config(args)
+    if not config.run.data:
+        raise UsageError(f"textclf {command}: no training data; pass --data DIR_OR_FILE (or set run.data in --config)")
+    if not config.run.output:
+        raise UsageError(f"textclf {command}: no output folder; pass --output DIR (or set run.output in --config)")
+    return config
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -288,13 +338,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if getattr(args, "seeds", None) and getattr(args, "cv", None) is not None:
         raise UsageError("textclf train: --seeds (a seed ensemble) and --cv (cross-validation) are separate runs; "
                          "give one of them")
-    config = resolve_run_config(args)
-    if not config.run.data:
-        raise UsageError("textclf train: no training data; pass --data DIR_OR_FILE (or set run.data in --config)")
-    if not config.run.output:
-        raise UsageError("textclf train: no output folder; pass --output DIR (or set run.output in --config)")
+    config = _config_with_data_and_output(args, "train")
     outputs.check_output_folder(config.run.output)
     data = load_dataset(config.run.data, dev=config.run.dev, test=config.run.test, config=config.data)
+    if config.train.recipe == "auto":
+        config = _choose_recipe(args, config, data)
     if getattr(args, "seeds", None):
         return _train_ensemble(args, config, data)
     if getattr(args, "cv", None) is not None:
@@ -317,6 +365,76 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("\nTF-IDF baseline on the same splits (also in metrics.json under \"baseline\"):\n"
               + compare_with_baseline(out, data))
     return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from .data.readers import load_dataset
+    from .train.trainer import Trainer
+
+    config = _config_with_data_and_output(args, "lr-find")
+    if args.start_lr >= args.end_lr:
+        raise UsageError(f"textclf lr-find: --start-lr ({args.start_lr:g}) must be below --end-lr ({args.end_lr:g})")
+    out = outputs.check_output_folder(config.run.output)
+    if outputs.has_content(out):  # checked before any model or data is loaded
+        outputs.check_replaceable(out, outputs.LR_FIND)
+        if not args.overwrite:
+            raise OutputDirError(f"output folder {out} holds an earlier lr-find; pass --overwrite to replace it, "
+                                 "or choose another --output")
+    data = load_dataset(config.run.data, dev=config.run.dev, test=config.run.test, config=config.data)
+    if config.train.recipe == "auto":
+        config = _choose_recipe(args, config, data)
+    trainer = Trainer(model=config.model.name, data=data, output_dir=out, config=config.train,
+                      model_config=config.model, data_config=config.data, progress=False)
+    outputs.replace(out, outputs.LR_FIND)
+    outputs.claim(out, outputs.LR_FIND)
+    result = trainer.find_lr(args.start_lr, args.end_lr, args.steps, output_dir=out)
+    print(result.summary())
+    print(f"plot: {out / 'lr_find.png'}; curve: {out / 'lr_find.json'}; TensorBoard: tensorboard --logdir "
+          f"{out / 'runs'}")
+    if result.suggestion is not None:
+        print(f"train with it: add --lr {result.suggestion:.1e} to the textclf train command")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .data.readers import load_dataset
+    from .tools.tune import parse_budget, tune
+
+    config = _config_with_data_and_output(args, "tune")
+    budget = parse_budget(args.budget)  # a malformed budget is refused before anything is loaded
+    outputs.check_output_folder(config.run.output)
+    data = load_dataset(config.run.data, dev=config.run.dev, test=config.run.test, config=config.data)
+    given = given_settings(args)
+    try:
+        result = tune(data, config.run.output, budget, config.model, config.train, config.data,
+                      explicit_train=set(given["train"]), explicit_model=set(given["model"]), folds=args.folds,
+                      max_trials=args.trials, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        result = None
+    if result is None or result.interrupted:
+        again = [arg for arg in (sys.argv[1:] if getattr(args, "argv", None) is None else args.argv)
+                 if arg != "--overwrite"]
+        print(f"textclf tune: interrupted; continue the search with:\n  {shlex.join(['textclf', *again])}",
+              file=sys.stderr)
+        return 130
+    print(result.format())
+    out = Path(config.run.output)
+    print(f"spent {result.spent_seconds:.0f} s of the budget; best model: {out / 'best'}; every trial: "
+          f"{out / 'trials'}; summary: {out / 'tune.json'}")
+    return 0
+
+
+def _choose_recipe(args: argparse.Namespace, config: RunConfig, data) -> RunConfig:
+    """``--recipe auto``: the recipe for this data, keeping every setting given as a flag or in --config (even one
+    given at its default value); the choice goes into OUTPUT/config.yaml like any other setting."""
+    from .model.classifier import load_tokenizer
+    from .train.recipes import resolve_auto
+
+    given = given_settings(args)
+    recipe = resolve_auto(data, load_tokenizer(config.model.name), config.model, config.train,
+                          explicit_train=set(given["train"]), explicit_model=set(given["model"]))
+    print(recipe.reason)
+    return dataclasses.replace(config, train=recipe.train, model=recipe.model)
 
 
 def _train_ensemble(args: argparse.Namespace, config: RunConfig, data) -> int:

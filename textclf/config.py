@@ -182,7 +182,7 @@ class ModelConfig:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-RECIPES = ("fine-tune", "few-shot")
+RECIPES = ("fine-tune", "few-shot", "auto")
 FEW_SHOT_HEADS = ("logistic", "linear")
 SCHEDULES = ("linear", "cosine", "constant")
 METRICS = ("macro_f1", "micro_f1", "accuracy", "loss")
@@ -198,8 +198,10 @@ WINDOW_AGGREGATIONS = ("mean", "max", "attention")
 class TrainConfig:
     """The optimisation recipe."""
 
-    # How the model learns: "fine-tune" (rows -> logits -> cross-entropy, every layer) or "few-shot" (contrastive
-    # pairs of rows tune a sentence encoder, then the head is fitted on its embeddings; SetFit's method).
+    # How the model learns: "fine-tune" (rows -> logits -> cross-entropy, every layer), "few-shot" (contrastive
+    # pairs of rows tune a sentence encoder, then the head is fitted on its embeddings; SetFit's method) or "auto"
+    # (look at the data and the encoder, pick one of them and scale epochs, lr, warmup, batch size and max_length;
+    # settings given explicitly are kept; see docs/small-data.md).
     recipe: str = "fine-tune"
     # Few-shot: same-label partners drawn per training row and epoch, and as many different-label partners.
     pairs_per_row: int = 20

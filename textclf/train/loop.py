@@ -142,6 +142,20 @@ class TrainingLoop:
                     raise
                 raise self._disk_full(exc, created) from None
 
+    def find_lr(self, start_lr: float = 1e-7, end_lr: float = 1.0, steps: int = 100, diverge: float = 4.0,
+                output_dir: str | Path | None = None):
+        """The learning-rate range test: ``steps`` optimizer steps at exponentially growing learning rates, the loss
+        of each, and a suggested rate (:mod:`textclf.train.lr_find`). Call it before :meth:`fit`: the weights,
+        random states and data order are restored afterwards, so the run that follows is the run it would have
+        been. With ``output_dir``, writes ``lr_find.png``, ``lr_find.json`` and TensorBoard scalars there.
+
+        Returns:
+            An :class:`~textclf.train.lr_find.LRFindResult` (``.suggestion``, ``.lrs``, ``.losses``).
+        """
+        from .lr_find import find_lr
+
+        return find_lr(self, start_lr, end_lr, steps, diverge, output_dir)
+
     def _train_one_epoch(self) -> None:
         """Run the rest of the current epoch, from ``state.batch_in_epoch`` (non-zero after a resume)."""
         self.model.train()

@@ -52,6 +52,7 @@ from .loggers import HEADLINE_METRICS, log_evaluation
 from .loop import TrainingLoop, TrainState  # noqa: F401 (TrainState: part of the public API)
 from .objectives import objective_for
 from .optim import build_scheduler
+from .recipes import recipe_for_trainer
 from .report import report_run
 from .run_folder import check_best_is_not_ahead, fingerprint_differences, rows_fingerprint
 
@@ -119,6 +120,11 @@ class Trainer(TrainingLoop):
         self.data = (data if isinstance(data, DatasetSplits) or data is None
                      else load_dataset(data, config=self.data_config))
         self.tokenizer = tokenizer or load_tokenizer(self.model_config.name)
+        self.recipe_reason: str | None = None  # train.recipe "auto": what it chose and why (textclf.train.recipes)
+        if self.config.recipe == "auto":  # the fields away from their defaults were set by the user and are kept
+            recipe = recipe_for_trainer(self.data, self.tokenizer, model, self.model_config, self.config)
+            self.config, self.model_config, self.recipe_reason = recipe.train, recipe.model, recipe.reason
+            self.print(recipe.reason)
         # What a training batch is and what it costs: rows and their loss, or few-shot pairs (textclf.train.objectives)
         self.objective = objective_for(self.config, self.model_config.name)
         self.model_config = self.objective.model_config(self.model_config)

@@ -1,0 +1,136 @@
+"""The automatic recipe: its choices for a table of data shapes, explicit settings winning, and end to end."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from textclf import ModelConfig, TrainConfig
+from textclf.train.recipes import DataShape, choose, describe, explicit_fields
+
+
+def shape(rows_per_class: int, classes: int = 4, **kw) -> DataShape:
+    fields = {"rows": rows_per_class * classes, "classes": classes, "min_rows_per_class": rows_per_class,
+              "median_rows_per_class": rows_per_class, "sentence_encoder": True}
+    return DataShape(**{**fields, **kw})
+
+
+# (shape, recipe, epochs, lr, batch_size, freeze_layers_below, max_length)
+CHOICES = [
+    # a sentence encoder and few rows per class: contrastive few-shot, one epoch of pairs
+    (shape(8), "few-shot", 1, 2e-5, 16, None, 64),
+    (shape(64, classes=2), "few-shot", 1, 2e-5, 16, None, 64),
+    # more rows per class: fine-tuning for at least 300 steps, MiniLM's learning rate
+    (shape(65, classes=2), "fine-tune", 20, 1e-4, 16, None, 64),
+    (shape(500, classes=6), "fine-tune", 4, 1e-4, 32, None, 64),
+    (shape(20_000, classes=2), "fine-tune", 2, 1e-4, 32, None, 64),
+    (shape(100_000, classes=2), "fine-tune", 1, 1e-4, 32, None, 64),
+    # no sentence pooling (a plain BERT): fine-tuning, the lower half frozen when a class has few rows
+    (shape(8, sentence_encoder=False, hidden_size=768, num_layers=12), "fine-tune", 20, 3e-5, 16, 6, 64),
+    (shape(100, sentence_encoder=False, hidden_size=768, num_layers=12), "fine-tune", 12, 3e-5, 16, None, 64),
+    (shape(100, sentence_encoder=False, hidden_size=1024, num_layers=24), "fine-tune", 12, 2e-5, 16, None, 64),
+    # multi-label, or a class with a single row: few-shot cannot pair them
+    (shape(8, multi_label=True), "fine-tune", 20, 1e-4, 16, 3, 64),
+    (shape(8, min_rows_per_class=1), "fine-tune", 20, 1e-4, 16, 3, 64),
+    # max_length follows the 95th-percentile text, in multiples of 8, within 16..256 and the encoder's limit
+    (shape(8, length_quantile=37), "few-shot", 1, 2e-5, 16, None, 40),
+    (shape(8, length_quantile=5), "few-shot", 1, 2e-5, 16, None, 16),
+    (shape(8, length_quantile=900), "few-shot", 1, 2e-5, 16, None, 256),
+    (shape(8, length_quantile=300, position_limit=128), "few-shot", 1, 2e-5, 16, None, 128),
+]
+
+
+@pytest.mark.parametrize("data_shape, recipe, epochs, lr, batch_size, frozen, max_length", CHOICES)
+def test_choices_for_data_shapes(data_shape, recipe, epochs, lr, batch_size, frozen, max_length):
+    chosen = choose(data_shape, TrainConfig(recipe="auto"), ModelConfig())
+    got = chosen.train
+    assert (got.recipe, got.epochs, got.lr, got.batch_size, chosen.model.freeze_layers_below, got.max_length) == (
+        recipe, epochs, lr, batch_size, frozen, max_length)
+    assert got.warmup_ratio == 0.1
+    assert chosen.reason.startswith(f"recipe auto: {recipe}") and "\n" not in chosen.reason
+
+
+def test_windows_keep_fine_tuning():
+    chosen = choose(shape(8), TrainConfig(recipe="auto", long_texts="windows"), ModelConfig())
+    assert chosen.train.recipe == "fine-tune"
+
+
+def test_explicit_settings_win():
+    # Python: fields away from their defaults were set by the user
+    chosen = choose(shape(8), TrainConfig(recipe="auto", lr=7e-5, max_length=96), ModelConfig())
+    assert (chosen.train.recipe, chosen.train.lr, chosen.train.max_length, chosen.train.epochs) == (
+        "few-shot", 7e-5, 96, 1)
+    assert "kept your lr, max_length" in chosen.reason
+    # the command line: a flag given at its default value is explicit too
+    chosen = choose(shape(8, sentence_encoder=False), TrainConfig(recipe="auto"), ModelConfig(),
+                    explicit_train={"epochs"}, explicit_model={"freeze_layers_below"})
+    assert (chosen.train.epochs, chosen.model.freeze_layers_below) == (3, None)
+
+
+def test_explicit_fields_are_the_non_defaults():
+    assert explicit_fields(TrainConfig(recipe="auto", lr=1e-3)) == {"recipe", "lr"}
+    assert explicit_fields(ModelConfig()) == set()
+
+
+class _Tokenizer:
+    """Whitespace tokens; "?" is unknown."""
+
+    unk_token_id = 0
+
+    def __call__(self, texts, add_special_tokens=True, truncation=False):
+        return {"input_ids": [[101] + [0 if w == "?" else 5 for w in t.split()] + [102] for t in texts]}
+
+
+class _EncoderConfig:
+    hidden_size, num_hidden_layers, max_position_embeddings, model_type = 384, 6, 512, "bert"
+
+
+def test_describe_measures_rows_lengths_script_and_vocabulary():
+    texts = ["a b c"] * 18 + ["a " * 40] * 2 + ["? ? 中文"]
+    labels = ["x"] * 10 + ["y"] * 11
+    got = describe(texts, labels, False, _Tokenizer(), _EncoderConfig(), True)
+    assert (got.rows, got.classes, got.min_rows_per_class, got.median_rows_per_class) == (21, 2, 10, 10.5)
+    assert got.length_quantile == 42 and got.language == "en" and got.sentence_encoder
+    assert got.unknown_share == pytest.approx(2 / (18 * 5 + 2 * 42 + 5))
+    chinese = describe(["这是一个中文句子"] * 4, [["a", "b"], ["a"], ["b"], ["a"]], True, _Tokenizer(),
+                       _EncoderConfig(), False)
+    assert chinese.language == "zh" and chinese.multi_label and (chinese.min_rows_per_class, chinese.classes) == (2, 2)
+
+
+def test_unknown_tokens_warn_in_the_reason():
+    chosen = choose(shape(8, unknown_share=0.4, language="zh"), TrainConfig(recipe="auto"), ModelConfig())
+    assert "40% of the tokens are unknown" in chosen.reason and "Chinese" in chosen.reason
+
+
+def test_auto_end_to_end_from_the_command_line(tiny_sentence_encoder, tmp_path, capsys):
+    """`textclf train --recipe auto` picks few-shot for a sentence encoder with 6 rows per class, keeps the flags
+    given (even at their default values), prints one line and writes the choice to config.yaml."""
+    from textclf.cli import main
+
+    rows = ["text,label"] + [f"good movie number {i},pos" for i in range(6)] + \
+        [f"bad awful film {i},neg" for i in range(6)]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(tmp_path / "train.csv"), "--model", str(tiny_sentence_encoder),
+                 "--output", str(out), "--recipe", "auto", "--batch-size", "32", "--device", "cpu", "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    lines = [line for line in printed.splitlines() if line.startswith("recipe auto:")]
+    assert len(lines) == 1 and "few-shot" in lines[0] and "kept your batch_size" in lines[0]
+    saved = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))["train"]
+    assert (saved["recipe"], saved["epochs"], saved["lr"], saved["batch_size"]) == ("few-shot", 1, 2e-5, 32)
+    assert (out / "best" / "config.json").is_file()
+
+
+def test_auto_from_python_keeps_non_defaults(tiny_model_dir, tmp_path):
+    """A plain encoder (no sentence pooling) with 6 rows per class: fine-tuning, the lower half frozen; the Trainer
+    keeps the epochs given."""
+    import textclf
+
+    texts = [f"good movie {i}" for i in range(6)] + [f"bad film {i}" for i in range(6)]
+    labels = ["pos"] * 6 + ["neg"] * 6
+    trainer = textclf.Trainer(str(tiny_model_dir), {"text": texts, "label": labels}, tmp_path / "run",
+                              TrainConfig(recipe="auto", epochs=2, device="cpu"), progress=False)
+    assert trainer.config.recipe == "fine-tune" and trainer.config.epochs == 2 and trainer.config.lr == 1e-4
+    assert trainer.model_config.freeze_layers_below == trainer.model.encoder.config.num_hidden_layers // 2
+    assert trainer.recipe_reason.startswith("recipe auto: fine-tune")

@@ -1,0 +1,118 @@
+"""textclf tune: budgets, trials as run folders, the best model, cross-validation without dev, resuming."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+
+import textclf
+from textclf import ModelConfig, TrainConfig
+from textclf.cli import main
+from textclf.errors import ConfigError
+from textclf.tools.tune import DB_FILE, STUDY, parse_budget, tune
+
+BASE = {"device": "cpu", "batch_size": 32, "max_length": 32, "calibrate": False, "log_steps": 100}
+
+
+@pytest.mark.parametrize("text, seconds", [("20m", 1200), ("1h30m", 5400), ("90s", 90), ("45", 45), ("1.5h", 5400),
+                                           ("2m30s", 150)])
+def test_budgets(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "20 minutes", "m", "0s", "-5m"])
+def test_bad_budgets_are_refused(text):
+    with pytest.raises(ConfigError, match="--budget"):
+        parse_budget(text)
+
+
+def _search(data, out, **kw):
+    settings = {"budget": 600, "model_config": ModelConfig(name=kw.pop("model")),
+                "train_config": TrainConfig(**BASE, **kw.pop("train", {})), "printer": None, **kw}
+    return tune(data, out, **settings)
+
+
+def test_search_with_dev(tiny_model_dir, tiny_data, tmp_path):
+    out = tmp_path / "search"
+    result = _search(tiny_data, out, model=str(tiny_model_dir), max_trials=3)
+    assert len(result.trials) == 3 and result.best_params is not None
+    assert set(result.best_params) == {"lr", "epochs", "freeze_layers_below"}  # a plain encoder: no few-shot
+    assert 1e-5 <= result.best_params["lr"] <= 3e-4
+    for trial in result.trials:  # every trial is a normal run folder
+        folder = out / trial["folder"]
+        assert (folder / "config.yaml").is_file() and (folder / "metrics.json").is_file()
+    best_number = next(t["number"] for t in result.trials if t["value"] == result.best_value)
+    best_folder = out / f"trials/trial-{best_number:03d}"
+    kept = [t for t in (out / "trials").iterdir() if (t / "best").is_dir()]
+    assert kept == [best_folder]  # only the best trial keeps its weights
+    predictor = textclf.Predictor.from_pretrained(out / "best")
+    assert len(predictor.predict(["体育新闻"])) == 1
+    summary = json.loads((out / "tune.json").read_text())
+    assert summary["best_params"] == result.best_params and summary["metric"] == "macro_f1"
+
+    # the same call again continues the study: one more trial, the time spent adds up
+    again = _search(tiny_data, out, model=str(tiny_model_dir), max_trials=4)
+    assert len(again.trials) == 4 and again.spent_seconds > result.spent_seconds
+    assert [t["params"] for t in again.trials[:3]] == [t["params"] for t in result.trials]
+
+
+def test_explicit_settings_are_not_searched(tiny_model_dir, tiny_data, tmp_path):
+    result = _search(tiny_data, tmp_path / "s", model=str(tiny_model_dir), train={"lr": 2e-4}, max_trials=1)
+    assert "lr" not in result.trials[0]["params"]
+    saved = (tmp_path / "s" / "trials" / "trial-000" / "config.yaml").read_text()
+    assert "lr: 0.0002" in saved
+
+
+def test_cross_validation_without_dev(tiny_model_dir, tiny_data, tmp_path):
+    data = textclf.data.readers.DatasetSplits(tiny_data.train, None, None, tiny_data.label_map)
+    out = tmp_path / "cv"
+    result = _search(data, out, model=str(tiny_model_dir), folds=2, max_trials=2)
+    assert len(result.trials) == 2
+    trial = out / "trials" / "trial-000"
+    assert (trial / "fold-1" / "metrics.json").is_file() and (trial / "fold-2" / "metrics.json").is_file()
+    assert not (trial / "fold-1" / "best").exists()  # fold models are scored, then dropped
+    assert (out / "final" / "last").is_dir() and (out / "best" / "config.json").is_file()  # best settings, all rows
+
+
+def test_few_shot_is_searched_for_a_sentence_encoder(tiny_sentence_encoder, tiny_data, tmp_path):
+    result = _search(tiny_data, tmp_path / "s", model=str(tiny_sentence_encoder), max_trials=2)
+    assert all("recipe" in t["params"] for t in result.trials)
+
+
+def test_a_budget_that_cannot_fit_one_trial_is_refused(tiny_model_dir, tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match=r"one trial takes about .*; give --budget"):
+        _search(tiny_data, tmp_path / "s", model=str(tiny_model_dir), budget=0.01)
+
+
+def test_a_trial_killed_mid_run_is_tried_again(tiny_model_dir, tiny_data, tmp_path):
+    out = tmp_path / "s"
+    _search(tiny_data, out, model=str(tiny_model_dir), max_trials=1)
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{out / DB_FILE}")
+    study.enqueue_trial({"lr": 1e-4, "epochs": 1, "freeze_layers_below": 1})
+    trial = study.ask()  # as a process killed during this trial leaves it: RUNNING, its settings drawn
+    trial.suggest_float("lr", 1e-5, 3e-4, log=True), trial.suggest_int("epochs", 1, 4)
+    trial.suggest_int("freeze_layers_below", 0, 1)
+    result = _search(tiny_data, out, model=str(tiny_model_dir), max_trials=2)
+    states = [t["state"] for t in result.trials]
+    assert states.count("fail") == 1 and result.trials[-1]["params"] == {"lr": 1e-4, "epochs": 1,
+                                                                         "freeze_layers_below": 1}
+
+
+def test_command_line(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "search"
+    argv = ["tune", "--data", str(tiny_data_dir), "--model", str(tiny_model_dir), "--output", str(out),
+            "--device", "cpu", "--max-length", "32", "--no-calibrate", "--budget", "10m", "--trials", "2"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "best:" in printed and str(out / "best") in printed
+    assert main(argv[:-4] + ["--budget", "1s"]) == 2
+    assert "one trial takes about" in capsys.readouterr().err
+    assert main(argv[:-4] + ["--budget", "soon"]) == 2
+    assert "expected a duration" in capsys.readouterr().err
+    other = tmp_path / "other.csv"
+    other.write_text("text,label\n" + "\n".join(f"文本{i},{'ab'[i % 2]}" for i in range(20)) + "\n", encoding="utf-8")
+    assert main(["tune", "--data", str(other), "--model", str(tiny_model_dir), "--output", str(out),
+                 "--budget", "10m"]) == 2
+    assert "other data or settings" in capsys.readouterr().err

@@ -1,0 +1,518 @@
+"""Time-boxed hyper-parameter search: ``textclf tune --budget 20m``.
+
+Optuna (its TPE sampler and successive-halving pruner) proposes settings; textclf trains them. The search starts
+from what ``--recipe auto`` would run (:mod:`textclf.train.recipes`) and varies the learning rate, the epochs, the
+layers that train and, when few-shot training can run on the data, the recipe. Settings given explicitly (a flag,
+``--config``, or a non-default field from Python) are held fixed.
+
+* **Scoring.** With a dev split, every trial is one training run evaluated on dev after each epoch; the pruner
+  stops trials that are behind their rungs (successive halving over epochs). Without one, every trial is K-fold
+  cross-validation (``folds``): one run per fold, scored on the held-out fold, and the pruner stops after any fold
+  where the running mean is behind. The best settings are then trained once on all rows.
+* **Run folders.** Trial ``n`` is ``OUTPUT/trials/trial-n`` (a normal run folder; ``fold-k/`` inside for
+  cross-validation). Trials that are not the best keep their config, metrics, logs and TensorBoard curves; their
+  weights are removed to save disk. The best model is copied to ``OUTPUT/best``, the search written to
+  ``OUTPUT/tune.json``.
+* **Budget.** No trial starts unless the time left covers the shortest trial (measured before the search: a few
+  optimizer steps, timed); a trial still running when the budget ends stops at its next step and is scored as it
+  stands. A budget too small for one trial is an error that says how much one needs.
+* **Resume.** The study lives in ``OUTPUT/tune.db`` (SQLite). Running the same command again continues it: the
+  time already spent counts against the budget, and a trial cut short by a signal or a crash is tried again.
+* **Memory.** Each trial's trainer is dropped and the allocator emptied before the next one starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import math
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ModelConfig, TrainConfig
+from ..errors import ConfigError, OutputDirError
+from ..train.callbacks import Callback
+
+STUDY = "textclf-tune"
+DB_FILE = "tune.db"
+SUMMARY_FILE = "tune.json"
+
+
+def parse_budget(text: str) -> float:
+    """Seconds in ``"20m"``, ``"1h30m"``, ``"90s"``, ``"45"`` (seconds); an error names the accepted forms."""
+    cleaned = str(text).strip().lower().replace(" ", "")
+    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", cleaned)
+    if not cleaned or parts is None or not any(parts.groups()):
+        raise ConfigError(f"--budget: expected a duration such as 20m, 1h30m, 90s or 600 (seconds), got {text!r}")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in parts.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    if total <= 0:
+        raise ConfigError(f"--budget must be positive, got {text!r}")
+    return total
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune` found.
+
+    Attributes:
+        output_dir: the search folder (``best/``, ``trials/``, ``tune.json``, ``tune.db``).
+        best_params: the settings of the best trial (``recipe``, ``lr``, ``epochs``, ``freeze_layers_below``...).
+        best_value: its score (``metric`` on dev, or the cross-validated mean).
+        metric: the selection metric.
+        trials: one dict per trial: number, state, params, value, seconds, folder.
+        spent_seconds: time spent over every session of this search.
+        interrupted: a signal stopped the search; running the same command again continues it.
+    """
+
+    output_dir: Path
+    best_params: dict | None
+    best_value: float | None
+    metric: str
+    trials: list[dict]
+    spent_seconds: float
+    interrupted: bool = False
+
+    def format(self) -> str:
+        lines = [f"{'trial':>5}  {'state':<9} {self.metric:>9} {'s':>6}  settings"]
+        for t in self.trials:
+            value = "" if t["value"] is None else f"{t['value']:.4f}"
+            lines.append(f"{t['number']:>5}  {t['state']:<9} {value:>9} {t['seconds']:>6.0f}  "
+                         + ", ".join(f"{k}={_show(v)}" for k, v in t["params"].items()))
+        if self.best_params is not None:
+            lines.append(f"best: {self.metric} {self.best_value:.4f} with "
+                         + ", ".join(f"{k}={_show(v)}" for k, v in self.best_params.items()))
+        return "\n".join(lines)
+
+
+def _show(value) -> str:
+    return f"{value:.2e}" if isinstance(value, float) else str(value)
+
+
+class _Rungs(Callback):
+    """Reports each dev evaluation to the trial, stops training when the pruner says so or the budget is spent."""
+
+    def __init__(self, trial, metric: str, deadline: float):
+        self.trial, self.metric, self.deadline = trial, metric, deadline
+        self.evaluations, self.pruned, self.cut = 0, False, False
+
+    def on_evaluate(self, trainer, report) -> None:
+        if self.trial is None:
+            return
+        self.evaluations += 1
+        self.trial.report(float(report[self.metric]), self.evaluations)
+        if self.trial.should_prune():
+            self.pruned = trainer.should_stop = True
+
+    def on_step_end(self, trainer) -> None:
+        if time.monotonic() > self.deadline:
+            self.cut = trainer.should_stop = True
+
+
+class _Search:
+    """One search: the data, the base settings, the Optuna study and the trial runner."""
+
+    def __init__(self, data, output_dir: Path, budget: float, model_config: ModelConfig, train_config: TrainConfig,
+                 data_config, explicit_train: set[str], explicit_model: set[str], folds: int, max_trials: int | None,
+                 printer):
+        from ..model.classifier import load_tokenizer
+        from ..train.recipes import resolve_auto
+
+        self.data, self.out, self.budget, self.folds, self.max_trials = data, output_dir, budget, folds, max_trials
+        self.data_config, self.print = data_config, printer or (lambda *a, **k: None)
+        self.explicit_train, self.explicit_model = explicit_train, explicit_model
+        # The base of every trial: what --recipe auto would run, with the explicit settings kept.
+        chosen = resolve_auto(data, load_tokenizer(model_config.name), model_config,
+                              dataclasses.replace(train_config, recipe="auto"), explicit_train=explicit_train,
+                              explicit_model=explicit_model)
+        self.base_train, self.base_model = chosen.train, chosen.model
+        if "recipe" in explicit_train:  # a recipe given explicitly is held fixed like any other setting
+            self.base_train = dataclasses.replace(self.base_train, recipe=train_config.recipe)
+        self.metric = train_config.metric
+        self.direction = "minimize" if self.metric == "loss" else "maximize"
+        self.cross_validate = data.dev is None
+        self.few_shot_possible = _few_shot_possible(data, model_config.name, self.base_train)
+        self.layers = _encoder_layers(model_config.name)
+
+    # ---- the search space ------------------------------------------------------------------------------------------
+
+    def configs(self, trial) -> tuple[TrainConfig, ModelConfig]:
+        """The settings of ``trial``: the base with the searched fields replaced (explicit fields never are)."""
+        train, model = {}, {}
+        if "recipe" not in self.explicit_train and self.few_shot_possible:
+            train["recipe"] = trial.suggest_categorical("recipe", ["few-shot", "fine-tune"])
+        recipe = train.get("recipe", self.base_train.recipe)
+        if recipe == "fine-tune" and self.base_train.recipe == "few-shot":  # fine-tuning's own batch size
+            train["batch_size"] = self.base_train.batch_size if "batch_size" in self.explicit_train else 16
+        few = recipe == "few-shot"
+        if "lr" not in self.explicit_train:
+            train["lr"] = trial.suggest_float("lr", 5e-6 if few else 1e-5, 1e-4 if few else 3e-4, log=True)
+        if "epochs" not in self.explicit_train:
+            most = 3 if few else max(4, min(20, 2 * math.ceil(self.base_train.epochs)))
+            train["epochs"] = trial.suggest_int("epochs", 1, most)
+        if "freeze_layers_below" not in self.explicit_model and self.layers > 1:
+            frozen = trial.suggest_int("freeze_layers_below", 0, self.layers - 1)
+            model["freeze_layers_below"] = frozen or None
+        return dataclasses.replace(self.base_train, **train), dataclasses.replace(self.base_model, **model)
+
+    # ---- one trial --------------------------------------------------------------------------------------------------
+
+    def run_trial(self, trial, deadline: float) -> tuple[float | None, str]:
+        """Train (and score) one trial; returns ``(value, how)`` with how one of complete, pruned, cut, interrupted."""
+        train, model = self.configs(trial)
+        folder = self.out / "trials" / f"trial-{trial.number:03d}"
+        if folder.exists():  # a trial cut short by a crash in an earlier session
+            shutil.rmtree(folder)
+        if not self.cross_validate:
+            rungs = _Rungs(trial, self.metric, deadline)
+            result, _ = self._train(folder, self.data, train, model, [rungs])
+            if result.interrupted:
+                return None, "interrupted"
+            value = result.best_metric
+            return value, "pruned" if rungs.pruned else "cut" if rungs.cut else "complete"
+        return self._cross_validate(trial, folder, train, model, deadline)
+
+    def _cross_validate(self, trial, folder: Path, train: TrainConfig, model: ModelConfig, deadline: float):
+        from ..data.readers import DatasetSplits
+
+        scores = []
+        for k, (train_rows, held_out) in enumerate(self.fold_splits, 1):
+            deadline_only = _Rungs(None, self.metric, deadline)  # a fold reports once, below, with the running mean
+            # No dev split in the fold run: its final weights are scored on the held-out fold (as crossval.py does),
+            # so no held-out row picks a checkpoint.
+            fold = DatasetSplits(train_rows, None, None, self.data.label_map)
+            result, score = self._train(folder / f"fold-{k}", fold, train, model, [deadline_only], score_on=held_out)
+            if result.interrupted:
+                return None, "interrupted"
+            scores.append(score)
+            mean = sum(scores) / len(scores)
+            trial.report(mean, k)
+            if deadline_only.cut:
+                return mean, "cut"
+            if k < self.folds and trial.should_prune():
+                return mean, "pruned"
+        return sum(scores) / len(scores), "complete"
+
+    @property
+    def fold_splits(self):
+        if not hasattr(self, "_folds"):
+            self._folds = stratified_folds(self.data.train, self.folds, self.base_train.seed)
+        return self._folds
+
+    def _train(self, folder: Path, data, train: TrainConfig, model: ModelConfig, callbacks, score_on=None):
+        """One training run in ``folder``; with ``score_on`` (a labelled split) also its final weights' ``metric``
+        there, after which the run's model folders are removed (only the score is needed)."""
+        from ..train.trainer import Trainer
+
+        trainer = Trainer(model=model.name, data=data, output_dir=folder, config=train, model_config=model,
+                          data_config=self.data_config, callbacks=callbacks, progress=False)
+        trainer.print = lambda *a, **k: None  # one line per trial is said by the search instead
+        try:
+            result = trainer.fit()
+            score = None if score_on is None or result.interrupted else float(trainer.evaluate(score_on)[self.metric])
+            return result, score
+        finally:
+            del trainer
+            release_memory()
+            if score_on is not None:
+                drop_weights(folder)
+
+
+def release_memory() -> None:
+    """Drop what the finished trial held (its model, optimizer and data) before the next one is built."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def drop_weights(folder: Path) -> None:
+    """Keep a trial's config, metrics, logs and curves; remove its model folders and checkpoints."""
+    for name in ("best", "last", "checkpoints"):
+        shutil.rmtree(Path(folder) / name, ignore_errors=True)
+
+
+def stratified_folds(split, k: int, seed: int):
+    """``k`` stratified (train, held-out) pairs of :class:`Split` from one split."""
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = [str(label) for label in split.labels]
+    smallest = min(labels.count(label) for label in set(labels))
+    if smallest < k:
+        raise ConfigError(f"tune: with no dev split every trial is {k}-fold cross-validation, and a class has only "
+                          f"{smallest} training rows; give a dev split (--dev FILE) or fewer folds (--folds "
+                          f"{max(2, smallest)})" if smallest >= 2 else
+                          f"tune: with no dev split every trial is cross-validated, and a class has only {smallest} "
+                          "training row; give a dev split (--dev FILE)")
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed % 2**32)
+    return [(split.subset(list(a), "train"), split.subset(list(b), "dev"))
+            for a, b in splitter.split(labels, labels)]
+
+
+def _few_shot_possible(data, model_name: str, base: TrainConfig) -> bool:
+    from collections import Counter
+
+    from ..model.classifier import sentence_pooling
+
+    try:
+        pooled = sentence_pooling(model_name) is not None
+    except ConfigError:
+        return False
+    counts = Counter(data.train.labels) if not data.label_map.multi_label else {}
+    return pooled and len(counts) >= 2 and min(counts.values()) >= 2 and base.long_texts == "truncate"
+
+
+def _encoder_layers(model_name: str) -> int:
+    from transformers import AutoConfig
+
+    from ..model.classifier import resolve_model_name
+
+    try:
+        return int(getattr(AutoConfig.from_pretrained(resolve_model_name(model_name)), "num_hidden_layers", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+# ============================================================================================== the search
+
+
+def tune(data, output_dir: str | Path, budget: float | str, model_config: ModelConfig | None = None,
+         train_config: TrainConfig | None = None, data_config=None, *, explicit_train: set[str] | None = None,
+         explicit_model: set[str] | None = None, folds: int = 3, max_trials: int | None = None,
+         overwrite: bool = False, printer=print) -> TuneResult:
+    """Search settings for ``data`` within ``budget`` (seconds, or a duration such as ``"20m"``).
+
+    Args:
+        data: a :class:`~textclf.data.readers.DatasetSplits` (see :func:`textclf.load_dataset`).
+        output_dir: the search folder; an existing search there is continued (``overwrite`` starts afresh).
+        budget: wall-clock time for the whole search, over all the sessions that continue it.
+        model_config, train_config: the base settings (``model_config.name`` is the encoder); fields named in
+            ``explicit_*`` (default: those that differ from their defaults) are held fixed.
+        folds: cross-validation folds per trial when ``data`` has no dev split.
+        max_trials: stop after this many finished trials even if time is left.
+        printer: where one line per trial goes (None: nowhere).
+
+    Returns:
+        A :class:`TuneResult` (also written to ``OUTPUT/tune.json``); the best model is in ``OUTPUT/best``.
+    """
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("textclf tune searches with Optuna, which is not installed: pip install "
+                          "'textclf[tune]' (or pip install optuna)") from None
+
+    from .. import outputs
+    from ..train.recipes import explicit_fields
+
+    seconds = parse_budget(budget) if isinstance(budget, str) else float(budget)
+    model_config, train_config = model_config or ModelConfig(), train_config or TrainConfig()
+    if folds < 2:
+        raise ConfigError(f"tune: folds must be >= 2, got {folds}")
+    explicit_train = explicit_fields(train_config) if explicit_train is None else set(explicit_train)
+    explicit_model = explicit_fields(model_config) if explicit_model is None else set(explicit_model)
+    if train_config.recipe == "auto":  # "auto" is where the search starts, not a recipe to hold fixed
+        explicit_train.discard("recipe")
+    out = Path(output_dir)
+    settings = _settings_key(data, model_config, train_config, explicit_train, explicit_model, folds)
+    _prepare_folder(out, settings, overwrite)
+    search = _Search(data, out, seconds, model_config, train_config, data_config, explicit_train, explicit_model,
+                     folds, max_trials, printer)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=STUDY, storage=f"sqlite:///{(out / DB_FILE).resolve()}", load_if_exists=True,
+        direction=search.direction, sampler=optuna.samplers.TPESampler(seed=train_config.seed),
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3))
+    study.set_user_attr("settings", settings)
+    _retry_unfinished(study)
+    spent = float(study.user_attrs.get("spent_seconds", 0.0))
+    shortest = _shortest_trial_seconds(search)
+    if seconds - spent < shortest:
+        raise ConfigError(
+            f"--budget {_duration(seconds)}: one trial takes about {_duration(shortest)} here (measured: building "
+            f"the model and {search.base_train.epochs if not search.cross_validate else search.folds} "
+            f"{'epoch(s)' if not search.cross_validate else 'fold runs'} at the measured step time)"
+            + (f", and {_duration(spent)} of the budget is spent already" if spent else "")
+            + f"; give --budget {_duration(math.ceil(spent + 1.5 * shortest))} or more")
+    interrupted = False
+    while True:
+        session_start = time.monotonic()
+        left = seconds - spent
+        done = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)))
+        if left < shortest or (max_trials is not None and done >= max_trials):
+            break
+        trial = study.ask()
+        value, how = search.run_trial(trial, deadline=session_start + left)
+        spent += time.monotonic() - session_start
+        study.set_user_attr("spent_seconds", spent)
+        trial.set_user_attr("seconds", time.monotonic() - session_start)
+        trial.set_user_attr("how", how)
+        if how == "interrupted":
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            study.enqueue_trial(trial.params)  # tried again when the search continues
+            interrupted = True
+            break
+        state = optuna.trial.TrialState.PRUNED if how == "pruned" else optuna.trial.TrialState.COMPLETE
+        if value is None or not math.isfinite(value):
+            state = optuna.trial.TrialState.FAIL
+        study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+        _say_trial(search, study, trial.number, value, how)
+        _keep_weights_of_best(study, out)
+    result = _summarise(study, search, spent, interrupted)
+    if result.best_params is not None and not interrupted:
+        _install_best(search, study, out)
+    (out / SUMMARY_FILE).write_text(json.dumps(dataclasses.asdict(result) | {"output_dir": str(out)}, indent=1,
+                                               default=str) + "\n", encoding="utf-8")
+    outputs.claim(out, outputs.TUNE)
+    return result
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(math.ceil(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _settings_key(data, model_config, train_config, explicit_train, explicit_model, folds) -> str:
+    """What a continued search must share with the one in the folder."""
+    given = {"model": {k: getattr(model_config, k) for k in sorted(explicit_model | {"name"})},
+             "train": {k: getattr(train_config, k) for k in sorted(explicit_train)},
+             "rows": [len(data.train), len(data.dev) if data.dev else 0], "labels": data.label_map.names,
+             "folds": folds if data.dev is None else None}
+    return json.dumps(given, sort_keys=True, default=str)
+
+
+def _prepare_folder(out: Path, settings: str, overwrite: bool) -> None:
+    from .. import outputs
+
+    outputs.check_output_folder(out)
+    if not outputs.has_content(out):
+        outputs.claim(out, outputs.TUNE)
+        return
+    outputs.check_replaceable(out, outputs.TUNE)
+    if overwrite:
+        outputs.replace(out, outputs.TUNE)
+        outputs.claim(out, outputs.TUNE)
+        return
+    if (out / DB_FILE).is_file():
+        import optuna
+
+        try:
+            study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{(out / DB_FILE).resolve()}")
+        except Exception:  # noqa: BLE001 -- any unreadable study: refuse rather than guess
+            study = None
+        if study is not None and study.user_attrs.get("settings") not in (None, settings):
+            raise OutputDirError(f"output folder {out} holds a search with other data or settings; run the same "
+                                 "command to continue it, pass --overwrite to start afresh, or choose another "
+                                 "--output")
+
+
+def _retry_unfinished(study) -> None:
+    """A trial left RUNNING by a killed process is marked failed and queued again with its settings."""
+    import optuna
+
+    for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        params = trial.params or trial.system_attrs.get("fixed_params")  # drawn, or queued and not drawn yet
+        if params:
+            study.enqueue_trial(params)
+
+
+def _shortest_trial_seconds(search: _Search) -> float:
+    """Time one trial at the base settings needs, from a measurement: build the model, time a few optimizer steps
+    (:meth:`Trainer.find_lr` at a harmless rate; it restores everything), scale to the trial's steps."""
+    from ..data.readers import DatasetSplits
+    from ..train.trainer import Trainer
+
+    data = search.data
+    if search.cross_validate:
+        train_rows, held_out = search.fold_splits[0]
+        data = DatasetSplits(train_rows, held_out, None, search.data.label_map)
+    start = time.monotonic()
+    trainer = Trainer(model=search.base_model.name, data=data, output_dir=search.out / "trials" / "probe",
+                      config=dataclasses.replace(search.base_train, epochs=1), model_config=search.base_model,
+                      data_config=search.data_config, progress=False)
+    trainer.print = lambda *a, **k: None
+    built = time.monotonic() - start
+    probe_steps = 3
+    start = time.monotonic()
+    trainer.find_lr(start_lr=1e-9, end_lr=2e-9, steps=max(5, probe_steps))
+    per_step = (time.monotonic() - start) / max(5, probe_steps)
+    steps = trainer.total_steps  # one epoch at the base settings: the shortest trial the space holds
+    del trainer
+    release_memory()
+    runs = search.folds if search.cross_validate else 1
+    return runs * (built + steps * per_step * 1.2)  # 20% for evaluation and saving
+
+
+def _say_trial(search: _Search, study, number: int, value, how: str) -> None:
+    trial = study.trials[number]
+    best = study.best_trial if _has_best(study) else None
+    shown = "-" if value is None else f"{value:.4f}"
+    search.print(f"trial {number}: {how}, {search.metric} {shown} "
+                 f"({', '.join(f'{k}={_show(v)}' for k, v in trial.params.items())})"
+                 + (f"; best so far trial {best.number} ({best.value:.4f})" if best is not None else ""))
+
+
+def _has_best(study) -> bool:
+    import optuna
+
+    return bool(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def _keep_weights_of_best(study, out: Path) -> None:
+    """Only the best complete trial keeps its model folders (each is the encoder's size)."""
+    keep = f"trial-{study.best_trial.number:03d}" if _has_best(study) else None
+    for folder in sorted((out / "trials").glob("trial-*")):
+        if folder.name != keep:
+            drop_weights(folder)
+
+
+def _install_best(search: _Search, study, out: Path) -> None:
+    """``OUTPUT/best``: the best trial's model (with a dev split), or the best settings trained on all rows
+    (cross-validation, whose fold models each saw only part of the data)."""
+    best = study.best_trial
+    if search.cross_validate:
+        train, model = search.configs(_FixedTrial(best.params))
+        final = out / "final"
+        if final.exists():
+            shutil.rmtree(final)
+        search.print(f"training the best settings (trial {best.number}) on all {len(search.data.train)} rows")
+        search._train(final, search.data, train, model, [])
+        source = final / "last"  # no dev split to choose a checkpoint on: the final weights
+    else:
+        source = out / "trials" / f"trial-{best.number:03d}" / "best"
+    staging = out / ".tmp-best"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    shutil.rmtree(out / "best", ignore_errors=True)
+    staging.rename(out / "best")
+
+
+class _FixedTrial:
+    """The Optuna trial interface over known params (to rebuild a trial's settings)."""
+
+    def __init__(self, params: dict):
+        self.params = params
+
+    def suggest_categorical(self, name, choices):
+        return self.params[name]
+
+    def suggest_float(self, name, low, high, log=False):
+        return self.params[name]
+
+    def suggest_int(self, name, low, high):
+        return self.params[name]
+
+
+def _summarise(study, search: _Search, spent: float, interrupted: bool) -> TuneResult:
+    trials = [{"number": t.number, "state": t.state.name.lower(), "params": t.params, "value": t.value if t.value
+               is not None else (list(t.intermediate_values.values())[-1] if t.intermediate_values else None),
+               "seconds": float(t.user_attrs.get("seconds", 0.0)), "how": t.user_attrs.get("how"),
+               "folder": f"trials/trial-{t.number:03d}"} for t in study.trials]
+    best = study.best_trial if _has_best(study) else None
+    return TuneResult(search.out, best.params if best else None, best.value if best else None, search.metric, trials,
+                      spent, interrupted)
