@@ -85,3 +85,14 @@ def test_command_line(tiny_model_dir, tmp_path, capsys):
     assert main(argv + ["--overwrite"]) == 0
     assert main(argv[:-6] + ["--start-lr", "1", "--end-lr", "1e-3"]) == 2
     assert "must be below --end-lr" in capsys.readouterr().err
+
+
+def test_few_shot_training_is_left_as_it_was(tiny_sentence_encoder, tmp_path):
+    """The range test runs the trainer's objective (contrastive pairs here) and restores the weights and mode."""
+    trainer = Trainer(str(tiny_sentence_encoder), _easy_data(), tmp_path / "run",
+                      TrainConfig(recipe="few-shot", device="cpu", batch_size=8, pairs_per_row=2), progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.model.eval()
+    result = trainer.find_lr(start_lr=1e-5, end_lr=1.0, steps=6)
+    assert len(result.lrs) >= 1 and not trainer.model.training
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())

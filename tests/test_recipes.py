@@ -134,3 +134,20 @@ def test_auto_from_python_keeps_non_defaults(tiny_model_dir, tmp_path):
     assert trainer.config.recipe == "fine-tune" and trainer.config.epochs == 2 and trainer.config.lr == 1e-4
     assert trainer.model_config.freeze_layers_below == trainer.model.encoder.config.num_hidden_layers // 2
     assert trainer.recipe_reason.startswith("recipe auto: fine-tune")
+
+
+def test_a_recipe_given_explicitly_is_kept_and_scaled_for():
+    """textclf tune --recipe fine-tune on a sentence encoder with few rows: fine-tuning settings, not few-shot's."""
+    chosen = choose(shape(8), TrainConfig(recipe="fine-tune"), ModelConfig(), explicit_train={"recipe"})
+    assert (chosen.train.recipe, chosen.train.epochs, chosen.train.lr, chosen.model.freeze_layers_below) == (
+        "fine-tune", 20, 1e-4, 3)
+    assert "fine-tuning as given" in chosen.reason and "about 40 optimizer steps" in chosen.reason
+    forced = choose(shape(500, sentence_encoder=True), TrainConfig(recipe="few-shot"), ModelConfig(),
+                    explicit_train={"recipe"})
+    assert (forced.train.recipe, forced.train.epochs) == ("few-shot", 1) and "few-shot as given" in forced.reason
+
+
+def test_the_step_count_follows_the_settings_kept():
+    chosen = choose(shape(100, sentence_encoder=False), TrainConfig(recipe="auto", batch_size=8, grad_accum=2),
+                    ModelConfig())
+    assert "about 300 optimizer steps" in chosen.reason  # 12 epochs x ceil(50 batches / 2)

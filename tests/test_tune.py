@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 
-import optuna
 import pytest
 
 import textclf
 from textclf import ModelConfig, TrainConfig
 from textclf.cli import main
-from textclf.errors import ConfigError
+from textclf.errors import ConfigError, TrainingError
+from textclf.tools import tune as tune_module
 from textclf.tools.tune import DB_FILE, STUDY, parse_budget, tune
+
+optuna = pytest.importorskip("optuna")  # the tune extra
 
 BASE = {"device": "cpu", "batch_size": 32, "max_length": 32, "calibrate": False, "log_steps": 100}
 
@@ -43,7 +45,8 @@ def test_search_with_dev(tiny_model_dir, tiny_data, tmp_path):
     for trial in result.trials:  # every trial is a normal run folder
         folder = out / trial["folder"]
         assert (folder / "config.yaml").is_file() and (folder / "metrics.json").is_file()
-    best_number = next(t["number"] for t in result.trials if t["value"] == result.best_value)
+    best_number = next(t["number"] for t in result.trials if t["state"] == "complete" and
+                       t["value"] == result.best_value)
     best_folder = out / f"trials/trial-{best_number:03d}"
     kept = [t for t in (out / "trials").iterdir() if (t / "best").is_dir()]
     assert kept == [best_folder]  # only the best trial keeps its weights
@@ -52,10 +55,38 @@ def test_search_with_dev(tiny_model_dir, tiny_data, tmp_path):
     summary = json.loads((out / "tune.json").read_text())
     assert summary["best_params"] == result.best_params and summary["metric"] == "macro_f1"
 
-    # the same call again continues the study: one more trial, the time spent adds up
+    # the same call again continues the study: one more trial, new settings, the time spent adds up
     again = _search(tiny_data, out, model=str(tiny_model_dir), max_trials=4)
     assert len(again.trials) == 4 and again.spent_seconds > result.spent_seconds
     assert [t["params"] for t in again.trials[:3]] == [t["params"] for t in result.trials]
+    assert again.trials[3]["params"] not in [t["params"] for t in result.trials]
+
+    # a budget spent already: no new trial, and the best model is still there
+    spent = _search(tiny_data, out, model=str(tiny_model_dir), budget=again.spent_seconds)
+    assert len(spent.trials) == 4 and (out / "best" / "config.json").is_file()
+
+
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    real = tune_module._Search.run_trial
+
+    def diverge_first(self, trial, deadline):
+        if trial.number == 0:
+            raise TrainingError("the loss became nan at step 3")
+        return real(self, trial, deadline)
+
+    monkeypatch.setattr(tune_module._Search, "run_trial", diverge_first)
+    result = _search(tiny_data, tmp_path / "s", model=str(tiny_model_dir), max_trials=2)
+    assert result.trials[0]["state"] == "fail" and "complete" in [t["state"] for t in result.trials[1:]]
+    assert result.best_params is not None and (tmp_path / "s" / "best").is_dir()
+
+
+def test_the_same_error_every_trial_is_raised(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    def always(self, trial, deadline):
+        raise TrainingError("every trial fails")
+
+    monkeypatch.setattr(tune_module._Search, "run_trial", always)
+    with pytest.raises(TrainingError, match="every trial fails"):
+        _search(tiny_data, tmp_path / "s", model=str(tiny_model_dir), max_trials=5)
 
 
 def test_explicit_settings_are_not_searched(tiny_model_dir, tiny_data, tmp_path):
@@ -107,8 +138,11 @@ def test_command_line(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "best:" in printed and str(out / "best") in printed
-    assert main(argv[:-4] + ["--budget", "1s"]) == 2
+    fresh = [str(tmp_path / "fresh") if arg == str(out) else arg for arg in argv[:-4]]
+    assert main(fresh + ["--budget", "0.01s"]) == 2
     assert "one trial takes about" in capsys.readouterr().err
+    assert main(argv[:-4] + ["--budget", "1s"]) == 0  # a finished search whose budget is spent: its summary
+    assert "best:" in capsys.readouterr().out
     assert main(argv[:-4] + ["--budget", "soon"]) == 2
     assert "expected a duration" in capsys.readouterr().err
     other = tmp_path / "other.csv"

@@ -419,8 +419,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 130
     print(result.format())
     out = Path(config.run.output)
-    print(f"spent {result.spent_seconds:.0f} s of the budget; best model: {out / 'best'}; every trial: "
-          f"{out / 'trials'}; summary: {out / 'tune.json'}")
+    best = f"best model: {out / 'best'}" if result.best_params is not None else "no trial finished"
+    print(f"spent {result.spent_seconds:.0f} s of the budget; {best}; every trial: {out / 'trials'}; summary: "
+          f"{out / 'tune.json'}")
     return 0
 
 

@@ -58,7 +58,8 @@ PRETRAIN_RUN = Layout("pretraining run", frozenset({
     "config.yaml", "log.jsonl", "checkpoints", "runs", "model", "mlm",
 }), sign="config.yaml")
 LR_FIND = Layout("learning-rate range test", frozenset({"lr_find.png", "lr_find.json", "runs"}), sign="lr_find.json")
-TUNE = Layout("search", frozenset({"tune.db", "tune.json", "trials", "best", "final"}), sign="tune.db")
+TUNE = Layout("search", frozenset({"tune.db", "tune.json", "trials", "best", "final"}), sign="tune.db",
+              patterns=("tune.db-*",))  # SQLite's journal, left by a killed search
 EXPORT = Layout("export", frozenset({
     "textclf.json", "labels.json", "parity.json", "normalizer.json", "synonyms.csv", "model.onnx", "model.int8.onnx",
     "README.md",

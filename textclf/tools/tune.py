@@ -93,24 +93,31 @@ def _show(value) -> str:
     return f"{value:.2e}" if isinstance(value, float) else str(value)
 
 
-class _Rungs(Callback):
-    """Reports each dev evaluation to the trial, stops training when the pruner says so or the budget is spent."""
+class _Deadline(Callback):
+    """Stops training at the next optimizer step once the search's budget is spent."""
 
-    def __init__(self, trial, metric: str, deadline: float):
-        self.trial, self.metric, self.deadline = trial, metric, deadline
-        self.evaluations, self.pruned, self.cut = 0, False, False
-
-    def on_evaluate(self, trainer, report) -> None:
-        if self.trial is None:
-            return
-        self.evaluations += 1
-        self.trial.report(float(report[self.metric]), self.evaluations)
-        if self.trial.should_prune():
-            self.pruned = trainer.should_stop = True
+    def __init__(self, deadline: float):
+        self.deadline, self.cut = deadline, False
 
     def on_step_end(self, trainer) -> None:
         if time.monotonic() > self.deadline:
             self.cut = trainer.should_stop = True
+
+
+class _Rungs(_Deadline):
+    """Reports each dev evaluation to the trial and stops training when the pruner says so (or the budget ends)."""
+
+    def __init__(self, trial, metric: str, deadline: float):
+        super().__init__(deadline)
+        self.trial, self.metric = trial, metric
+        self.evaluations, self.pruned = 0, False
+
+    def on_evaluate(self, trainer, report) -> None:
+        self.evaluations += 1
+        self.trial.report(float(report[self.metric]), self.evaluations)
+        finished = trainer.state.global_step >= trainer.total_steps  # a finished run is complete, never pruned
+        if not finished and self.trial.should_prune():
+            self.pruned = trainer.should_stop = True
 
 
 class _Search:
@@ -126,12 +133,9 @@ class _Search:
         self.data_config, self.print = data_config, printer or (lambda *a, **k: None)
         self.explicit_train, self.explicit_model = explicit_train, explicit_model
         # The base of every trial: what --recipe auto would run, with the explicit settings kept.
-        chosen = resolve_auto(data, load_tokenizer(model_config.name), model_config,
-                              dataclasses.replace(train_config, recipe="auto"), explicit_train=explicit_train,
-                              explicit_model=explicit_model)
+        chosen = resolve_auto(data, load_tokenizer(model_config.name), model_config, train_config,
+                              explicit_train=explicit_train, explicit_model=explicit_model)
         self.base_train, self.base_model = chosen.train, chosen.model
-        if "recipe" in explicit_train:  # a recipe given explicitly is held fixed like any other setting
-            self.base_train = dataclasses.replace(self.base_train, recipe=train_config.recipe)
         self.metric = train_config.metric
         self.direction = "minimize" if self.metric == "loss" else "maximize"
         self.cross_validate = data.dev is None
@@ -165,8 +169,6 @@ class _Search:
         """Train (and score) one trial; returns ``(value, how)`` with how one of complete, pruned, cut, interrupted."""
         train, model = self.configs(trial)
         folder = self.out / "trials" / f"trial-{trial.number:03d}"
-        if folder.exists():  # a trial cut short by a crash in an earlier session
-            shutil.rmtree(folder)
         if not self.cross_validate:
             rungs = _Rungs(trial, self.metric, deadline)
             result, _ = self._train(folder, self.data, train, model, [rungs])
@@ -181,7 +183,7 @@ class _Search:
 
         scores = []
         for k, (train_rows, held_out) in enumerate(self.fold_splits, 1):
-            deadline_only = _Rungs(None, self.metric, deadline)  # a fold reports once, below, with the running mean
+            deadline_only = _Deadline(deadline)  # a fold reports once, below, with the running mean
             # No dev split in the fold run: its final weights are scored on the held-out fold (as crossval.py does),
             # so no held-out row picks a checkpoint.
             fold = DatasetSplits(train_rows, None, None, self.data.label_map)
@@ -301,11 +303,10 @@ def tune(data, output_dir: str | Path, budget: float | str, model_config: ModelC
         A :class:`TuneResult` (also written to ``OUTPUT/tune.json``); the best model is in ``OUTPUT/best``.
     """
     try:
-        import optuna
+        import optuna  # noqa: F401
     except ImportError:
         raise ConfigError("textclf tune searches with Optuna, which is not installed: pip install "
                           "'textclf[tune]' (or pip install optuna)") from None
-
     from .. import outputs
     from ..train.recipes import explicit_fields
 
@@ -317,58 +318,103 @@ def tune(data, output_dir: str | Path, budget: float | str, model_config: ModelC
     explicit_model = explicit_fields(model_config) if explicit_model is None else set(explicit_model)
     if train_config.recipe == "auto":  # "auto" is where the search starts, not a recipe to hold fixed
         explicit_train.discard("recipe")
-    out = Path(output_dir)
-    settings = _settings_key(data, model_config, train_config, explicit_train, explicit_model, folds)
-    _prepare_folder(out, settings, overwrite)
-    search = _Search(data, out, seconds, model_config, train_config, data_config, explicit_train, explicit_model,
-                     folds, max_trials, printer)
+    out = outputs.check_output_folder(Path(output_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    with outputs.locked(out):  # one process per search folder
+        started = time.monotonic()
+        settings = _settings_key(data, model_config, train_config, explicit_train, explicit_model, folds)
+        _prepare_folder(out, settings, overwrite)
+        search = _Search(data, out, seconds, model_config, train_config, data_config, explicit_train,
+                         explicit_model, folds, max_trials, printer)
+        study = _open_study(out, search, train_config.seed, settings)
+        shortest = _shortest_trial_seconds(search)
+        spent = float(study.user_attrs.get("spent_seconds", 0.0)) + time.monotonic() - started
+        study.set_user_attr("spent_seconds", spent)
+        if seconds - spent < shortest and not _has_best(study):
+            raise ConfigError(
+                f"--budget {_duration(seconds)}: one trial takes about {_duration(shortest)} here (measured: "
+                f"building the model and timing a few optimizer steps)"
+                + (f", and {_duration(spent)} of the budget is spent already" if spent > 0.5 * seconds else "")
+                + f"; give --budget {_duration(math.ceil(spent + 1.5 * shortest))} or more")
+        spent, interrupted = _run_trials(search, study, seconds, spent, shortest)
+        if _has_best(study):
+            interrupted = _install_best(search, study, out) or interrupted
+        result = _summarise(study, search, spent, interrupted)
+        (out / SUMMARY_FILE).write_text(json.dumps(dataclasses.asdict(result) | {"output_dir": str(out)}, indent=1,
+                                                   default=str) + "\n", encoding="utf-8")
+    return result
+
+
+def _open_study(out: Path, search: _Search, seed: int, settings: str):
+    """The study in ``OUTPUT/tune.db``, created or continued; a trial a killed process left running is failed and
+    queued again with its settings."""
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{(out / DB_FILE).resolve()}"
+    earlier = len(optuna.load_study(study_name=STUDY, storage=storage).trials) if (out / DB_FILE).is_file() else 0
     study = optuna.create_study(
-        study_name=STUDY, storage=f"sqlite:///{(out / DB_FILE).resolve()}", load_if_exists=True,
-        direction=search.direction, sampler=optuna.samplers.TPESampler(seed=train_config.seed),
+        study_name=STUDY, storage=storage, load_if_exists=True, direction=search.direction,
+        # seeded past the trials drawn already: a continued search draws new settings, not the first ones again
+        sampler=optuna.samplers.TPESampler(seed=(seed + earlier) % 2**32),
         pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3))
     study.set_user_attr("settings", settings)
-    _retry_unfinished(study)
-    spent = float(study.user_attrs.get("spent_seconds", 0.0))
-    shortest = _shortest_trial_seconds(search)
-    if seconds - spent < shortest:
-        raise ConfigError(
-            f"--budget {_duration(seconds)}: one trial takes about {_duration(shortest)} here (measured: building "
-            f"the model and {search.base_train.epochs if not search.cross_validate else search.folds} "
-            f"{'epoch(s)' if not search.cross_validate else 'fold runs'} at the measured step time)"
-            + (f", and {_duration(spent)} of the budget is spent already" if spent else "")
-            + f"; give --budget {_duration(math.ceil(spent + 1.5 * shortest))} or more")
-    interrupted = False
+    for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        params = trial.params or trial.system_attrs.get("fixed_params")  # drawn, or queued and not drawn yet
+        if params:
+            study.enqueue_trial(params)
+    return study
+
+
+# Trials in a row that fail with an error before any trial finished: then the error is the data's or the settings'
+# rather than one trial's (a learning rate that diverges), and it is raised.
+MAX_FAILURES_BEFORE_ANY_RESULT = 3
+
+
+def _run_trials(search: _Search, study, seconds: float, spent: float, shortest: float) -> tuple[float, bool]:
+    """Ask, train, tell until the budget (or ``max_trials``) is used; returns the time spent and whether a signal
+    interrupted the search."""
+    import optuna
+    import torch
+
+    from ..errors import TextclfError
+
+    states = optuna.trial.TrialState
+    failures = 0
     while True:
-        session_start = time.monotonic()
         left = seconds - spent
-        done = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)))
-        if left < shortest or (max_trials is not None and done >= max_trials):
-            break
+        finished = len(study.get_trials(states=(states.COMPLETE, states.PRUNED)))
+        if left < shortest or (search.max_trials is not None and finished >= search.max_trials):
+            return spent, False
         trial = study.ask()
-        value, how = search.run_trial(trial, deadline=session_start + left)
-        spent += time.monotonic() - session_start
+        trial_start = time.monotonic()
+        try:
+            value, how = search.run_trial(trial, deadline=trial_start + left)
+        except (TextclfError, torch.OutOfMemoryError) as exc:  # this trial's settings; the search goes on
+            value, how = None, "failed"
+            search.print(f"trial {trial.number}: failed: {str(exc).splitlines()[0]}")
+            failures += 1
+            if failures >= MAX_FAILURES_BEFORE_ANY_RESULT and not finished:
+                study.tell(trial, state=states.FAIL)
+                raise
+        spent += time.monotonic() - trial_start
         study.set_user_attr("spent_seconds", spent)
-        trial.set_user_attr("seconds", time.monotonic() - session_start)
+        trial.set_user_attr("seconds", time.monotonic() - trial_start)
         trial.set_user_attr("how", how)
         if how == "interrupted":
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            study.tell(trial, state=states.FAIL)
             study.enqueue_trial(trial.params)  # tried again when the search continues
-            interrupted = True
-            break
-        state = optuna.trial.TrialState.PRUNED if how == "pruned" else optuna.trial.TrialState.COMPLETE
-        if value is None or not math.isfinite(value):
-            state = optuna.trial.TrialState.FAIL
-        study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
-        _say_trial(search, study, trial.number, value, how)
-        _keep_weights_of_best(study, out)
-    result = _summarise(study, search, spent, interrupted)
-    if result.best_params is not None and not interrupted:
-        _install_best(search, study, out)
-    (out / SUMMARY_FILE).write_text(json.dumps(dataclasses.asdict(result) | {"output_dir": str(out)}, indent=1,
-                                               default=str) + "\n", encoding="utf-8")
-    outputs.claim(out, outputs.TUNE)
-    return result
+            return spent, True
+        if how == "complete" and value is not None and math.isfinite(value):
+            study.tell(trial, value)
+        elif how in ("pruned", "cut"):  # stopped early: a lower bound, never the best model
+            study.tell(trial, state=states.PRUNED)
+        else:
+            study.tell(trial, state=states.FAIL)
+        if how != "failed":
+            _say_trial(search, study, trial.number, value, how)
+        _keep_weights_of_best(study, search.out)
 
 
 def _duration(seconds: float) -> str:
@@ -402,23 +448,13 @@ def _prepare_folder(out: Path, settings: str, overwrite: bool) -> None:
 
         try:
             study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{(out / DB_FILE).resolve()}")
-        except Exception:  # noqa: BLE001 -- any unreadable study: refuse rather than guess
-            study = None
-        if study is not None and study.user_attrs.get("settings") not in (None, settings):
+        except Exception as exc:  # noqa: BLE001 -- any unreadable study: refuse rather than guess
+            raise OutputDirError(f"{out / DB_FILE}: cannot read the search stored there ({type(exc).__name__}: "
+                                 f"{exc}); pass --overwrite to start afresh, or choose another --output") from None
+        if study.user_attrs.get("settings") not in (None, settings):
             raise OutputDirError(f"output folder {out} holds a search with other data or settings; run the same "
                                  "command to continue it, pass --overwrite to start afresh, or choose another "
                                  "--output")
-
-
-def _retry_unfinished(study) -> None:
-    """A trial left RUNNING by a killed process is marked failed and queued again with its settings."""
-    import optuna
-
-    for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-        params = trial.params or trial.system_attrs.get("fixed_params")  # drawn, or queued and not drawn yet
-        if params:
-            study.enqueue_trial(params)
 
 
 def _shortest_trial_seconds(search: _Search) -> float:
@@ -471,17 +507,21 @@ def _keep_weights_of_best(study, out: Path) -> None:
             drop_weights(folder)
 
 
-def _install_best(search: _Search, study, out: Path) -> None:
+def _install_best(search: _Search, study, out: Path) -> bool:
     """``OUTPUT/best``: the best trial's model (with a dev split), or the best settings trained on all rows
-    (cross-validation, whose fold models each saw only part of the data)."""
+    (cross-validation, whose fold models each saw only part of the data). Nothing to do when it holds that trial
+    already; returns True when a signal interrupted the final training."""
     best = study.best_trial
+    if study.user_attrs.get("installed") == best.number and (out / "best").is_dir():
+        return False
     if search.cross_validate:
         train, model = search.configs(_FixedTrial(best.params))
         final = out / "final"
-        if final.exists():
-            shutil.rmtree(final)
+        shutil.rmtree(final, ignore_errors=True)
         search.print(f"training the best settings (trial {best.number}) on all {len(search.data.train)} rows")
-        search._train(final, search.data, train, model, [])
+        result, _ = search._train(final, search.data, train, model, [])
+        if result.interrupted:
+            return True
         source = final / "last"  # no dev split to choose a checkpoint on: the final weights
     else:
         source = out / "trials" / f"trial-{best.number:03d}" / "best"
@@ -490,6 +530,8 @@ def _install_best(search: _Search, study, out: Path) -> None:
     shutil.copytree(source, staging)
     shutil.rmtree(out / "best", ignore_errors=True)
     staging.rename(out / "best")
+    study.set_user_attr("installed", best.number)
+    return False
 
 
 class _FixedTrial:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 from ..runtime import rng_state, set_rng_state
 
 # Smoothing of the loss curve (an exponential moving average with bias correction, as fastai's): one noisy batch
@@ -75,7 +75,7 @@ def find_lr(trainer, start_lr: float = 1e-7, end_lr: float = 1.0, steps: int = 1
     if trainer.train_dataset is None:
         raise ConfigError("lr-find trains for a few steps; the trainer needs training data (data=...)")
     saved_weights = copy.deepcopy(trainer.model.state_dict())
-    saved_rng = rng_state()
+    saved_rng, was_training = rng_state(), trainer.model.training
     saved = (trainer.optimizer, trainer.scheduler, trainer.scaler, getattr(trainer, "accumulated", None),
              getattr(trainer, "ddp_model", None))
     lrs, losses = [], []
@@ -89,7 +89,12 @@ def find_lr(trainer, start_lr: float = 1e-7, end_lr: float = 1.0, steps: int = 1
         for lr, batches in zip(_rates(start_lr, end_lr, steps), _step_batches(trainer, steps)):
             for group, ratio in zip(trainer.optimizer.param_groups, ratios):
                 group["lr"] = lr * ratio
-            loss = _one_step(trainer, batches)
+            try:
+                loss = _one_step(trainer, batches)
+            except torch.OutOfMemoryError:
+                raise TrainingError(f"lr-find ran out of {trainer.runtime.device.type} memory at batch size "
+                                    f"{trainer.config.batch_size}; lower --batch-size (and raise --grad-accum to "
+                                    "keep the effective batch)") from None
             lrs.append(lr)
             losses.append(loss)
             smoothed = _smooth(losses)
@@ -97,7 +102,8 @@ def find_lr(trainer, start_lr: float = 1e-7, end_lr: float = 1.0, steps: int = 1
                 break
     finally:
         trainer.model.load_state_dict(saved_weights)
-        trainer.zero_grad()
+        trainer.model.zero_grad(set_to_none=True)
+        trainer.model.train(was_training)
         trainer.optimizer, trainer.scheduler, trainer.scaler, trainer.accumulated, trainer.ddp_model = saved
         set_rng_state(saved_rng)
     smoothed = _smooth(losses)
@@ -119,8 +125,8 @@ def _step_batches(trainer, steps: int):
         batches = trainer.train_sampler.epoch_batches(epoch)
         if not batches:
             raise ConfigError("lr-find: the training data gives no batches")
-        for batch in trainer._loader(batches):
-            group.append(batch)
+        for index, batch in enumerate(trainer._loader(batches)):
+            group.append(trainer.prepare_batch(batch, epoch, index))  # e.g. the masking of MLM pretraining
             if len(group) == accum:
                 yield group
                 group, made = [], made + 1

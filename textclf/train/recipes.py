@@ -38,8 +38,8 @@ FEW_SHOT_MAX_ROWS_PER_CLASS = 64
 # 0.966 accuracy (docs/recipes.md).
 MIN_FINE_TUNE_STEPS = 300
 MAX_EPOCHS = 20
-# Without a sentence embedder, fewer rows per class than this train only the top half of the encoder: fewer
-# parameters to fit to a few dozen rows (docs/recipes.md, "Freezing lower layers").
+# Fine-tuning with fewer rows per class than this (a plain encoder, or data few-shot cannot pair) trains only the
+# top half of the encoder: fewer parameters to fit to a few dozen rows (docs/recipes.md, "Freezing lower layers").
 FREEZE_BELOW_ROWS_PER_CLASS = 16
 # max_length covers this share of the training texts (in tokens, rounded up to a multiple of 8, at most 256).
 LENGTH_QUANTILE = 0.95
@@ -86,20 +86,24 @@ def explicit_fields(config) -> set[str]:
 def choose(shape: DataShape, train: TrainConfig, model: ModelConfig,
            explicit_train: set[str] | None = None, explicit_model: set[str] | None = None) -> Recipe:
     """The recipe for ``shape``; the fields named in ``explicit_*`` keep the values of ``train`` and ``model``
-    (default: the fields that differ from their defaults)."""
+    (default: the fields that differ from their defaults). A ``train.recipe`` other than ``"auto"`` named in
+    ``explicit_train`` is kept, and the settings are scaled for it (``textclf tune --recipe fine-tune``)."""
     explicit_train = explicit_fields(train) if explicit_train is None else set(explicit_train)
     explicit_model = explicit_fields(model) if explicit_model is None else set(explicit_model)
+    given = train.recipe if train.recipe != "auto" and "recipe" in explicit_train else None
     explicit_train.discard("recipe")
     why = [f"{shape.rows} rows, {shape.classes} classes ({_per_class(shape)} per class)"]
 
-    if _few_shot_fits(shape, train):
+    if given == "few-shot" or (given is None and _few_shot_fits(shape, train)):
         picked = {"recipe": "few-shot", "epochs": 1, "lr": 2e-5, "batch_size": 16, "warmup_ratio": 0.1}
         frozen = None
-        why.append(f"a sentence encoder and at most {FEW_SHOT_MAX_ROWS_PER_CLASS} rows per class: contrastive "
-                   "few-shot")
+        why.append("few-shot as given" if given else f"a sentence encoder and at most {FEW_SHOT_MAX_ROWS_PER_CLASS} "
+                   "rows per class: contrastive few-shot")
     else:
-        picked, frozen, reason = _fine_tuning(shape)
-        why.append(reason)
+        picked, frozen, condition = _fine_tuning(shape)
+        why.append("fine-tuning as given" if given else f"{condition}: fine-tuning")
+        if frozen is not None:
+            why[-1] += f", the lower {frozen} of {shape.num_layers} layers frozen (few rows)"
     max_length = _max_length(shape)
     picked["max_length"] = max_length
     why.append(f"max_length {max_length} ({LENGTH_QUANTILE:.0%} of the texts have at most {shape.length_quantile} "
@@ -115,6 +119,9 @@ def choose(shape: DataShape, train: TrainConfig, model: ModelConfig,
                          if name not in overridden)
     line = f"recipe auto: {chosen_train.recipe}"
     line += f" ({settings})" if settings else ""
+    if chosen_train.recipe == "fine-tune":  # from the settings kept, which the user may have given
+        per_epoch = math.ceil(math.ceil(shape.rows / chosen_train.batch_size) / chosen_train.grad_accum)
+        line += f", about {math.ceil(chosen_train.epochs * per_epoch)} optimizer steps"
     line += f", layers below {chosen_model.freeze_layers_below} frozen" if chosen_model.freeze_layers_below else ""
     line += " -- " + "; ".join(why)
     line += f"; kept your {', '.join(overridden)}" if overridden else ""
@@ -138,7 +145,7 @@ def _few_shot_fits(shape: DataShape, train: TrainConfig) -> bool:
 
 def _fine_tuning(shape: DataShape) -> tuple[dict, int | None, str]:
     """Epochs for MIN_FINE_TUNE_STEPS optimizer steps, the learning rate of the encoder's size, and frozen lower
-    layers for very little data."""
+    layers for very little data; with the condition that led to fine-tuning, in words."""
     batch = 16 if shape.rows < 1000 else 32
     steps_per_epoch = math.ceil(shape.rows / batch)
     epochs = min(MAX_EPOCHS, max(math.ceil(MIN_FINE_TUNE_STEPS / steps_per_epoch), 2 if shape.rows < 100_000 else 1))
@@ -146,19 +153,15 @@ def _fine_tuning(shape: DataShape) -> tuple[dict, int | None, str]:
     lr = 1e-4 if shape.hidden_size <= 384 else 3e-5 if shape.hidden_size <= 768 else 2e-5
     picked = {"recipe": "fine-tune", "epochs": epochs, "lr": lr, "batch_size": batch, "warmup_ratio": 0.1}
     if not shape.sentence_encoder:
-        why = "no sentence-transformers pooling in the encoder: fine-tuning"
+        condition = "no sentence-transformers pooling in the encoder"
     elif shape.multi_label:
-        why = "multi-label: fine-tuning"
+        condition = "multi-label"
     elif shape.min_rows_per_class < 2:
-        why = "a class with fewer than 2 rows: fine-tuning"
+        condition = "a class with fewer than 2 rows"
     else:
-        why = f"more than {FEW_SHOT_MAX_ROWS_PER_CLASS} rows per class: fine-tuning"
-    why += f" for {epochs * steps_per_epoch} steps"
-    frozen = None
-    if shape.median_rows_per_class < FREEZE_BELOW_ROWS_PER_CLASS and shape.num_layers >= 2:
-        frozen = shape.num_layers // 2
-        why += f", the lower {frozen} of {shape.num_layers} layers frozen (few rows)"
-    return picked, frozen, why
+        condition = f"more than {FEW_SHOT_MAX_ROWS_PER_CLASS} rows per class"
+    few_rows = shape.median_rows_per_class < FREEZE_BELOW_ROWS_PER_CLASS and shape.num_layers >= 2
+    return picked, shape.num_layers // 2 if few_rows else None, condition
 
 
 def _max_length(shape: DataShape) -> int:
