@@ -151,3 +151,12 @@ def test_the_step_count_follows_the_settings_kept():
     chosen = choose(shape(100, sentence_encoder=False), TrainConfig(recipe="auto", batch_size=8, grad_accum=2),
                     ModelConfig())
     assert "about 300 optimizer steps" in chosen.reason  # 12 epochs x ceil(50 batches / 2)
+
+
+def test_a_recipe_given_is_run_as_given():
+    from textclf.train.recipes import recipe_for_trainer
+
+    said = []
+    train, model = TrainConfig(recipe="few-shot", lr=3e-5), ModelConfig()
+    recipe = recipe_for_trainer(None, None, "minilm", model, train, said.append)  # nothing measured, nothing said
+    assert (recipe.train, recipe.model, recipe.reason, said) == (train, model, None, [])

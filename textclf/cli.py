@@ -83,9 +83,8 @@ def build_parser() -> ArgumentParser:
 
     train = commands.add_parser("train", help="fine-tune a model on labelled data",
                                 description="Fine-tune a model. Every flag can also be set in --config.")
-    train.add_argument("--config", metavar="FILE", help="YAML/JSON config (sections run, data, model, train); "
-                       "flags override it. Every run writes its resolved config to OUTPUT/config.yaml.")
-    _add_config_flags(train)
+    _add_config_flags(train, config_help="YAML/JSON config (sections run, data, model, train); flags override it. "
+                      "Every run writes its resolved config to OUTPUT/config.yaml.")
     train.add_argument("--resume", metavar="auto|DIR", help="continue from the newest complete checkpoint in the "
                        "output folder (auto) or from the checkpoint folder DIR")
     train.add_argument("--overwrite", action="store_true", help="replace a previous run in the output folder")
@@ -103,8 +102,7 @@ def build_parser() -> ArgumentParser:
                                   "exponentially from --start-lr to --end-lr, with the data, model and settings "
                                   "train would use; plot the loss against the lr (OUTPUT/lr_find.png, TensorBoard "
                                   "under OUTPUT/runs) and suggest an lr. Nothing is trained for keeps.")
-    lr_find.add_argument("--config", metavar="FILE", help="YAML/JSON config, as for train; flags override it")
-    _add_config_flags(lr_find)
+    _add_config_flags(lr_find, config_help="YAML/JSON config, as for train; flags override it")
     lr_find.add_argument("--start-lr", type=_number_in(float, 1e-12, None), default=1e-7,
                          help="learning rate of the first step (default 1e-7)")
     lr_find.add_argument("--end-lr", type=_number_in(float, 1e-12, None), default=1.0,
@@ -121,8 +119,7 @@ def build_parser() -> ArgumentParser:
                                "are scored on dev (successive halving over epochs) or, with no dev split, by "
                                "--folds-fold cross-validation. Each trial is a run folder in OUTPUT/trials; the best "
                                "model is copied to OUTPUT/best. Run the same command again to continue a search.")
-    tune.add_argument("--config", metavar="FILE", help="YAML/JSON config, as for train; flags override it")
-    _add_config_flags(tune)
+    _add_config_flags(tune, config_help="YAML/JSON config, as for train; flags override it")
     tune.add_argument("--budget", required=True, metavar="DURATION", help="wall-clock time for the whole search, "
                       "e.g. 20m, 1h30m, 90s (over every session that continues it)")
     tune.add_argument("--trials", type=_number_in(int, 1, None), metavar="N",
@@ -241,8 +238,10 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field, help text from the field's comment; unset flags leave the value alone."""
+def _add_config_flags(parser: argparse.ArgumentParser, config_help: str) -> None:
+    """--config FILE, then one flag per config field, help text from the field's comment; unset flags leave the value
+    alone."""
+    parser.add_argument("--config", metavar="FILE", help=config_help)
     for section, klass in SECTIONS:
         group = parser.add_argument_group(f"{section} settings")
         docs = field_docs(klass)

@@ -123,13 +123,13 @@ class _Rungs(_Deadline):
 class _Search:
     """One search: the data, the base settings, the Optuna study and the trial runner."""
 
-    def __init__(self, data, output_dir: Path, budget: float, model_config: ModelConfig, train_config: TrainConfig,
+    def __init__(self, data, output_dir: Path, model_config: ModelConfig, train_config: TrainConfig,
                  data_config, explicit_train: set[str], explicit_model: set[str], folds: int, max_trials: int | None,
                  printer):
         from ..model.classifier import load_tokenizer
         from ..train.recipes import resolve_auto
 
-        self.data, self.out, self.budget, self.folds, self.max_trials = data, output_dir, budget, folds, max_trials
+        self.data, self.out, self.folds, self.max_trials = data, output_dir, folds, max_trials
         self.data_config, self.print = data_config, printer or (lambda *a, **k: None)
         self.explicit_train, self.explicit_model = explicit_train, explicit_model
         # The base of every trial: what --recipe auto would run, with the explicit settings kept.
@@ -324,7 +324,7 @@ def tune(data, output_dir: str | Path, budget: float | str, model_config: ModelC
         started = time.monotonic()
         settings = _settings_key(data, model_config, train_config, explicit_train, explicit_model, folds)
         _prepare_folder(out, settings, overwrite)
-        search = _Search(data, out, seconds, model_config, train_config, data_config, explicit_train,
+        search = _Search(data, out, model_config, train_config, data_config, explicit_train,
                          explicit_model, folds, max_trials, printer)
         study = _open_study(out, search, train_config.seed, settings)
         shortest = _shortest_trial_seconds(search)
@@ -517,7 +517,9 @@ def _install_best(search: _Search, study, out: Path) -> bool:
     if study.user_attrs.get("installed") == best.number and (out / "best").is_dir():
         return False
     if search.cross_validate:
-        train, model = search.configs(_FixedTrial(best.params))
+        import optuna
+
+        train, model = search.configs(optuna.trial.FixedTrial(best.params))  # the best trial's settings again
         final = out / "final"
         shutil.rmtree(final, ignore_errors=True)
         search.print(f"training the best settings (trial {best.number}) on all {len(search.data.train)} rows")
@@ -534,22 +536,6 @@ def _install_best(search: _Search, study, out: Path) -> bool:
     staging.rename(out / "best")
     study.set_user_attr("installed", best.number)
     return False
-
-
-class _FixedTrial:
-    """The Optuna trial interface over known params (to rebuild a trial's settings)."""
-
-    def __init__(self, params: dict):
-        self.params = params
-
-    def suggest_categorical(self, name, choices):
-        return self.params[name]
-
-    def suggest_float(self, name, low, high, log=False):
-        return self.params[name]
-
-    def suggest_int(self, name, low, high):
-        return self.params[name]
 
 
 def _summarise(study, search: _Search, spent: float, interrupted: bool) -> TuneResult:

@@ -70,11 +70,11 @@ class DataShape:
 
 @dataclass(frozen=True)
 class Recipe:
-    """The settings chosen, and the one line that says what and why."""
+    """The settings chosen, and the one line that says what and why (None: settings given, nothing chosen)."""
 
     train: TrainConfig
     model: ModelConfig
-    reason: str
+    reason: str | None
 
 
 def explicit_fields(config) -> set[str]:
@@ -241,10 +241,15 @@ def resolve_auto(data, tokenizer, model_config: ModelConfig, train: TrainConfig,
     return choose(shape, train, model_config, explicit_train, explicit_model)
 
 
-def recipe_for_trainer(data, tokenizer, model, model_config: ModelConfig, train: TrainConfig) -> Recipe:
-    """:func:`resolve_auto` as the Trainer calls it: ``model`` is a name or a ready module (whose encoder config is
-    used), and the explicit settings are the fields away from their defaults."""
+def recipe_for_trainer(data, tokenizer, model, model_config: ModelConfig, train: TrainConfig, say=print) -> Recipe:
+    """The settings a Trainer runs: ``train`` and ``model_config`` as given (reason None), or for ``recipe="auto"``
+    :func:`resolve_auto` with the fields away from their defaults kept, its line passed to ``say``. ``model`` is a
+    name or a ready module (whose encoder config is used)."""
+    if train.recipe != "auto":
+        return Recipe(train, model_config, None)
     if data is None:
         raise ConfigError("train.recipe auto looks at the training data; pass data= to the Trainer")
     encoder = getattr(model, "encoder", None)
-    return resolve_auto(data, tokenizer, model_config, train, encoder.config if encoder is not None else None)
+    recipe = resolve_auto(data, tokenizer, model_config, train, encoder.config if encoder is not None else None)
+    say(recipe.reason)
+    return recipe

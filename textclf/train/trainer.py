@@ -120,11 +120,9 @@ class Trainer(TrainingLoop):
         self.data = (data if isinstance(data, DatasetSplits) or data is None
                      else load_dataset(data, config=self.data_config))
         self.tokenizer = tokenizer or load_tokenizer(self.model_config.name)
-        self.recipe_reason: str | None = None  # train.recipe "auto": what it chose and why (textclf.train.recipes)
-        if self.config.recipe == "auto":  # the fields away from their defaults were set by the user and are kept
-            recipe = recipe_for_trainer(self.data, self.tokenizer, model, self.model_config, self.config)
-            self.config, self.model_config, self.recipe_reason = recipe.train, recipe.model, recipe.reason
-            self.print(recipe.reason)
+        # train.recipe "auto" becomes the recipe chosen for the data, said in one line (textclf.train.recipes)
+        recipe = recipe_for_trainer(self.data, self.tokenizer, model, self.model_config, self.config, self.print)
+        self.config, self.model_config, self.recipe_reason = recipe.train, recipe.model, recipe.reason
         # What a training batch is and what it costs: rows and their loss, or few-shot pairs (textclf.train.objectives)
         self.objective = objective_for(self.config, self.model_config.name)
         self.model_config = self.objective.model_config(self.model_config)
