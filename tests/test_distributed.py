@@ -31,6 +31,7 @@ import torch
 from conftest import build_tiny_encoder
 from safetensors.torch import load_file
 
+from textclf import outputs
 from textclf.data.collate import RandomBatches, _shard
 from textclf.errors import TrainingError
 from textclf.runtime import rng_state, seed_everything
@@ -233,6 +234,40 @@ def _wait_until_gone(pids: list[int], timeout: float = 60.0) -> None:
             time.sleep(0.05)
 
 
+def _wait_until_unlocked(lock: Path, timeout: float = 120.0) -> None:
+    """Wait until no process holds the run lock ``lock``, or fail naming the processes that still hold it open.
+
+    ``_wait_until_gone`` sees a worker's main thread turn zombie, which can happen before its other threads have
+    exited, and the lock is released only when the last of them is gone: on a loaded machine that can outlast the
+    resume's own short wait (outputs.LOCK_WAIT_SECONDS), which is there for a scheduler's restart, not for a test
+    that kills and resumes within a second. A holder that is not one of the killed workers would be a real stale
+    lock, hence the names.
+    """
+    import fcntl
+
+    deadline = time.monotonic() + timeout
+    with open(lock, "a+", encoding="utf-8") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+    holders = []
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if os.readlink(fd) == str(lock.resolve()) and fd.parts[2] != str(os.getpid()):
+                pid = fd.parts[2]
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                holders.append(f"PID {pid} ({cmdline.strip()[:200]})")
+        except OSError:
+            continue
+    pytest.fail(f"the run lock {lock} is still held {timeout:.0f} s after the kill, by: {holders or 'unknown'}")
+
+
 def test_two_process_run_killed_and_resumed_matches_the_uninterrupted_run(tmp_path, tiny_model_dir, tiny_data_dir):
     reference_out, out = tmp_path / "reference", tmp_path / "interrupted"
     run_torchrun(["-m", "textclf", *_train_args(tiny_data_dir, tiny_model_dir, reference_out, RESUME)])
@@ -260,6 +295,7 @@ def test_two_process_run_killed_and_resumed_matches_the_uninterrupted_run(tmp_pa
                 pass
         killed.wait(timeout=60)
         _wait_until_gone(worker_pids)  # a loaded machine takes a while to tear down a killed worker
+        _wait_until_unlocked(out / outputs.LOCK_FILE)
     assert ckpt.latest_checkpoint(out / "checkpoints").name == ckpt.checkpoint_name(6)
 
     # Resumed as a two-node job (one process per node): each rank's state is keyed by its RANK, so only the number
