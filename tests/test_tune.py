@@ -32,7 +32,7 @@ def test_bad_budgets_are_refused(text):
 
 def _search(data, out, **kw):
     settings = {"budget": 600, "model_config": ModelConfig(name=kw.pop("model")),
-                "train_config": TrainConfig(**BASE, **kw.pop("train", {})), "printer": None, **kw}
+                "train_config": TrainConfig(**{**BASE, **kw.pop("train", {})}), "printer": None, **kw}
     return tune(data, out, **settings)
 
 
@@ -129,6 +129,15 @@ def test_a_trial_killed_mid_run_is_tried_again(tiny_model_dir, tiny_data, tmp_pa
     states = [t["state"] for t in result.trials]
     assert states.count("fail") == 1 and result.trials[-1]["params"] == {"lr": 1e-4, "epochs": 1,
                                                                          "freeze_layers_below": 1}
+
+
+def test_the_data_notes_are_said_once_not_per_trial(tiny_model_dir, tiny_data, tmp_path):
+    said = []
+    _search(tiny_data, tmp_path / "search", model=str(tiny_model_dir), max_trials=2, printer=said.append,
+            train={"max_length": 8})
+    notes = [line for line in said if line.startswith("train:") and "truncated" in line]
+    assert len(notes) == 1, said
+    assert sum(line.startswith("trial ") for line in said) == 2, said
 
 
 def test_command_line(tiny_model_dir, tiny_data_dir, tmp_path, capsys):

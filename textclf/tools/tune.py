@@ -208,11 +208,9 @@ class _Search:
     def _train(self, folder: Path, data, train: TrainConfig, model: ModelConfig, callbacks, score_on=None):
         """One training run in ``folder``; with ``score_on`` (a labelled split) also its final weights' ``metric``
         there, after which the run's model folders are removed (only the score is needed)."""
-        from ..train.trainer import Trainer
-
-        trainer = Trainer(model=model.name, data=data, output_dir=folder, config=train, model_config=model,
-                          data_config=self.data_config, callbacks=callbacks, progress=False)
-        trainer.print = lambda *a, **k: None  # one line per trial is said by the search instead
+        # One line per trial is said by the search; the data's notes were said once, by the probe.
+        trainer = search_trainer(None, model=model.name, data=data, output_dir=folder, config=train,
+                                 model_config=model, data_config=self.data_config, callbacks=callbacks)
         try:
             result = trainer.fit()
             score = None if score_on is None or result.interrupted else float(trainer.evaluate(score_on)[self.metric])
@@ -222,6 +220,19 @@ class _Search:
             release_memory()
             if score_on is not None:
                 drop_weights(folder)
+
+
+def search_trainer(printer, **kwargs):
+    """A :class:`~textclf.train.trainer.Trainer` with no progress bar whose notes go to ``printer`` (None: nowhere)
+    instead of the terminal: a search of many trials speaks through its own lines."""
+    from ..train.trainer import Trainer
+
+    class SearchTrainer(Trainer):
+        def print(self, message: str, file=None) -> None:
+            if printer is not None:
+                printer(message)
+
+    return SearchTrainer(progress=False, **kwargs)
 
 
 def release_memory() -> None:
@@ -461,17 +472,17 @@ def _shortest_trial_seconds(search: _Search) -> float:
     """Time one trial at the base settings needs, from a measurement: build the model, time a few optimizer steps
     (:meth:`Trainer.find_lr` at a harmless rate; it restores everything), scale to the trial's steps."""
     from ..data.readers import DatasetSplits
-    from ..train.trainer import Trainer
 
     data = search.data
     if search.cross_validate:
         train_rows, held_out = search.fold_splits[0]
         data = DatasetSplits(train_rows, held_out, None, search.data.label_map)
     start = time.monotonic()
-    trainer = Trainer(model=search.base_model.name, data=data, output_dir=search.out / "trials" / "probe",
-                      config=dataclasses.replace(search.base_train, epochs=1), model_config=search.base_model,
-                      data_config=search.data_config, progress=False)
-    trainer.print = lambda *a, **k: None
+    # The probe is built first and at the base settings: it says the data's notes (truncation, ...) for the search.
+    trainer = search_trainer(search.print, model=search.base_model.name, data=data,
+                             output_dir=search.out / "trials" / "probe",
+                             config=dataclasses.replace(search.base_train, epochs=1), model_config=search.base_model,
+                             data_config=search.data_config)
     built = time.monotonic() - start
     # The first steps pay one-off costs (kernel selection, allocator growth) and would double the estimate on a
     # CPU: five untimed steps, then five timed ones.
