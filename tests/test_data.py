@@ -18,6 +18,7 @@ from textclf.data.readers import (
     load_dataset,
     read_split,
     read_texts,
+    stratified_folds,
     stratified_split,
 )
 from textclf.errors import ConfigError, DataError
@@ -286,6 +287,26 @@ def test_stratified_split_proportions_and_reproducibility():
     again, _ = stratified_split(split, 0.2, seed=7)
     other, _ = stratified_split(split, 0.2, seed=8)
     assert again.texts == kept.texts and other.texts != kept.texts
+
+
+def test_stratified_folds_hold_out_each_row_once_with_the_class_mix():
+    split = _imbalanced_split()
+    folds = stratified_folds(split, 5, seed=3)
+    assert len(folds) == 5 and all((kept.name, held.name) == ("train", "held_out") for kept, held in folds)
+    assert sorted(t for _, held in folds for t in held.texts) == sorted(split.texts)  # each row held out once
+    for kept, held in folds:
+        assert Counter(held.labels) == {"a": 12, "b": 6, "c": 2}
+        assert sorted(kept.texts + held.texts) == sorted(split.texts)
+        assert held.locations == sorted(held.locations)
+    assert [h.texts for _, h in stratified_folds(split, 5, seed=3)] == [h.texts for _, h in folds]
+    assert [h.texts for _, h in stratified_folds(split, 5, seed=4)] != [h.texts for _, h in folds]
+
+
+def test_stratified_folds_with_a_class_smaller_than_k_are_random_and_say_so():
+    split = _imbalanced_split((20, 20, 2))
+    with pytest.warns(DataWarning, match="class 'c' has 2 row"):
+        folds = stratified_folds(split, 3, seed=0, names=("train", "dev"))
+    assert [len(held) for _, held in folds] == [14, 14, 14] and folds[0][1].name == "dev"
 
 
 def test_load_dataset_carves_dev_and_test_of_the_original_size(tmp_path):

@@ -45,6 +45,7 @@ __all__ = [
     "load_dataset",
     "read_split",
     "read_texts",
+    "stratified_folds",
     "stratified_split",
 ]
 
@@ -303,6 +304,28 @@ def stratified_split(
     kept, held = train_test_split(indices, test_size=n_held, random_state=seed, shuffle=True, stratify=keys)
     held_out = dataclasses.replace(split.subset(np.sort(held).tolist(), names[1]), held_out=True)
     return split.subset(np.sort(kept).tolist(), names[0]), held_out
+
+
+def stratified_folds(split: Split, k: int, seed: int,
+                     names: tuple[str, str] = ("train", "held_out")) -> list[tuple[Split, Split]]:
+    """``k`` (kept, held-out) pairs of ``split`` for k-fold cross-validation, stratified by label, reproducibly.
+
+    Single-label rows are stratified on the label, multi-label rows on their first label. When the smallest class
+    has fewer than ``k`` rows the folds are cut at random instead, with a :class:`DataWarning` (some folds will not
+    see that class). ``split`` must hold at least ``k`` labelled rows. Both parts keep the original row order.
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    keys = [labels[0] if isinstance(labels, list) else labels for labels in split.labels]
+    label, smallest = Counter(keys).most_common()[-1]
+    rows, seed = np.zeros(len(keys)), seed % 2**32
+    if smallest < k:
+        warnings.warn(f"{split.source}: class {label!r} has {smallest} row(s), fewer than the {k} folds; the folds "
+                      "are not stratified (some folds will not see that class)", DataWarning, stacklevel=3)
+        folds = KFold(k, shuffle=True, random_state=seed).split(rows)
+    else:
+        folds = StratifiedKFold(k, shuffle=True, random_state=seed).split(rows, keys)
+    return [(split.subset(kept.tolist(), names[0]), split.subset(held.tolist(), names[1])) for kept, held in folds]
 
 
 # ====================================================================================================== the dataset

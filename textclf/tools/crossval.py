@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,10 +107,8 @@ def cross_validate(data, k: int = 5, model: str = "minilm", output_dir: str | Pa
         ConfigError: for ``k < 2``. DataError: when there are fewer pooled rows than folds.
         OutputDirError: when ``output_dir`` holds a cross-validation and ``overwrite`` is False.
     """
-    from sklearn.model_selection import KFold, StratifiedKFold
-
     from ..config import DataConfig, TrainConfig
-    from ..data.readers import DatasetSplits, DataWarning, Split, load_dataset
+    from ..data.readers import DatasetSplits, Split, load_dataset, stratified_folds
 
     if not isinstance(k, int) or k < 2:
         raise ConfigError(f"cv: the number of folds must be an integer >= 2, got {k!r}")
@@ -132,22 +128,12 @@ def cross_validate(data, k: int = 5, model: str = "minilm", output_dir: str | Pa
     n = len(pool)
     if n < k:
         raise DataError(f"{pool.source}: {n} rows are too few for {k} folds; lower --cv")
-    keys = [y[0] if isinstance(y, list) else y for y in pool.labels]
-    smallest = Counter(keys).most_common()[-1]
-    if smallest[1] < k:
-        warnings.warn(f"{pool.source}: class {smallest[0]!r} has {smallest[1]} row(s), fewer than the {k} folds; "
-                      "the folds are not stratified (some folds will not see that class)", DataWarning, stacklevel=2)
-        splitter = KFold(k, shuffle=True, random_state=config.seed if seed is None else seed)
-        folds = list(splitter.split(np.zeros(n)))
-    else:
-        splitter = StratifiedKFold(k, shuffle=True, random_state=config.seed if seed is None else seed)
-        folds = list(splitter.split(np.zeros(n), keys))
+    folds = stratified_folds(pool, k, config.seed if seed is None else seed)
 
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for fold, (fit_rows, held_rows) in enumerate(folds, start=1):
+    for fold, (fit, held) in enumerate(folds, start=1):
         start = time.perf_counter()
-        fit, held = pool.subset(fit_rows.tolist(), "train"), pool.subset(held_rows.tolist(), "held_out")
         trainer = train_fold(fit.texts, fit.labels, data.label_map, out / f"fold-{fold}", model, config,
                              model_config=model_config, data_config=data_config, overwrite=overwrite,
                              progress=progress)

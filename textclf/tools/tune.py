@@ -201,8 +201,11 @@ class _Search:
 
     @property
     def fold_splits(self):
+        from ..data.readers import stratified_folds
+
         if not hasattr(self, "_folds"):
-            self._folds = stratified_folds(self.data.train, self.folds, self.base_train.seed)
+            check_folds(self.data.train, self.folds)
+            self._folds = stratified_folds(self.data.train, self.folds, self.base_train.seed, ("train", "dev"))
         return self._folds
 
     def _train(self, folder: Path, data, train: TrainConfig, model: ModelConfig, callbacks, score_on=None):
@@ -250,10 +253,9 @@ def drop_weights(folder: Path) -> None:
         shutil.rmtree(Path(folder) / name, ignore_errors=True)
 
 
-def stratified_folds(split, k: int, seed: int):
-    """``k`` stratified (train, held-out) pairs of :class:`Split` from one split."""
-    from sklearn.model_selection import StratifiedKFold
-
+def check_folds(split, k: int) -> None:
+    """Refuse cross-validated trials when a class has fewer than ``k`` training rows: a search compares settings
+    on the folds, and folds that miss a class would compare them on different tasks."""
     labels = [str(label) for label in split.labels]
     smallest = min(labels.count(label) for label in set(labels))
     if smallest < k:
@@ -262,9 +264,6 @@ def stratified_folds(split, k: int, seed: int):
                           f"{max(2, smallest)})" if smallest >= 2 else
                           f"tune: with no dev split every trial is cross-validated, and a class has only {smallest} "
                           "training row; give a dev split (--dev FILE)")
-    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed % 2**32)
-    return [(split.subset(list(a), "train"), split.subset(list(b), "dev"))
-            for a, b in splitter.split(labels, labels)]
 
 
 def _few_shot_possible(data, model_name: str, base: TrainConfig) -> bool:
