@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 
 from .. import outputs
 from ..config import TrainConfig, save_mapping
-from ..data.collate import count_optimizer_steps
+from ..data.collate import count_optimizer_steps, sequential_shard
 from ..errors import OutputDirError, TrainingError
 from ..runtime import gather_to_main, on_main_process, rng_state, seed_everything, set_rng_state, setup_runtime
 from . import checkpoint as ckpt
@@ -343,6 +343,24 @@ class TrainingLoop:
         return DataLoader(dataset or self.train_dataset, batch_sampler=batches, collate_fn=self.collate,
                           num_workers=self.config.num_workers, pin_memory=self.runtime.device.type == "cuda",
                           generator=torch.Generator().manual_seed(self.config.seed))
+
+    @contextlib.contextmanager
+    def inference(self):
+        """The model in eval mode under ``torch.inference_mode`` for the block; its mode is restored after."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            self.model.train(was_training)
+
+    def inference_batches(self, dataset, every_row: bool = False):
+        """``(rows, batch)`` pairs over ``dataset`` (which has per-row ``lengths``) in evaluation batches of similar
+        length: this rank's disjoint share of the rows, or with ``every_row`` all of them (on every rank)."""
+        rank, world = (0, 1) if every_row else (self.runtime.rank, self.runtime.world_size)
+        batches = sequential_shard(len(dataset), self.config.eval_batch_size, rank, world, dataset.lengths)
+        return zip(batches, self._loader(batches, dataset))
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         non_blocking = self.runtime.device.type == "cuda"  # pinned host memory lets the copy overlap compute

@@ -20,22 +20,37 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, TrainConfig
-from ..data.collate import sequential_shard
 from ..data.pairs import PairBatches
 from ..data.sampling import training_sampler
 from ..errors import ConfigError
 from ..model.classifier import sentence_pooling
 
 
-class Classification:
-    """Full fine-tuning: every batch is rows with labels, the loss is the task's (``train.recipe = "fine-tune"``)."""
+class Objective:
+    """What the Trainer asks of an objective; the defaults are those of plain fine-tuning."""
 
     def model_config(self, model_config: ModelConfig) -> ModelConfig:
-        """The model settings this objective trains with (fine-tuning keeps them)."""
+        """The model settings this objective trains with (by default those given)."""
         return model_config
 
     def configure(self, model: nn.Module, config: TrainConfig) -> None:
-        """Prepare a freshly built model for training."""
+        """Prepare a freshly built model for training (by default nothing to do)."""
+
+    def sampler(self, trainer):
+        """The batch sampler of the training rows (``epoch_batches(epoch)``, resumable)."""
+        raise NotImplementedError
+
+    def loss(self, trainer, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """``(mean loss, logits or None, rows)`` of a batch already on the device."""
+        raise NotImplementedError
+
+    def prepare_head(self, trainer) -> None:
+        """Make the head ready before an evaluation or a saved model folder (by default it trains with the
+        encoder and is always ready)."""
+
+
+class Classification(Objective):
+    """Full fine-tuning: every batch is rows with labels, the loss is the task's (``train.recipe = "fine-tune"``)."""
 
     def sampler(self, trainer):
         dataset, rt = trainer.train_dataset, trainer.runtime
@@ -49,11 +64,8 @@ class Classification:
                                        **trainer.inputs.model_inputs(batch))
         return trainer.compute_loss(logits, batch), logits.detach(), len(logits)  # rows = texts, not windows
 
-    def prepare_head(self, trainer) -> None:
-        """Make the head ready before an evaluation or a saved model folder (it trains with the encoder)."""
 
-
-class ContrastivePairs(Classification):
+class ContrastivePairs(Objective):
     """Few-shot training of a sentence encoder on pairs of rows, then a head fitted on its embeddings.
 
     Args:
@@ -120,17 +132,13 @@ class ContrastivePairs(Classification):
 
 def embed_rows(trainer, dataset) -> np.ndarray:
     """``[N, hidden]`` float32 pooled embeddings of a tokenized dataset, in row order, under the run's precision."""
-    model, was_training = trainer.model, trainer.model.training
-    model.eval()
-    out = np.zeros((len(dataset), model.config.hidden_size), dtype=np.float32)
-    batches = sequential_shard(len(dataset), trainer.config.eval_batch_size, 0, 1, dataset.lengths)
-    with torch.inference_mode():
-        for rows, batch in zip(batches, trainer._loader(batches, dataset)):
+    out = np.zeros((len(dataset), trainer.model.config.hidden_size), dtype=np.float32)
+    with trainer.inference():  # every rank embeds every row: the head is fitted identically on each
+        for rows, batch in trainer.inference_batches(dataset, every_row=True):
             batch = trainer._to_device(batch)
             with trainer.runtime.autocast():
-                vectors = model(batch["input_ids"], batch["attention_mask"], return_embeddings=True)
+                vectors = trainer.model(batch["input_ids"], batch["attention_mask"], return_embeddings=True)
             out[rows] = vectors.float().cpu().numpy()
-    model.train(was_training)
     return out
 
 
@@ -169,6 +177,6 @@ def fit_linear_head(embeddings: np.ndarray, labels: np.ndarray, num_labels: int,
     return layer.weight.detach().numpy(), layer.bias.detach().numpy()
 
 
-def objective_for(config: TrainConfig, model_name: str) -> Classification:
+def objective_for(config: TrainConfig, model_name: str) -> Objective:
     """The objective of ``train.recipe``."""
     return ContrastivePairs(model_name) if config.recipe == "few-shot" else Classification()

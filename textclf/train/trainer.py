@@ -24,7 +24,6 @@ from torch import nn
 
 from ..config import DataConfig, ModelConfig, RunConfig, RunPaths, TrainConfig
 from ..data.augment import augment_dataset
-from ..data.collate import sequential_shard
 from ..data.inputs import input_strategy
 from ..data.normalize import TextNormalizer
 from ..data.preparation import DATA_DIR, normalise, save_prepared_data
@@ -269,14 +268,10 @@ class Trainer(TrainingLoop):
         dataset = self.dev_dataset if data is None else self._as_dataset(data)
         if dataset is None:
             raise ConfigError("Trainer.evaluate: no dev split; pass a Split or dataset to evaluate")
-        was_training = self.model.training
-        self.model.eval()
         metrics = self.task.metrics(self.runtime.device)  # a confusion matrix, or per-label counts and histograms
         loss_sum = torch.zeros((), device=self.runtime.device)
-        batches = sequential_shard(len(dataset), self.config.eval_batch_size, self.runtime.rank,
-                                   self.runtime.world_size, dataset.lengths)
-        with torch.inference_mode():
-            for rows, batch in zip(batches, self._loader(batches, dataset)):
+        with self.inference():
+            for rows, batch in self.inference_batches(dataset):
                 output = self.evaluation_step(batch)
                 if batch_hook is not None:  # e.g. error analysis, calibration: rows index the evaluated split
                     batch_hook(rows, output.logits, batch["labels"])
@@ -285,7 +280,6 @@ class Trainer(TrainingLoop):
         if self.runtime.distributed:  # disjoint shards, no padding rows: the sums count every row exactly once
             metrics.all_reduce()
             torch.distributed.all_reduce(loss_sum)
-        self.model.train(was_training)
         return metrics.report(self.label_map.names, float(loss_sum))
 
     def tune_thresholds(self, data: Split | TextClassificationDataset | None = None,
