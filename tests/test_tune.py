@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -129,6 +130,34 @@ def test_a_trial_killed_mid_run_is_tried_again(tiny_model_dir, tiny_data, tmp_pa
     states = [t["state"] for t in result.trials]
     assert states.count("fail") == 1 and result.trials[-1]["params"] == {"lr": 1e-4, "epochs": 1,
                                                                          "freeze_layers_below": 1}
+
+
+def test_the_time_of_a_trial_killed_mid_run_counts(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "s"
+    before = _search(tiny_data, out, model=str(tiny_model_dir), max_trials=1).spent_seconds
+
+    class Killed(BaseException):
+        pass
+
+    class KillAfterFiveSeconds(textclf.Callback):
+        def on_step_end(self, trainer):
+            if trainer.state.global_step == 1:
+                time.sleep(5)
+            elif trainer.state.global_step == 2:
+                raise Killed  # as a kill -9 would: nothing after this point runs
+
+    def trainer_that_dies(printer, **kwargs):
+        if "callbacks" in kwargs:  # a trial's trainer, not the probe's
+            kwargs["callbacks"] = [*kwargs["callbacks"], KillAfterFiveSeconds()]
+        return made(printer, **kwargs)
+
+    made = tune_module.search_trainer
+    monkeypatch.setattr(tune_module, "search_trainer", trainer_that_dies)
+    monkeypatch.setattr(tune_module._Clock, "SAVE_EVERY", 0.0)
+    with pytest.raises(Killed):
+        _search(tiny_data, out, model=str(tiny_model_dir), max_trials=2)
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{out / DB_FILE}")
+    assert study.user_attrs["spent_seconds"] >= before + 5
 
 
 def test_the_data_notes_are_said_once_not_per_trial(tiny_model_dir, tiny_data, tmp_path):

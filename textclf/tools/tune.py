@@ -93,22 +93,51 @@ def _show(value) -> str:
     return f"{value:.2e}" if isinstance(value, float) else str(value)
 
 
-class _Deadline(Callback):
-    """Stops training at the next optimizer step once the search's budget is spent."""
+class _Clock:
+    """The search's spent time, kept in the study so that it adds up over every session that continues the search.
 
-    def __init__(self, deadline: float):
-        self.deadline, self.cut = deadline, False
+    It is written after each trial and every ``SAVE_EVERY`` seconds during one, so a process killed mid-trial loses
+    at most that much of the account.
+    """
+
+    SAVE_EVERY = 30.0
+
+    def __init__(self, study, budget: float, started: float):
+        self.study, self.budget, self.started = study, budget, started
+        self.before = float(study.user_attrs.get("spent_seconds", 0.0))  # by the sessions before this one
+        self.saved_at = started
+
+    @property
+    def spent(self) -> float:
+        return self.before + time.monotonic() - self.started
+
+    @property
+    def left(self) -> float:
+        return self.budget - self.spent
+
+    def save(self, now: bool = True) -> None:
+        if now or time.monotonic() - self.saved_at >= self.SAVE_EVERY:
+            self.study.set_user_attr("spent_seconds", self.spent)
+            self.saved_at = time.monotonic()
+
+
+class _Deadline(Callback):
+    """Keeps the search's clock and stops training at the next optimizer step once the budget is spent."""
+
+    def __init__(self, clock: _Clock):
+        self.clock, self.cut = clock, False
 
     def on_step_end(self, trainer) -> None:
-        if time.monotonic() > self.deadline:
+        self.clock.save(now=False)
+        if self.clock.left <= 0:
             self.cut = trainer.should_stop = True
 
 
 class _Rungs(_Deadline):
     """Reports each dev evaluation to the trial and stops training when the pruner says so (or the budget ends)."""
 
-    def __init__(self, trial, metric: str, deadline: float):
-        super().__init__(deadline)
+    def __init__(self, trial, metric: str, clock: _Clock):
+        super().__init__(clock)
         self.trial, self.metric = trial, metric
         self.evaluations, self.pruned = 0, False
 
@@ -165,25 +194,25 @@ class _Search:
 
     # ---- one trial --------------------------------------------------------------------------------------------------
 
-    def run_trial(self, trial, deadline: float) -> tuple[float | None, str]:
+    def run_trial(self, trial, clock: _Clock) -> tuple[float | None, str]:
         """Train (and score) one trial; returns ``(value, how)`` with how one of complete, pruned, cut, interrupted."""
         train, model = self.configs(trial)
         folder = self.out / "trials" / f"trial-{trial.number:03d}"
         if not self.cross_validate:
-            rungs = _Rungs(trial, self.metric, deadline)
+            rungs = _Rungs(trial, self.metric, clock)
             result, _ = self._train(folder, self.data, train, model, [rungs])
             if result.interrupted:
                 return None, "interrupted"
             value = result.best_metric
             return value, "pruned" if rungs.pruned else "cut" if rungs.cut else "complete"
-        return self._cross_validate(trial, folder, train, model, deadline)
+        return self._cross_validate(trial, folder, train, model, clock)
 
-    def _cross_validate(self, trial, folder: Path, train: TrainConfig, model: ModelConfig, deadline: float):
+    def _cross_validate(self, trial, folder: Path, train: TrainConfig, model: ModelConfig, clock: _Clock):
         from ..data.readers import DatasetSplits
 
         scores = []
         for k, (train_rows, held_out) in enumerate(self.fold_splits, 1):
-            deadline_only = _Deadline(deadline)  # a fold reports once, below, with the running mean
+            deadline_only = _Deadline(clock)  # a fold reports once, below, with the running mean
             # No dev split in the fold run: its final weights are scored on the held-out fold (as crossval.py does),
             # so no held-out row picks a checkpoint.
             fold = DatasetSplits(train_rows, None, None, self.data.label_map)
@@ -338,18 +367,20 @@ def tune(data, output_dir: str | Path, budget: float | str, model_config: ModelC
                          explicit_model, folds, max_trials, printer)
         study = _open_study(out, search, train_config.seed, settings)
         shortest = _shortest_trial_seconds(search)
-        spent = float(study.user_attrs.get("spent_seconds", 0.0)) + time.monotonic() - started
-        study.set_user_attr("spent_seconds", spent)
-        if seconds - spent < shortest and not _has_best(study):
+        clock = _Clock(study, seconds, started)
+        clock.save()
+        spent = clock.spent
+        if clock.left < shortest and not _has_best(study):
             raise ConfigError(
                 f"--budget {_duration(seconds)}: one trial takes about {_duration(shortest)} here (measured: "
                 f"building the model and timing a few optimizer steps)"
                 + (f", and {_duration(spent)} of the budget is spent already" if spent > 0.5 * seconds else "")
                 + f"; give --budget {_duration(math.ceil(spent + 1.5 * shortest))} or more")
-        spent, interrupted = _run_trials(search, study, seconds, spent, shortest)
+        interrupted = _run_trials(search, study, clock, shortest)
         if _has_best(study):
             interrupted = _install_best(search, study, out) or interrupted
-        result = _summarise(study, search, spent, interrupted)
+        clock.save()
+        result = _summarise(study, search, clock.spent, interrupted)
         (out / SUMMARY_FILE).write_text(json.dumps(dataclasses.asdict(result) | {"output_dir": str(out)}, indent=1,
                                                    default=str) + "\n", encoding="utf-8")
     return result
@@ -382,9 +413,9 @@ def _open_study(out: Path, search: _Search, seed: int, settings: str):
 MAX_FAILURES_BEFORE_ANY_RESULT = 3
 
 
-def _run_trials(search: _Search, study, seconds: float, spent: float, shortest: float) -> tuple[float, bool]:
-    """Ask, train, tell until the budget (or ``max_trials``) is used; returns the time spent and whether a signal
-    interrupted the search."""
+def _run_trials(search: _Search, study, clock: _Clock, shortest: float) -> bool:
+    """Ask, train, tell until the budget (or ``max_trials``) is used; returns whether a signal interrupted the
+    search."""
     import optuna
     import torch
 
@@ -393,14 +424,13 @@ def _run_trials(search: _Search, study, seconds: float, spent: float, shortest: 
     states = optuna.trial.TrialState
     failures = 0
     while True:
-        left = seconds - spent
         finished = len(study.get_trials(states=(states.COMPLETE, states.PRUNED)))
-        if left < shortest or (search.max_trials is not None and finished >= search.max_trials):
-            return spent, False
+        if clock.left < shortest or (search.max_trials is not None and finished >= search.max_trials):
+            return False
         trial = study.ask()
         trial_start = time.monotonic()
         try:
-            value, how = search.run_trial(trial, deadline=trial_start + left)
+            value, how = search.run_trial(trial, clock)
         except (TextclfError, torch.OutOfMemoryError) as exc:  # this trial's settings; the search goes on
             value, how = None, "failed"
             search.print(f"trial {trial.number}: failed: {str(exc).splitlines()[0]}")
@@ -408,14 +438,13 @@ def _run_trials(search: _Search, study, seconds: float, spent: float, shortest: 
             if failures >= MAX_FAILURES_BEFORE_ANY_RESULT and not finished:
                 study.tell(trial, state=states.FAIL)
                 raise
-        spent += time.monotonic() - trial_start
-        study.set_user_attr("spent_seconds", spent)
+        clock.save()
         trial.set_user_attr("seconds", time.monotonic() - trial_start)
         trial.set_user_attr("how", how)
         if how == "interrupted":
             study.tell(trial, state=states.FAIL)
             study.enqueue_trial(trial.params)  # tried again when the search continues
-            return spent, True
+            return True
         if how == "complete" and value is not None and math.isfinite(value):
             study.tell(trial, value)
         elif how in ("pruned", "cut"):  # stopped early: a lower bound, never the best model
