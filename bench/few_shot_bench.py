@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -155,6 +156,7 @@ def run_grid(args, results: dict, out: Path) -> None:
     torch.set_num_threads(args.threads)
     done = {(r["dataset"], r["n"], r["draw"], r["system"]) for r in results["runs"]}
     few_shot = json.loads(args.few_shot)
+    cpu = machine()["cpu"]  # per run: a results file may be filled on more than one machine
     for dataset in args.datasets.split(","):
         pool, test = read(DATA / dataset / "train.csv"), read(DATA / dataset / "test.csv")
         for n in [int(v) for v in args.n.split(",")]:
@@ -165,13 +167,16 @@ def run_grid(args, results: dict, out: Path) -> None:
                     if (dataset, n, d, name) in done:
                         continue
                     work = Path(tempfile.mkdtemp(prefix="textclf-fewshot-"))
-                    start = time.perf_counter()
+                    start, cpu_start = time.perf_counter(), time.process_time()
                     try:
                         outcome = run_one(system, train, test, d, work / "run", few_shot)
                     finally:
                         shutil.rmtree(work, ignore_errors=True)
+                    # cpu_s (every thread of this process) and the load average tell a run that shared the cores
+                    # with other work (wall_s then grows, cpu_s does not) from a quiet one.
                     record = {"dataset": dataset, "n": n, "draw": d, "system": name,
-                              "wall_s": time.perf_counter() - start, **outcome}
+                              "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu_start,
+                              "load_1m": os.getloadavg()[0], "cpu": cpu, **outcome}
                     results["runs"].append(record)
                     out.parent.mkdir(parents=True, exist_ok=True)
                     out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
