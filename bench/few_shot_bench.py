@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report:
         run_grid(args, results, out)
     print(table(results["runs"]))
+    print()
+    print(paired(results["runs"]))
     if args.plot:
         plot(results["runs"], Path(args.plot))
     return 0
@@ -216,6 +218,27 @@ def table(runs: list[dict]) -> str:
                           _mean_sd([r["macro_f1"] for r in mine]),
                           f"{statistics.median(r['wall_s'] for r in mine):.0f}"]
             lines.append(f"| {dataset} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired(runs: list[dict], system: str = "auto", peer: str = "setfit") -> str:
+    """Markdown: per (data set, N) the accuracy of ``system`` minus ``peer``'s on the same draws (mean ± sd, and on
+    how many draws ``system`` is at least as good), the peer's median time over the system's, and the CPU."""
+    lines = [f"| data set | N | draws | {system} - {peer} accuracy | draws {system} >= {peer} | {peer} s / {system} s "
+             "| CPU |", "|---|---|---|---|---|---|---|"]
+    for dataset in dict.fromkeys(r["dataset"] for r in runs):
+        for n in sorted({r["n"] for r in runs if r["dataset"] == dataset}):
+            cell = {(r["system"], r["draw"]): r for r in runs if (r["dataset"], r["n"]) == (dataset, n)}
+            draws = sorted(d for s, d in cell if s == system and (peer, d) in cell)
+            if not draws:
+                continue
+            ours, theirs = [cell[system, d] for d in draws], [cell[peer, d] for d in draws]
+            differences = [a["accuracy"] - b["accuracy"] for a, b in zip(ours, theirs)]
+            ratio = statistics.median(r["wall_s"] for r in theirs) / statistics.median(r["wall_s"] for r in ours)
+            cpus = sorted({r.get("cpu", "?") for r in ours + theirs})
+            lines.append(f"| {dataset} | {n} | {len(draws)} | {statistics.mean(differences):+.3f} ± "
+                         f"{statistics.stdev(differences) if len(draws) > 1 else 0.0:.3f} | "
+                         f"{sum(x >= 0 for x in differences)}/{len(draws)} | {ratio:.1f} | {', '.join(cpus)} |")
     return "\n".join(lines)
 
 
