@@ -108,6 +108,23 @@ def test_cross_validation_without_dev(tiny_model_dir, tiny_data, tmp_path):
     assert (out / "final" / "last").is_dir() and (out / "best" / "config.json").is_file()  # best settings, all rows
 
 
+def test_cross_validation_keeps_time_back_for_the_final_training(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    data = textclf.data.readers.DatasetSplits(tiny_data.train, None, None, tiny_data.label_map)
+    kept = []
+
+    def final_takes_long(search, study):  # as if the last run on all rows needed the whole budget
+        kept.append(estimate(search, study))
+        return 600.0 if kept[-1] > 0 else 0.0
+
+    estimate = tune_module._final_training_seconds
+    monkeypatch.setattr(tune_module, "_final_training_seconds", final_takes_long)
+    out = tmp_path / "cv"
+    result = _search(data, out, model=str(tiny_model_dir), folds=2, max_trials=3)
+    assert len(result.trials) == 1  # no second trial: it would eat the final training's time
+    assert kept[-1] == pytest.approx(result.trials[0]["seconds"] / (2 - 1))
+    assert (out / "best" / "config.json").is_file()
+
+
 def test_few_shot_is_searched_for_a_sentence_encoder(tiny_sentence_encoder, tiny_data, tmp_path):
     result = _search(tiny_data, tmp_path / "s", model=str(tiny_sentence_encoder), max_trials=2)
     assert all("recipe" in t["params"] for t in result.trials)

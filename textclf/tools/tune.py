@@ -97,7 +97,8 @@ class _Clock:
     """The search's spent time, kept in the study so that it adds up over every session that continues the search.
 
     It is written after each trial and every ``SAVE_EVERY`` seconds during one, so a process killed mid-trial loses
-    at most that much of the account.
+    at most that much of the account. ``reserved`` is kept back from the trials for what comes after them (the
+    final training on all rows after cross-validation).
     """
 
     SAVE_EVERY = 30.0
@@ -105,7 +106,7 @@ class _Clock:
     def __init__(self, study, budget: float, started: float):
         self.study, self.budget, self.started = study, budget, started
         self.before = float(study.user_attrs.get("spent_seconds", 0.0))  # by the sessions before this one
-        self.saved_at = started
+        self.saved_at, self.reserved = started, 0.0
 
     @property
     def spent(self) -> float:
@@ -113,7 +114,8 @@ class _Clock:
 
     @property
     def left(self) -> float:
-        return self.budget - self.spent
+        """Seconds the trials may still use."""
+        return self.budget - self.spent - self.reserved
 
     def save(self, now: bool = True) -> None:
         if now or time.monotonic() - self.saved_at >= self.SAVE_EVERY:
@@ -369,6 +371,7 @@ def tune(data, output_dir: str | Path, budget: float | str, model_config: ModelC
         shortest = _shortest_trial_seconds(search)
         clock = _Clock(study, seconds, started)
         clock.save()
+        clock.reserved = _final_training_seconds(search, study)
         spent = clock.spent
         if clock.left < shortest and not _has_best(study):
             raise ConfigError(
@@ -454,6 +457,15 @@ def _run_trials(search: _Search, study, clock: _Clock, shortest: float) -> bool:
         if how != "failed":
             _say_trial(search, study, trial.number, value, how)
         _keep_weights_of_best(study, search.out)
+        clock.reserved = _final_training_seconds(search, study)
+
+
+def _final_training_seconds(search: _Search, study) -> float:
+    """The time to keep for training the best settings on all rows after a cross-validated search: a trial trains
+    ``folds`` runs on (folds - 1) / folds of the rows each, about (folds - 1) runs on all of them."""
+    if not search.cross_validate or not _has_best(study):
+        return 0.0
+    return float(study.best_trial.user_attrs.get("seconds", 0.0)) / (search.folds - 1)
 
 
 def _duration(seconds: float) -> str:
