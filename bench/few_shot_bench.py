@@ -13,8 +13,10 @@ user with 8 rows per class has none -- and is scored on the full test set:
 * ``baseline`` -- ``textclf baseline`` (TF-IDF + logistic regression).
 
 Every run is appended to the results file as it finishes, so an interrupted benchmark resumes where it stopped
-(``--report`` alone rebuilds the table and the plot). Wall time covers training and scoring the test set, in this
-process, with the same threads for every system.
+(``--report`` alone rebuilds the tables and the plot). Wall time covers training and scoring the test set, in this
+process, with the same threads for every system; each run also records its CPU seconds, the load average at its
+end and the CPU model (a results file may be filled on more than one machine). The report prints the table of
+means and a paired one: auto minus SetFit on the same draws, and SetFit's median time over auto's.
 
 Usage (from the repository root; ``pip install -e .[bench]`` brings setfit)::
 
@@ -174,8 +176,9 @@ def run_grid(args, results: dict, out: Path) -> None:
                         outcome = run_one(system, train, test, d, work / "run", few_shot)
                     finally:
                         shutil.rmtree(work, ignore_errors=True)
-                    # cpu_s (every thread of this process) and the load average tell a run that shared the cores
-                    # with other work (wall_s then grows, cpu_s does not) from a quiet one.
+                    # A run that shared the cores with other work shows it: wall_s grows and cpu_s (every thread
+                    # of this process) does not, so cpu_s / wall_s drops below --threads, and the load average at
+                    # its end (which counts the run's own threads) rises above them.
                     record = {"dataset": dataset, "n": n, "draw": d, "system": name,
                               "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu_start,
                               "load_1m": os.getloadavg()[0], "cpu": cpu, **outcome}

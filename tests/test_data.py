@@ -304,8 +304,9 @@ def test_stratified_folds_hold_out_each_row_once_with_the_class_mix():
 
 def test_stratified_folds_with_a_class_smaller_than_k_are_random_and_say_so():
     split = _imbalanced_split((20, 20, 2))
-    with pytest.warns(DataWarning, match="class 'c' has 2 row"):
+    with pytest.warns(DataWarning, match="class 'c' has 2 row") as said:
         folds = stratified_folds(split, 3, seed=0, names=("train", "dev"))
+    assert said[0].filename == __file__  # the warning names the caller's line
     assert [len(held) for _, held in folds] == [14, 14, 14] and folds[0][1].name == "dev"
 
 

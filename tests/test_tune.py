@@ -152,29 +152,33 @@ def test_a_trial_killed_mid_run_is_tried_again(tiny_model_dir, tiny_data, tmp_pa
 def test_the_time_of_a_trial_killed_mid_run_counts(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
     out = tmp_path / "s"
     before = _search(tiny_data, out, model=str(tiny_model_dir), max_trials=1).spent_seconds
+    storage = f"sqlite:///{out / DB_FILE}"
+    at_kill = {}
 
     class Killed(BaseException):
         pass
 
-    class KillAfterFiveSeconds(textclf.Callback):
+    class KillAtTheSecondStep(textclf.Callback):
         def on_step_end(self, trainer):
             if trainer.state.global_step == 1:
-                time.sleep(5)
-            elif trainer.state.global_step == 2:
-                raise Killed  # as a kill -9 would: nothing after this point runs
+                time.sleep(3)  # a trial long enough that losing its time would show
+            elif trainer.state.global_step == 2:  # what a kill -9 here leaves in the study
+                at_kill["stored"] = optuna.load_study(study_name=STUDY, storage=storage).user_attrs["spent_seconds"]
+                at_kill["elapsed"] = time.monotonic() - started
+                raise Killed
 
-    def trainer_that_dies(printer, **kwargs):
-        if "callbacks" in kwargs:  # a trial's trainer, not the probe's
-            kwargs["callbacks"] = [*kwargs["callbacks"], KillAfterFiveSeconds()]
-        return made(printer, **kwargs)
+    class DyingTrainer(tune_module.SearchTrainer):
+        def __init__(self, **kwargs):
+            if "callbacks" in kwargs:  # a trial's trainer, not the probe's
+                kwargs["callbacks"] = [*kwargs["callbacks"], KillAtTheSecondStep()]
+            super().__init__(**kwargs)
 
-    made = tune_module.search_trainer
-    monkeypatch.setattr(tune_module, "search_trainer", trainer_that_dies)
+    monkeypatch.setattr(tune_module, "SearchTrainer", DyingTrainer)
     monkeypatch.setattr(tune_module._Clock, "SAVE_EVERY", 0.0)
+    started = time.monotonic()
     with pytest.raises(Killed):
         _search(tiny_data, out, model=str(tiny_model_dir), max_trials=2)
-    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{out / DB_FILE}")
-    assert study.user_attrs["spent_seconds"] >= before + 5
+    assert at_kill["stored"] >= before + at_kill["elapsed"] - 1.0  # the trial's time so far is in the study
 
 
 def test_the_data_notes_are_said_once_not_per_trial(tiny_model_dir, tiny_data, tmp_path):
@@ -184,6 +188,13 @@ def test_the_data_notes_are_said_once_not_per_trial(tiny_model_dir, tiny_data, t
     notes = [line for line in said if line.startswith("train:") and "truncated" in line]
     assert len(notes) == 1, said
     assert sum(line.startswith("trial ") for line in said) == 2, said
+
+    said.clear()  # cross-validated: the notes are about the user's training rows, not a fold and its held-out part
+    no_dev = textclf.data.readers.DatasetSplits(tiny_data.train, None, None, tiny_data.label_map)
+    _search(no_dev, tmp_path / "cv", model=str(tiny_model_dir), max_trials=1, folds=2, printer=said.append,
+            train={"max_length": 8})
+    notes = [line for line in said if "truncated" in line]
+    assert len(notes) == 1 and notes[0].startswith("train:") and f"of {len(tiny_data.train)} texts" in notes[0], said
 
 
 def test_command_line(tiny_model_dir, tiny_data_dir, tmp_path, capsys):

@@ -42,6 +42,7 @@ __all__ = [
     "DatasetSplits",
     "Split",
     "TextClassificationDataset",
+    "fold_keys",
     "load_dataset",
     "read_split",
     "read_texts",
@@ -306,22 +307,29 @@ def stratified_split(
     return split.subset(np.sort(kept).tolist(), names[0]), held_out
 
 
-def stratified_folds(split: Split, k: int, seed: int,
-                     names: tuple[str, str] = ("train", "held_out")) -> list[tuple[Split, Split]]:
+def fold_keys(split: Split) -> list[str]:
+    """The label each row is stratified on: its label, or a multi-label row's first label ("" for none)."""
+    return [(labels[0] if labels else "") if isinstance(labels, list) else labels for labels in split.labels]
+
+
+def stratified_folds(split: Split, k: int, seed: int, names: tuple[str, str] = ("train", "held_out"),
+                     stacklevel: int = 1) -> list[tuple[Split, Split]]:
     """``k`` (kept, held-out) pairs of ``split`` for k-fold cross-validation, stratified by label, reproducibly.
 
     Single-label rows are stratified on the label, multi-label rows on their first label. When the smallest class
     has fewer than ``k`` rows the folds are cut at random instead, with a :class:`DataWarning` (some folds will not
-    see that class). ``split`` must hold at least ``k`` labelled rows. Both parts keep the original row order.
+    see that class; the warning names the caller, or with ``stacklevel=2`` the caller's caller). ``split`` must hold
+    at least ``k`` labelled rows. Both parts keep the original row order.
     """
     from sklearn.model_selection import KFold, StratifiedKFold
 
-    keys = [labels[0] if isinstance(labels, list) else labels for labels in split.labels]
+    keys = fold_keys(split)
     label, smallest = Counter(keys).most_common()[-1]
     rows, seed = np.zeros(len(keys)), seed % 2**32
     if smallest < k:
         warnings.warn(f"{split.source}: class {label!r} has {smallest} row(s), fewer than the {k} folds; the folds "
-                      "are not stratified (some folds will not see that class)", DataWarning, stacklevel=3)
+                      "are not stratified (some folds will not see that class)", DataWarning,
+                      stacklevel=stacklevel + 1)
         folds = KFold(k, shuffle=True, random_state=seed).split(rows)
     else:
         folds = StratifiedKFold(k, shuffle=True, random_state=seed).split(rows, keys)
@@ -941,7 +949,7 @@ def _stratify_keys(split: Split, n_held: int, names: tuple[str, str]) -> list[st
     if split.labels is None:
         return None
     multi = bool(split.labels) and isinstance(split.labels[0], list)
-    keys = [labels[0] for labels in split.labels] if multi else list(split.labels)
+    keys = fold_keys(split)
     counts = Counter(keys)
     n_keep = len(keys) - n_held
     singles = [label for label, c in counts.items() if c < 2]

@@ -128,7 +128,7 @@ def cross_validate(data, k: int = 5, model: str = "minilm", output_dir: str | Pa
     n = len(pool)
     if n < k:
         raise DataError(f"{pool.source}: {n} rows are too few for {k} folds; lower --cv")
-    folds = stratified_folds(pool, k, config.seed if seed is None else seed)
+    folds = stratified_folds(pool, k, config.seed if seed is None else seed, stacklevel=2)  # cross_validate's caller
 
     out.mkdir(parents=True, exist_ok=True)
     results = []

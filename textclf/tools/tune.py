@@ -36,6 +36,7 @@ from pathlib import Path
 from ..config import ModelConfig, TrainConfig
 from ..errors import ConfigError, OutputDirError
 from ..train.callbacks import Callback
+from ..train.trainer import Trainer
 
 STUDY = "textclf-tune"
 DB_FILE = "tune.db"
@@ -96,9 +97,10 @@ def _show(value) -> str:
 class _Clock:
     """The search's spent time, kept in the study so that it adds up over every session that continues the search.
 
-    It is written after each trial and every ``SAVE_EVERY`` seconds during one, so a process killed mid-trial loses
-    at most that much of the account. ``reserved`` is kept back from the trials for what comes after them (the
-    final training on all rows after cross-validation).
+    It is written after each trial and, during one, at the first optimizer step, evaluation or epoch end that comes
+    ``SAVE_EVERY`` seconds after the last write: a process killed mid-trial loses that much of the account and the
+    time since (building a fold's model, scoring it). ``reserved`` is kept back from the trials for what comes
+    after them (the final training on all rows after cross-validation).
     """
 
     SAVE_EVERY = 30.0
@@ -123,14 +125,31 @@ class _Clock:
             self.saved_at = time.monotonic()
 
 
-class _Deadline(Callback):
-    """Keeps the search's clock and stops training at the next optimizer step once the budget is spent."""
+class _ClockKeeper(Callback):
+    """Writes the search's clock down as the run goes (see :class:`_Clock`)."""
 
     def __init__(self, clock: _Clock):
-        self.clock, self.cut = clock, False
+        self.clock = clock
 
     def on_step_end(self, trainer) -> None:
         self.clock.save(now=False)
+
+    def on_evaluate(self, trainer, report) -> None:
+        self.clock.save(now=False)
+
+    def on_epoch_end(self, trainer) -> None:
+        self.clock.save(now=False)
+
+
+class _Deadline(_ClockKeeper):
+    """Keeps the search's clock and stops training at the next optimizer step once the budget is spent."""
+
+    def __init__(self, clock: _Clock):
+        super().__init__(clock)
+        self.cut = False
+
+    def on_step_end(self, trainer) -> None:
+        super().on_step_end(trainer)
         if self.clock.left <= 0:
             self.cut = trainer.should_stop = True
 
@@ -144,6 +163,7 @@ class _Rungs(_Deadline):
         self.evaluations, self.pruned = 0, False
 
     def on_evaluate(self, trainer, report) -> None:
+        super().on_evaluate(trainer, report)
         self.evaluations += 1
         self.trial.report(float(report[self.metric]), self.evaluations)
         finished = trainer.state.global_step >= trainer.total_steps  # a finished run is complete, never pruned
@@ -170,6 +190,8 @@ class _Search:
         self.metric = train_config.metric
         self.direction = "minimize" if self.metric == "loss" else "maximize"
         self.cross_validate = data.dev is None
+        if self.cross_validate:  # refused before anything is trained
+            check_folds(data.train, folds)
         self.few_shot_possible = _few_shot_possible(data, model_config.name, self.base_train)
         self.layers = _encoder_layers(model_config.name)
 
@@ -235,7 +257,6 @@ class _Search:
         from ..data.readers import stratified_folds
 
         if not hasattr(self, "_folds"):
-            check_folds(self.data.train, self.folds)
             self._folds = stratified_folds(self.data.train, self.folds, self.base_train.seed, ("train", "dev"))
         return self._folds
 
@@ -243,8 +264,8 @@ class _Search:
         """One training run in ``folder``; with ``score_on`` (a labelled split) also its final weights' ``metric``
         there, after which the run's model folders are removed (only the score is needed)."""
         # One line per trial is said by the search; the data's notes were said once, by the probe.
-        trainer = search_trainer(None, model=model.name, data=data, output_dir=folder, config=train,
-                                 model_config=model, data_config=self.data_config, callbacks=callbacks)
+        trainer = SearchTrainer(printer=None, model=model.name, data=data, output_dir=folder, config=train,
+                                model_config=model, data_config=self.data_config, callbacks=callbacks)
         try:
             result = trainer.fit()
             score = None if score_on is None or result.interrupted else float(trainer.evaluate(score_on)[self.metric])
@@ -256,17 +277,17 @@ class _Search:
                 drop_weights(folder)
 
 
-def search_trainer(printer, **kwargs):
+class SearchTrainer(Trainer):
     """A :class:`~textclf.train.trainer.Trainer` with no progress bar whose notes go to ``printer`` (None: nowhere)
     instead of the terminal: a search of many trials speaks through its own lines."""
-    from ..train.trainer import Trainer
 
-    class SearchTrainer(Trainer):
-        def print(self, message: str, file=None) -> None:
-            if printer is not None:
-                printer(message)
+    def __init__(self, *, printer=None, **kwargs):
+        self._printer = printer  # set first: the constructor already says the data's notes
+        super().__init__(progress=False, **kwargs)
 
-    return SearchTrainer(progress=False, **kwargs)
+    def print(self, message: str, file=None) -> None:
+        if self._printer is not None:
+            self._printer(message)
 
 
 def release_memory() -> None:
@@ -287,8 +308,11 @@ def drop_weights(folder: Path) -> None:
 def check_folds(split, k: int) -> None:
     """Refuse cross-validated trials when a class has fewer than ``k`` training rows: a search compares settings
     on the folds, and folds that miss a class would compare them on different tasks."""
-    labels = [str(label) for label in split.labels]
-    smallest = min(labels.count(label) for label in set(labels))
+    from collections import Counter
+
+    from ..data.readers import fold_keys
+
+    smallest = min(Counter(fold_keys(split)).values())
     if smallest < k:
         raise ConfigError(f"tune: with no dev split every trial is {k}-fold cross-validation, and a class has only "
                           f"{smallest} training rows; give a dev split (--dev FILE) or fewer folds (--folds "
@@ -370,19 +394,20 @@ def tune(data, output_dir: str | Path, budget: float | str, model_config: ModelC
         study = _open_study(out, search, train_config.seed, settings)
         shortest = _shortest_trial_seconds(search)
         clock = _Clock(study, seconds, started)
-        clock.save()
-        clock.reserved = _final_training_seconds(search, study)
-        spent = clock.spent
-        if clock.left < shortest and not _has_best(study):
-            raise ConfigError(
-                f"--budget {_duration(seconds)}: one trial takes about {_duration(shortest)} here (measured: "
-                f"building the model and timing a few optimizer steps)"
-                + (f", and {_duration(spent)} of the budget is spent already" if spent > 0.5 * seconds else "")
-                + f"; give --budget {_duration(math.ceil(spent + 1.5 * shortest))} or more")
-        interrupted = _run_trials(search, study, clock, shortest)
-        if _has_best(study):
-            interrupted = _install_best(search, study, out) or interrupted
-        clock.save()
+        try:
+            clock.reserved = _final_training_seconds(search, study)
+            spent = clock.spent
+            if clock.left < shortest and not _has_best(study):
+                raise ConfigError(
+                    f"--budget {_duration(seconds)}: one trial takes about {_duration(shortest)} here (measured: "
+                    f"building the model and timing a few optimizer steps)"
+                    + (f", and {_duration(spent)} of the budget is spent already" if spent > 0.5 * seconds else "")
+                    + f"; give --budget {_duration(math.ceil(spent + 1.5 * shortest))} or more")
+            interrupted = _run_trials(search, study, clock, shortest)
+            if _has_best(study):
+                interrupted = _install_best(search, study, out, clock) or interrupted
+        finally:  # an error or a signal: the time spent still counts when the search continues
+            clock.save()
         result = _summarise(study, search, clock.spent, interrupted)
         (out / SUMMARY_FILE).write_text(json.dumps(dataclasses.asdict(result) | {"output_dir": str(out)}, indent=1,
                                                    default=str) + "\n", encoding="utf-8")
@@ -463,7 +488,8 @@ def _run_trials(search: _Search, study, clock: _Clock, shortest: float) -> bool:
 def _final_training_seconds(search: _Search, study) -> float:
     """The time to keep for training the best settings on all rows after a cross-validated search: a trial trains
     ``folds`` runs on (folds - 1) / folds of the rows each, about (folds - 1) runs on all of them."""
-    if not search.cross_validate or not _has_best(study):
+    if not search.cross_validate or not _has_best(study) or study.user_attrs.get("installed") == \
+            study.best_trial.number:
         return 0.0
     return float(study.best_trial.user_attrs.get("seconds", 0.0)) / (search.folds - 1)
 
@@ -513,16 +539,16 @@ def _shortest_trial_seconds(search: _Search) -> float:
     (:meth:`Trainer.find_lr` at a harmless rate; it restores everything), scale to the trial's steps."""
     from ..data.readers import DatasetSplits
 
-    data = search.data
+    # The probe is built first, at the base settings and on the user's splits: it says the data's notes (truncation,
+    # ...) for the whole search. A cross-validated trial trains on (folds - 1) / folds of the rows, k times.
+    data, share = search.data, 1.0
     if search.cross_validate:
-        train_rows, held_out = search.fold_splits[0]
-        data = DatasetSplits(train_rows, held_out, None, search.data.label_map)
+        data, share = DatasetSplits(search.data.train, None, None, search.data.label_map), 1 - 1 / search.folds
     start = time.monotonic()
-    # The probe is built first and at the base settings: it says the data's notes (truncation, ...) for the search.
-    trainer = search_trainer(search.print, model=search.base_model.name, data=data,
-                             output_dir=search.out / "trials" / "probe",
-                             config=dataclasses.replace(search.base_train, epochs=1), model_config=search.base_model,
-                             data_config=search.data_config)
+    trainer = SearchTrainer(printer=search.print, model=search.base_model.name, data=data,
+                            output_dir=search.out / "trials" / "probe",
+                            config=dataclasses.replace(search.base_train, epochs=1), model_config=search.base_model,
+                            data_config=search.data_config)
     built = time.monotonic() - start
     # The first steps pay one-off costs (kernel selection, allocator growth) and would double the estimate on a
     # CPU: five untimed steps, then five timed ones.
@@ -530,7 +556,7 @@ def _shortest_trial_seconds(search: _Search) -> float:
     start = time.monotonic()
     trainer.find_lr(start_lr=1e-9, end_lr=2e-9, steps=5)
     per_step = (time.monotonic() - start) / 5
-    steps = trainer.total_steps  # one epoch at the base settings: the shortest trial the space holds
+    steps = trainer.total_steps * share  # one epoch at the base settings: the shortest trial the space holds
     del trainer
     release_memory()
     runs = search.folds if search.cross_validate else 1
@@ -560,7 +586,7 @@ def _keep_weights_of_best(study, out: Path) -> None:
             drop_weights(folder)
 
 
-def _install_best(search: _Search, study, out: Path) -> bool:
+def _install_best(search: _Search, study, out: Path, clock: _Clock) -> bool:
     """``OUTPUT/best``: the best trial's model (with a dev split), or the best settings trained on all rows
     (cross-validation, whose fold models each saw only part of the data). Nothing to do when it holds that trial
     already; returns True when a signal interrupted the final training."""
@@ -574,7 +600,7 @@ def _install_best(search: _Search, study, out: Path) -> bool:
         final = out / "final"
         shutil.rmtree(final, ignore_errors=True)
         search.print(f"training the best settings (trial {best.number}) on all {len(search.data.train)} rows")
-        result, _ = search._train(final, search.data, train, model, [])
+        result, _ = search._train(final, search.data, train, model, [_ClockKeeper(clock)])
         if result.interrupted:
             return True
         source = final / "last"  # no dev split to choose a checkpoint on: the final weights

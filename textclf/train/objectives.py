@@ -27,7 +27,8 @@ from ..model.classifier import sentence_pooling
 
 
 class Objective:
-    """What the Trainer asks of an objective; the defaults are those of plain fine-tuning."""
+    """What the Trainer asks of an objective. Each objective has its own batches (``sampler``) and ``loss``; the
+    other methods default to what plain fine-tuning needs (nothing)."""
 
     def model_config(self, model_config: ModelConfig) -> ModelConfig:
         """The model settings this objective trains with (by default those given)."""
