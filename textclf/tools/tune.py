@@ -30,10 +30,12 @@ import math
 import re
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ModelConfig, TrainConfig
+from ..data.readers import DatasetSplits, fold_keys, stratified_folds
 from ..errors import ConfigError, OutputDirError
 from ..train.callbacks import Callback
 from ..train.trainer import Trainer
@@ -232,21 +234,19 @@ class _Search:
         return self._cross_validate(trial, folder, train, model, clock)
 
     def _cross_validate(self, trial, folder: Path, train: TrainConfig, model: ModelConfig, clock: _Clock):
-        from ..data.readers import DatasetSplits
-
         scores = []
         for k, (train_rows, held_out) in enumerate(self.fold_splits, 1):
-            deadline_only = _Deadline(clock)  # a fold reports once, below, with the running mean
+            deadline = _Deadline(clock)  # the only callback: a fold reports once, below, with the running mean
             # No dev split in the fold run: its final weights are scored on the held-out fold (as crossval.py does),
             # so no held-out row picks a checkpoint.
             fold = DatasetSplits(train_rows, None, None, self.data.label_map)
-            result, score = self._train(folder / f"fold-{k}", fold, train, model, [deadline_only], score_on=held_out)
+            result, score = self._train(folder / f"fold-{k}", fold, train, model, [deadline], score_on=held_out)
             if result.interrupted:
                 return None, "interrupted"
             scores.append(score)
             mean = sum(scores) / len(scores)
             trial.report(mean, k)
-            if deadline_only.cut:
+            if deadline.cut:
                 return mean, "cut"
             if k < self.folds and trial.should_prune():
                 return mean, "pruned"
@@ -254,8 +254,6 @@ class _Search:
 
     @property
     def fold_splits(self):
-        from ..data.readers import stratified_folds
-
         if not hasattr(self, "_folds"):
             self._folds = stratified_folds(self.data.train, self.folds, self.base_train.seed, ("train", "dev"))
         return self._folds
@@ -308,10 +306,6 @@ def drop_weights(folder: Path) -> None:
 def check_folds(split, k: int) -> None:
     """Refuse cross-validated trials when a class has fewer than ``k`` training rows: a search compares settings
     on the folds, and folds that miss a class would compare them on different tasks."""
-    from collections import Counter
-
-    from ..data.readers import fold_keys
-
     smallest = min(Counter(fold_keys(split)).values())
     if smallest < k:
         raise ConfigError(f"tune: with no dev split every trial is {k}-fold cross-validation, and a class has only "
@@ -322,8 +316,6 @@ def check_folds(split, k: int) -> None:
 
 
 def _few_shot_possible(data, model_name: str, base: TrainConfig) -> bool:
-    from collections import Counter
-
     from ..model.classifier import sentence_pooling
 
     try:
@@ -537,8 +529,6 @@ def _prepare_folder(out: Path, settings: str, overwrite: bool) -> None:
 def _shortest_trial_seconds(search: _Search) -> float:
     """Time one trial at the base settings needs, from a measurement: build the model, time a few optimizer steps
     (:meth:`Trainer.find_lr` at a harmless rate; it restores everything), scale to the trial's steps."""
-    from ..data.readers import DatasetSplits
-
     # The probe is built first, at the base settings and on the user's splits: it says the data's notes (truncation,
     # ...) for the whole search. A cross-validated trial trains on (folds - 1) / folds of the rows, k times.
     data, share = search.data, 1.0
