@@ -24,6 +24,37 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch):
 
 def test_bf16_on_a_cpu_with_native_bf16_is_silent(monkeypatch, recwarn):
     monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "bf16_matmul_speedup", lambda: 4.5)  # an AMD EPYC with AVX512-BF16
+    runtime.cpu_bf16_pays_off.cache_clear()
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
     assert resolve_precision("auto", torch.device("cpu")) == "bf16"
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    runtime.cpu_bf16_pays_off.cache_clear()
+
+
+@pytest.mark.parametrize(("speedup", "chosen"), [(0.58, "fp32"), (1.2, "fp32"), (1.5, "bf16"), (4.5, "bf16")])
+def test_auto_takes_bf16_only_where_it_measures_faster(monkeypatch, speedup, chosen):
+    # 0.58: an Intel Xeon whose hypervisor shows AVX512-BF16 but not AMX, where bf16 trained 35% slower
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "bf16_matmul_speedup", lambda: speedup)
+    runtime.cpu_bf16_pays_off.cache_clear()
+    try:
+        assert resolve_precision("auto", torch.device("cpu")) == chosen
+        assert resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked for by name: kept
+    finally:
+        runtime.cpu_bf16_pays_off.cache_clear()
+
+
+def test_the_probe_is_not_run_without_the_cpu_flag(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "bf16_matmul_speedup", lambda: pytest.fail("timed bf16 on a CPU that emulates it"))
+    runtime.cpu_bf16_pays_off.cache_clear()
+    try:
+        assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    finally:
+        runtime.cpu_bf16_pays_off.cache_clear()
+
+
+def test_the_matmul_probe_measures_a_ratio():
+    speedup = runtime.bf16_matmul_speedup(reps=2)
+    assert 0 < speedup < 1000

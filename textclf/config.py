@@ -240,7 +240,8 @@ class TrainConfig:
     max_windows: int | None = 8
     # Clip the global gradient norm to this value; None disables clipping.
     max_grad_norm: float | None = 1.0
-    # "auto" (bf16 on GPUs and CPUs with native bf16, fp16 on older GPUs, else fp32), "fp32", "bf16", "fp16" (CUDA).
+    # "auto" (bf16 on GPUs and on CPUs where it measures faster, fp16 on older GPUs, else fp32), "fp32", "bf16",
+    # "fp16" (CUDA).
     precision: str = "auto"
     # Device: "auto" (CUDA if available), "cpu", "cuda" or "cuda:N".
     device: str = "auto"
