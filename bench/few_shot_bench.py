@@ -91,7 +91,8 @@ def _settings(trainer) -> dict:
     cfg = trainer.config
     return {"recipe": cfg.recipe, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "pairs_per_row": cfg.pairs_per_row, "max_length": cfg.max_length,
-            "freeze_layers_below": trainer.model_config.freeze_layers_below}
+            "freeze_layers_below": trainer.model_config.freeze_layers_below,
+            "precision": trainer.runtime.precision}  # auto picks it per CPU (docs/precision-and-gpus.md)
 
 
 def run_setfit(train, test, seed: int, work: Path) -> dict:
