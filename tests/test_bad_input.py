@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_sentence_encoder
 
 from textclf import cli
 
@@ -31,6 +32,7 @@ def rows(*lines: str) -> str:
 
 
 GOOD = rows("text,label", *[f"text number {i},{'pos' if i % 2 else 'neg'}" for i in range(20)])  # 2 balanced classes
+PADDING = rows(*[f"padding row {i},{'pos' if i % 2 else 'neg'}" for i in range(300)])  # 6 KB more of GOOD rows
 
 
 def case(name: str, files: dict, args: list[str], pattern: str, setup: str | None = None):
@@ -65,6 +67,17 @@ CASES = [
          r"a\.csv: line 2 is not valid utf-8 \(byte b'\\xff' at offset 16\)"),
     case("zip-renamed-csv", {"a.csv": b"PK\x03\x04\x14\x00\x06\x00" + bytes(range(256))}, [],
          r"a\.csv: this is a binary file \(a zip archive; \.xlsx and \.docx files are zip archives too\), not text"),
+    # a NUL byte is named by its line wherever it is: in the first 4 KiB it was "a binary file" with no line, and
+    # after them it went into the texts unnoticed
+    case("nul-byte-early", {"a.csv": GOOD.replace("text number 3,", "text num\x00ber 3,").encode()}, [],
+         r"a\.csv: line 5 contains a NUL byte \(\\x00\).*remove the NUL bytes.*or export the data again"),
+    case("nul-byte-late", {"a.csv": (GOOD + PADDING + "late\x00row,neg\n").encode()}, [],
+         r"a\.csv: line 322 contains a NUL byte \(\\x00\).*remove the NUL bytes"),
+    case("nul-bytes-many", {"a.csv": (GOOD.replace("number 1", "\x00").replace("number 2", "\x00")
+                                      + PADDING).encode()}, [],
+         r"a\.csv: line 3 contains a NUL byte \(\\x00\) \(12 in all, on line\(s\) 3, 4, 12, 13, 14, \.\.\.\)"),
+    case("binary-without-signature", {"a.csv": bytes(range(256)) * 20}, [],
+         r"a\.csv: this is a binary file, not text: line 1 holds the first of its NUL bytes"),
     case("json-object-not-jsonl", {"a.jsonl": '{\n  "text": "a",\n  "label": "x"\n}\n'}, ["--data", "{tmp}/a.jsonl"],
          r"a\.jsonl: the file holds one JSON object spread over several lines; expected one object per line"),
     case("symlink-loop", {}, ["--data", "{tmp}/d"],
@@ -95,6 +108,16 @@ CASES = [
     case("model-is-a-run-folder", {}, ["--model", str(Path(__file__).parent / "data" / "legacy" / "run")],
          r"legacy/run is a textclf training run folder, not a model folder; its best model is in .*legacy/run/best: "
          r"pass --model .*legacy/run/best"),
+    # a damaged sentence-transformers pooling config was "no pooling information": the file and field are named
+    case("pooling-config-not-json", {}, ["--model", "{tmp}/encoder", "--recipe", "few-shot"],
+         r"encoder/1_Pooling/config\.json is damaged: it is not valid JSON \(.*line 1, column \d+\); restore the file",
+         setup="damaged-pooling-json"),
+    case("pooling-config-bad-field", {}, ["--model", "{tmp}/encoder", "--recipe", "few-shot"],
+         r"encoder/1_Pooling/config\.json is damaged: field 'pooling_mode_mean_tokens' is 'yes', not true or false",
+         setup="damaged-pooling-field"),
+    case("pooling-config-missing", {}, ["--model", "{tmp}/encoder", "--recipe", "few-shot"],
+         r"encoder/modules\.json names a Pooling module in 1_Pooling/, but .*1_Pooling/config\.json is missing",
+         setup="missing-pooling-config"),
     # ---- numbers and config files (one validation layer: textclf.config)
     case("lr-inf", {}, ["--lr", "inf"], r"train\.lr: must be a finite number, got inf"),
     case("weight-decay-inf", {}, ["--weight-decay", "inf"], r"train\.weight_decay: must be a finite number, got inf"),
@@ -180,6 +203,7 @@ def prepare(tmp: Path, files: dict, args: list[str], setup: str | None, model: P
         (out / "best").mkdir(parents=True)
         (out / "config.yaml").write_text("train:\n  lr: 0.001\n")
         (out / "best" / "model.safetensors").write_bytes(b"weights of an earlier run")
+        (out / ".textclf").write_text('{"kind": "run"}\n')  # the marker every run folder carries
     elif setup == "foreign-folder":
         out.mkdir()
         (out / "notes.txt").write_text("not a training run")
@@ -188,6 +212,16 @@ def prepare(tmp: Path, files: dict, args: list[str], setup: str | None, model: P
         (tmp / "d" / "train.csv").symlink_to("train.csv")  # points at itself
     elif setup == "named-pipe":
         os.mkfifo(tmp / "pipe.csv")  # opening it for reading would wait for a writer for ever
+    elif setup in ("damaged-pooling-json", "damaged-pooling-field", "missing-pooling-config"):
+        encoder = make_sentence_encoder(Path(shutil.copytree(model, tmp / "encoder")))
+        config = encoder / "1_Pooling" / "config.json"
+        if setup == "damaged-pooling-json":
+            config.write_text(config.read_text()[:40])  # cut short, as by a full disk or an interrupted copy
+        elif setup == "damaged-pooling-field":
+            config.write_text(config.read_text().replace('"pooling_mode_mean_tokens": true',
+                                                         '"pooling_mode_mean_tokens": "yes"'))
+        else:
+            config.unlink()
     elif setup in ("checkpoint", "damaged-checkpoint"):
         shutil.copytree(template, out)
         if setup == "damaged-checkpoint":

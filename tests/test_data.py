@@ -77,6 +77,13 @@ BAD_INPUT = [
                  r"a\.csv: line 3 is not valid utf-8 .*--encoding gbk", id="not-utf8"),
     pytest.param({"a.csv": "text,label\na,x\n".encode("utf-16")}, "a.csv", {}, r"a\.csv: .*--encoding utf-16",
                  id="utf16-without-option"),
+    # NUL bytes, named by their line wherever they are (also in UTF-16 text, and in a class folder's .txt files)
+    pytest.param({"a.csv": "text,label\nab\x00c,x\nd,y\n".encode("utf-16")}, "a.csv", {"encoding": "utf-16"},
+                 r"a\.csv: line 2 contains a NUL byte \(\\x00\).*remove the NUL bytes", id="nul-in-utf16"),
+    pytest.param({"d/pos/1.txt": "good text", "d/neg/2.txt": "first line\nsecond\x00line\n"}, "d", {},
+                 r"neg/2\.txt: line 2 contains a NUL byte", id="nul-in-class-folder-txt"),
+    pytest.param({"a.jsonl": '{"text": "a", "label": "x"}\n{"text": "b\x00", "label": "y"}\n'}, "a.jsonl", {},
+                 r"a\.jsonl: line 2 contains a NUL byte", id="nul-in-jsonl"),
     pytest.param({"a.csv": rows("text,label", "a,x", " ,y", "c,x")}, "a.csv", {"strict": True},
                  r"a\.csv: 1 row\(s\) with an empty or whitespace-only text \(line 3\)", id="empty-text-strict"),
     pytest.param({"a.csv": rows("text,label", "a,x", "b,", "c,x", "d, ")}, "a.csv", {},

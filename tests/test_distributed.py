@@ -174,7 +174,7 @@ def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_pat
 
     # One output folder, written once: the same layout as the single process, no leftovers, one event file.
     assert sorted(p.name for p in ddp_out.iterdir()) == sorted(p.name for p in single_out.iterdir())
-    assert not list(ddp_out.rglob(".tmp-*")) and not list(ddp_out.rglob(".old-*"))
+    assert not list(ddp_out.rglob(".textclf-*"))
     assert len(list((ddp_out / "runs").iterdir())) == 1
     assert [r["step"] for r in log_records(ddp_out)] == [r["step"] for r in log_records(single_out)]
     for checkpoint in ckpt.list_checkpoints(ddp_out / "checkpoints"):  # every rank's RNG, rank 0's in rng.safetensors

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,3 +89,55 @@ def test_run_report_writes_both_files_atomically(tmp_path):
         "best_step": 3, "metric": "macro_f1", "dev": {"accuracy": 0.5}, "test": {"accuracy": 0.5}}
     assert (tmp_path / "report.txt").read_text() == "== dev ==\naccuracy 0.5\n\n== test ==\naccuracy 0.5\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "report.txt"]  # no temporary file left
+
+
+def _dollar_data(folder, tiny_data_dir):
+    """The tiny data set with two labels matplotlib would read as (broken) mathtext."""
+    folder.mkdir()
+    names = {"stocks": "price $^$ up", "realty": r"$\frac$"}
+    for split in ("train", "dev", "test"):
+        with open(tiny_data_dir / f"{split}.csv", encoding="utf-8", newline="") as handle:
+            rows = list(csv.reader(handle))
+        with open(folder / f"{split}.csv", "w", encoding="utf-8", newline="") as handle:
+            csv.writer(handle).writerows([rows[0]] + [[text, names.get(label, label)] for text, label in rows[1:]])
+    return folder
+
+
+TRAIN = ["--max-steps", "2", "--max-length", "16", "--batch-size", "16", "--device", "cpu", "--precision", "fp32"]
+
+
+def test_labels_with_dollar_signs_are_drawn_as_written(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    """`$\\frac$` raised in confusion.png after training had finished: no metrics.json, no report.txt."""
+    from textclf.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(_dollar_data(tmp_path / "data", tiny_data_dir)), "--model",
+                 str(tiny_model_dir), "--output", str(out), *TRAIN])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "warning" not in err, err
+    assert {"metrics.json", "report.txt", "confusion.png", "reliability.png", "report.html"} <= {
+        p.name for p in out.iterdir()}
+    assert r"$\frac$" in json.loads((out / "metrics.json").read_text(encoding="utf-8"))["test"]["labels"]
+
+
+def test_a_picture_that_fails_costs_only_itself(tiny_model_dir, tiny_data_dir, tmp_path, capsys, monkeypatch):
+    """metrics.json and report.txt are written before any picture; a failing one is a warning that names it."""
+    import textclf.eval.analysis
+    from textclf.cli import main
+
+    def broken(path, *args):
+        Path(path).write_bytes(b"\x89PNG half")  # a half-written picture must not stay behind
+        raise ValueError("a drawing library failed\nin some way")
+
+    monkeypatch.setattr(textclf.eval.analysis, "plot_confusion", broken)
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(tiny_data_dir), "--model", str(tiny_model_dir), "--output", str(out), *TRAIN])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert ("textclf train: warning: confusion.png could not be drawn (ValueError: in some way); the numbers it "
+            "shows are in metrics.json and report.txt") in err
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["test"]["num_rows"] == 50
+    assert "confusion matrix (rows: true" in (out / "report.txt").read_text(encoding="utf-8")
+    assert not (out / "confusion.png").exists()
+    assert {"errors.csv", "reliability.png", "report.html", "best"} <= {p.name for p in out.iterdir()}

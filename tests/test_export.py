@@ -148,7 +148,7 @@ def test_a_disagreeing_export_fails_and_leaves_nothing_loadable(bundle, tmp_path
     assert report["max_abs_logit_diff"] == pytest.approx(3.0, abs=1e-3)
     with pytest.raises(ModelLoadError):
         Predictor.from_pretrained(out)
-    assert not list(tmp_path.glob(".bad.partial-*"))  # no staging folder left behind
+    assert not list(tmp_path.glob(".textclf-partial-bad-*"))  # no staging folder left behind
 
 
 def test_a_failed_export_leaves_the_previous_export_untouched(bundle, tmp_path, monkeypatch, capsys):
@@ -175,7 +175,7 @@ def test_export_never_replaces_its_own_input(bundle, tmp_path, where, capsys):
     output = run / "best" if where == "the model folder" else run
     code = main(["export", "--model", str(run / "best"), "--format", "onnx", "--output", str(output), "--overwrite"])
     err = capsys.readouterr().err
-    assert code == 2 and "would replace the command's own input" in err
+    assert code == 2 and "would change the command's own input" in err
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
 
 
@@ -196,7 +196,7 @@ def test_an_opset_the_exporter_cannot_write_is_refused_not_ignored(bundle, tmp_p
     with pytest.raises(ExportError, match=r"--opset 3: the installed exporter cannot write that opset \(it wrote "
                                           r"opset \d+\); use --opset \d+ or leave --opset out"):
         export_model(bundle, tmp_path / "old", format="onnx", opset=3, log=quiet)
-    assert not (tmp_path / "old").exists() and not list(tmp_path.glob(".old.partial-*"))
+    assert not (tmp_path / "old").exists() and not list(tmp_path.glob(".textclf-partial-old-*"))
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -212,9 +212,9 @@ def test_check_settings_are_validated_before_any_work(bundle, tmp_path, kwargs, 
 def test_the_staging_folder_of_a_killed_export_is_removed_by_the_next(bundle, tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a PID that no longer runs: an export killed mid-way
-    stale = tmp_path / f".model.partial-{dead.pid}"
+    stale = tmp_path / f".textclf-partial-model-{dead.pid}"
     (stale / "half").mkdir(parents=True)
-    alive = tmp_path / f".model.partial-{os.getppid()}"  # the test runner's parent: a live export elsewhere
+    alive = tmp_path / f".textclf-partial-model-{os.getppid()}"  # the test runner's parent: a live export elsewhere
     alive.mkdir()
     export_model(bundle, tmp_path / "model", format="onnx", log=quiet)
     assert not stale.exists() and (tmp_path / "model" / "model.onnx").is_file()
@@ -231,3 +231,20 @@ def test_argument_errors(bundle, tmp_path):
     with pytest.raises(OutputDirError, match="--overwrite"):
         export_model(bundle, tmp_path / "full")
     assert ExportError.__mro__[1].__name__ == "TextclfError"
+
+
+@pytest.mark.parametrize("names", [2, 11])  # fewer, or more, label names than the graph's 10 outputs
+def test_an_export_whose_labels_do_not_match_its_outputs_is_refused_at_load(onnx_export, tmp_path, capsys, names):
+    folder = shutil.copytree(onnx_export.folder, tmp_path / "export")
+    labels = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
+    labels["names"] = (labels["names"] + ["extra"])[:names]
+    (folder / "labels.json").write_text(json.dumps(labels), encoding="utf-8")
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    pattern = rf"labels\.json lists {names} labels but model\.onnx has 10 outputs; the export is damaged"
+    with pytest.raises(ModelLoadError, match=pattern):
+        Predictor.from_pretrained(folder)
+    assert main(["predict", "--model", str(folder), "Who wrote Hamlet?"]) == 2  # not a shape error at a batch
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert "Traceback" not in err and len(errors) == 1 and str(folder / "labels.json") in errors[0], err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == files

@@ -1,11 +1,13 @@
 """report.html: one self-contained page per run, written at the end of training and by ``textclf report``; it
-loads in a real headless browser with no console errors and renders something."""
+loads in a real headless browser with no console errors and renders something, and a damaged metrics.json is one
+message naming the file and the field (exit 2), with the folder left as it was."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,3 +63,71 @@ def test_the_report_loads_in_a_headless_browser_without_errors(run, tmp_path):
     assert console == [], console
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.std() > 10  # not a blank page: text, tables and pictures
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error(err: str, command: str) -> str:
+    """The one error line of a failed command; no traceback, nothing else said as an error."""
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"textclf {command}: error: "), err
+    return errors[0]
+
+
+# metrics.json as a torn write or a hand edit leaves it; the message names the file and the field.
+DAMAGED_METRICS = [
+    pytest.param('{"best_step": 6, "test": {"accura', r"metrics\.json cannot be read .*damaged or truncated",
+                 id="truncated"),
+    pytest.param("[1, 2]", r"metrics\.json holds a JSON list, not an object of scores", id="list-at-top-level"),
+    pytest.param('{"test": 5}', r"metrics\.json: field test should be an object of scores, got the number 5",
+                 id="split-is-a-number"),
+    pytest.param('{"test": {"per_class": "x"}}',
+                 r"metrics\.json: field test\.per_class should be an object of per-class scores, got a string \"x\"",
+                 id="per-class-is-a-string"),
+    pytest.param('{"dev": {"per_class": {"sports": {"precision": 1, "recall": 1, "f1": "high", "support": 5}}}}',
+                 r"metrics\.json: field dev\.per_class\['sports'\]\.f1 should be a number, got a string \"high\"",
+                 id="score-is-a-string"),
+    pytest.param('{"test": {"per_class": {"sports": {"precision": 1, "recall": 1, "f1": 1}}}}',
+                 r"metrics\.json: field test\.per_class\['sports'\]\.support is missing", id="support-missing"),
+    pytest.param('{"best_step": 6, "global_step": "six"}',
+                 r"metrics\.json: field global_step should be an integer, got a string \"six\"",
+                 id="step-is-a-string"),
+    pytest.param('{"test": {"accuracy": true}}', r"metrics\.json: field test\.accuracy should be a number, got a "
+                 r"boolean true", id="score-is-a-boolean"),
+    pytest.param('{"calibration": {"temperature": [1]}}',
+                 r"metrics\.json: field calibration\.temperature should be a number, got a list \[1\]",
+                 id="temperature-is-a-list"),
+    pytest.param('{"baseline": {"test": []}}', r"metrics\.json: field baseline\.test should be an object of scores",
+                 id="baseline-split-is-a-list"),
+]
+
+
+@pytest.mark.parametrize("content, pattern", DAMAGED_METRICS)
+def test_a_damaged_metrics_file_is_one_message_naming_the_file_and_field(run, tmp_path, capsys, content, pattern):
+    _, out = run
+    folder = tmp_path / "run"
+    shutil.copytree(out, folder)
+    (folder / "metrics.json").write_text(content, encoding="utf-8")
+    before = snapshot(folder)
+    assert cli.main(["report", str(folder)]) == 2
+    message = one_error(capsys.readouterr().err, "report")
+    assert str(folder / "metrics.json") in message and re.search(pattern, message), message
+    assert snapshot(folder) == before  # report.html was not rewritten, nothing else written
+
+
+def test_damaged_side_files_are_named_or_left_out(run, tmp_path, capsys):
+    _, out = run
+    folder = tmp_path / "run"
+    shutil.copytree(out, folder)
+    (folder / "errors.csv").write_text("text,label\nx,y\n", encoding="utf-8")  # a column short
+    assert cli.main(["report", str(folder)]) == 2
+    message = one_error(capsys.readouterr().err, "report")
+    assert re.search(r"errors\.csv has no column 'predicted'", message), message
+    (folder / "errors.csv").unlink()
+    # curves and the subtitle are decoration: a torn log or a damaged best/textclf.json draws less, no error
+    (folder / "log.jsonl").write_text('[1]\n"x"\n{"step": "a", "train/loss": 1}\n', encoding="utf-8")
+    (folder / "best" / "textclf.json").write_text("[]", encoding="utf-8")
+    assert cli.main(["report", str(folder)]) == 0, capsys.readouterr().err

@@ -66,7 +66,7 @@ def test_legacy_checkpoint_resumes_to_the_weights_of_the_original_run(legacy_run
 
 
 DAMAGE = [
-    ("config.json", r"best is damaged: its config\.json or textclf\.json cannot be used"),
+    ("config.json", r"best is damaged: its config\.json cannot be used"),
     ("textclf.json", r"best/textclf\.json cannot be read .*the model folder is damaged"),
     ("textclf.json:null", r"best/textclf\.json holds a JSON NoneType, not an object"),
     ("labels.json:fewer", r"best/labels\.json lists 2 labels but the model's head has 10 outputs"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -96,3 +97,52 @@ def test_few_shot_training_is_left_as_it_was(tiny_sentence_encoder, tmp_path):
     result = trainer.find_lr(start_lr=1e-5, end_lr=1.0, steps=6)
     assert len(result.lrs) >= 1 and not trainer.model.training
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def _broken_encoder(tiny_model_dir, folder):
+    """The tiny encoder with infinite word embeddings: its loss is NaN before any update, whatever the rate."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny_model_dir, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    name = next(k for k in weights if "word_embeddings" in k)
+    weights[name] = torch.full_like(weights[name], float("inf"))
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def test_a_loss_not_finite_from_the_first_step_is_an_error_not_a_range_to_widen(tiny_model_dir, tmp_path, capsys):
+    """It exited 0 with "try a wider range" and wrote NaN into lr_find.json; the start lr cannot cause a loss measured
+    before the first update, so the message names what can (the model, the data, the precision)."""
+    data = _easy_data()
+    (tmp_path / "train.csv").write_text("\n".join(["text,label"] + [f"{t},{label}" for t, label in
+                                                                     zip(data["text"], data["label"])]) + "\n")
+    out = tmp_path / "lr"
+    code = main(["lr-find", "--data", str(tmp_path / "train.csv"), "--model",
+                 str(_broken_encoder(tiny_model_dir, tmp_path / "broken")), "--output", str(out), "--device", "cpu",
+                 "--precision", "fp32", "--batch-size", "16", "--steps", "10"])
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    assert re.search(r"lr-find: error: lr-find: the training loss was nan at the first step \(start lr 1\.0e-07\), "
+                     r"measured before any weight was updated.*likely causes: .*broken already gives non-finite "
+                     r"outputs.*the data.*the precision \(fp32", captured.err), captured.err
+    assert "wider range" not in captured.out + captured.err
+    assert not (out / "lr_find.json").exists()
+
+
+def test_the_curve_is_strict_json_when_the_loss_diverges(tmp_path):
+    """A diverged step is null in lr_find.json: NaN and Infinity are not JSON (browsers and jq refuse them)."""
+    from textclf.train.lr_find import LRFindResult, write_outputs
+
+    result = LRFindResult([1e-5, 1e-4, 1e-3], [2.0, 1.0, float("inf")], [2.0, 1.5, float("nan")], None, True)
+    write_outputs(result, tmp_path)
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    saved = json.loads((tmp_path / "lr_find.json").read_text(), parse_constant=refuse)
+    assert saved["losses"] == [2.0, 1.0, None] and saved["smoothed"] == [2.0, 1.5, None]
+    assert (tmp_path / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
+    assert "became inf at lr 1.0e-03 (step 3) before it fell" in result.summary()

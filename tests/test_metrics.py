@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -154,3 +155,91 @@ def test_thousands_of_classes_draw_a_bounded_image_of_the_most_frequent(tmp_path
     assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
     small = np.eye(4, dtype=np.int64) * 3
     assert confusion_image(small).shape == (3, 96, 96)  # a few classes keep 24-pixel cells
+
+
+def _many_classes(classes: int = 3000, rows: int = 60_000, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((classes, classes), dtype=np.int64)
+    truth = rng.integers(0, classes, rows)
+    np.add.at(counts, (truth, np.where(rng.random(rows) < 0.7, truth, rng.integers(0, classes, rows))), 1)
+    counts[5, 9] += 40  # the most frequent confusion
+    counts[9, 5] += 30
+    return counts
+
+
+def test_thousands_of_classes_keep_the_reports_small(tmp_path):
+    """3,000 classes made metrics.json and report.txt about 200 MB each and printed a 3,000-column matrix: the text
+    lists the top confusions and metrics.json holds the matrix sparse (its size grows with the classes, not their
+    square); the dense matrix stays on the report object, and is written only when asked for."""
+    from textclf.eval.analysis import RunReport
+    from textclf.eval.metrics import MAX_SPARSE_CELLS, dense_confusion
+
+    counts = _many_classes()
+    names = [f"class-{i}" for i in range(len(counts))]
+    report = report_from_confusion(counts, names, loss=1.5)
+    run_report = RunReport(best_step=1)
+    run_report.add("dev", report, report.format())
+    run_report.add("test", report, report.format())
+    run_report.write(tmp_path)
+    assert (tmp_path / "metrics.json").stat().st_size < 2_000_000
+    text = (tmp_path / "report.txt").read_text(encoding="utf-8")
+    assert len(text.splitlines()) < 2 * (len(names) + 60) and max(len(line) for line in text.splitlines()) < 200
+    top = text.split("top confusions (true -> predicted: count")[1].split("\n\n")[0].splitlines()
+    assert top[1].split() == ["class-5", "->", "class-9:", str(counts[5, 9])]  # the most frequent first
+    assert top[2].split() == ["class-9", "->", "class-5:", str(counts[9, 5])] and len(top) == 31
+    assert "the 3000-class matrix is not printed above 50 classes" in top[0]
+    saved = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))["test"]
+    matrix = saved["confusion_matrix"]
+    assert matrix["format"] == "sparse" and matrix["num_classes"] == 3000
+    assert len(matrix["cells"]) == MAX_SPARSE_CELLS + np.count_nonzero(np.diag(counts))
+    kept = dense_confusion(matrix)
+    assert (np.diag(kept) == np.diag(counts)).all() and kept[5, 9] == counts[5, 9]
+    assert kept.sum() + matrix["rows_left_out"] == counts.sum()
+    assert matrix["cells_left_out"] == np.count_nonzero(counts - np.diag(np.diag(counts))) - MAX_SPARSE_CELLS
+    assert report.confusion_matrix == counts.tolist()  # the API keeps it all ...
+    assert report.to_dict(full_matrix=True)["confusion_matrix"] == counts.tolist()  # ... and writes it on request
+    assert report["macro_f1"] == report.macro_f1
+
+
+def test_a_sparse_matrix_is_complete_when_nothing_is_left_out_and_readers_take_it(tmp_path):
+    from textclf.eval.calibration import plot_confusion
+    from textclf.eval.html_report import write_evaluation_report
+    from textclf.eval.metrics import dense_confusion, metrics_json, sparse_confusion
+    from textclf.train.loggers import JsonlLogger, TensorBoardLogger
+
+    counts = _many_classes(classes=200, rows=3000)
+    names = [f"c{i}" for i in range(200)]
+    matrix = sparse_confusion(counts)
+    assert matrix["cells_left_out"] == matrix["rows_left_out"] == 0 and (dense_confusion(matrix) == counts).all()
+    assert json.loads(metrics_json({"m": matrix})) == json.loads(json.dumps({"m": matrix}))
+    report = report_from_confusion(counts, names).to_dict()
+    plot_confusion(tmp_path / "confusion.png", report["confusion_matrix"], names)  # the top confusions, as bars
+    assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    page = write_evaluation_report(report, tmp_path / "eval.html", "model", "data.csv")  # textclf evaluate --output
+    assert "data:image/png;base64," in page.read_text(encoding="utf-8")
+    logger = JsonlLogger(tmp_path / "log.jsonl")  # one evaluation's line, sparse as well
+    logger.log_confusion(counts, names, 10, "dev")
+    logger.close()
+    assert (tmp_path / "log.jsonl").stat().st_size < 60_000
+
+    class Writer:  # TensorBoard's text table: the top confusions, not 200 columns
+        def add_image(self, *args, **kwargs):
+            pass
+
+        def add_text(self, tag, text, step):
+            self.text = text
+
+    tensorboard = TensorBoardLogger.__new__(TensorBoardLogger)
+    tensorboard.writer = Writer()
+    tensorboard.log_confusion(counts, names, 10, "dev")
+    assert tensorboard.writer.text.startswith("| true | predicted | rows |") and \
+        len(tensorboard.writer.text.splitlines()) == 2 + 30
+
+
+def test_small_label_sets_keep_the_dense_matrix():
+    from textclf.eval.metrics import MAX_MATRIX_CLASSES
+
+    counts = _many_classes(classes=MAX_MATRIX_CLASSES, rows=2000)
+    report = report_from_confusion(counts, [f"c{i}" for i in range(MAX_MATRIX_CLASSES)])
+    assert report.to_dict()["confusion_matrix"] == counts.tolist()
+    assert "confusion matrix (rows: true, columns: predicted)" in report.format()

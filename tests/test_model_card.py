@@ -53,3 +53,29 @@ def test_an_export_carries_the_card(run, tmp_path):
 
 def test_language_is_guessed_from_the_texts():
     assert language_of(["央行宣布降准", "湖人大胜勇士"]) == "zh" and language_of(["Who wrote Hamlet?"]) == "en"
+
+
+def test_label_names_cannot_break_the_card_tables(tiny_model_dir, tmp_path):
+    """A `|` in a label ended its table cell and shifted every score of its row; a newline (possible from JSONL)
+    ended the row. Every label is escaped in the tables and the lists, and renders as written."""
+    import re
+
+    from textclf.cli import main
+
+    labels = ["stocks|bonds", "real*estate", "two\nlines", "<none>", "back\\slash"]
+    rows = [json.dumps({"text": f"{word} text number {i}", "label": label}, ensure_ascii=False)
+            for i in range(20) for word, label in zip("abcde", labels)]
+    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "train.jsonl"), "--model", str(tiny_model_dir), "--output",
+                 str(out), "--max-steps", "1", "--max-length", "16", "--device", "cpu", "--precision", "fp32",
+                 "--quiet"]) == 0
+    text = ModelCard.load(out / "best" / "README.md").text
+    table = [line for line in text.splitlines() if line.startswith("| ") and line.count(" | ") >= 4
+             and not line.startswith("| label")]
+    assert len(table) == 2 * len(labels)  # dev and test: one row per label, none split over two lines
+    cells = [re.split(r"(?<!\\)\|", line)[1:-1] for line in table]
+    assert all(len(row) == 5 for row in cells), table
+    assert {row[0].strip() for row in cells} == {r"stocks\|bonds", r"real\*estate", r"two\nlines", r"\<none\>",
+                                                 r"back\\slash"}
+    assert "rows per label: " in text and r"stocks\|bonds 16" in text and "two\\nlines 16" in text

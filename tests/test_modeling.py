@@ -4,6 +4,8 @@ freezing."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -293,3 +295,57 @@ def test_a_model_with_non_finite_weights_is_never_saved(tiny_model_dir, tmp_path
                                             r"\(classifier\.weight\); lower the learning rate"):
         model.save_pretrained(tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("pooling", "avg", r"field 'pooling' is 'avg', not 'cls' or 'mean'"),
+    ("pooling", None, r"field 'pooling' is missing \(it should be 'cls' or 'mean'\)"),
+    ("num_labels", "three", r"field 'num_labels' is 'three', not a positive integer"),
+    ("dropout", 2.0, r"field 'dropout' is 2\.0, not a number from 0 to below 1"),
+    ("window_aggregation", "sum", r"field 'window_aggregation' is 'sum', not 'mean', 'max' or 'attention'"),
+])
+def test_a_damaged_setting_in_textclf_json_is_named(tiny_model_dir, tokenizer, tmp_path, capsys, field, value,
+                                                    message):
+    """A bad pooling read as the user's own `model.pooling` setting, a missing one as a bare KeyError."""
+    from textclf.cli import main
+
+    _classifier(tiny_model_dir).save_pretrained(tmp_path / "m", tokenizer)
+    path = tmp_path / "m" / "textclf.json"
+    meta = json.loads(path.read_text())
+    if value is None:
+        del meta[field]
+    else:
+        meta[field] = value
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match=rf"m/textclf\.json is damaged: {message}; retrain, or restore"):
+        TextClassifier.from_pretrained(tmp_path / "m")
+    assert main(["predict", "--model", str(tmp_path / "m"), "--device", "cpu", "a text"]) == 2
+    assert re.search(rf"textclf predict: error: .*m/textclf\.json is damaged: {message}", capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(("file", "content", "message"), [
+    ("modules.json", '{"0": "Pooling"}', r"modules\.json is damaged: it holds an object where sentence-transformers "
+                                         r"writes a list of modules"),
+    ("modules.json", '[{"type": "sentence_transformers.models.Pooling", "path": 1}]',
+     r"modules\.json is damaged: field 'path' of the Pooling module is 1, not a folder name"),
+    ("1_Pooling/config.json", '{"word_embedding_dimension": 32}',
+     r"1_Pooling/config\.json is damaged: field 'pooling_mode_\*' is missing"),
+    ("1_Pooling/config.json", '{"pooling_mode_mean_tokens": false, "pooling_mode_cls_token": false}',
+     r"1_Pooling/config\.json is damaged: field 'pooling_mode_\*' is false for every mode"),
+    ("1_Pooling/config.json", "[]", r"1_Pooling/config\.json is damaged: it holds a list, not an object"),
+])
+def test_damaged_sentence_pooling_files_are_not_called_missing(tiny_model_dir, tmp_path, file, content, message):
+    """sentence-transformers files that are there but damaged were "no pooling information"."""
+    import shutil
+
+    from conftest import make_sentence_encoder
+
+    from textclf.model.classifier import sentence_pooling
+
+    encoder = make_sentence_encoder(Path(shutil.copytree(tiny_model_dir, tmp_path / "encoder")))
+    assert sentence_pooling(str(encoder)) == {"pooling": "mean", "normalize": True}
+    (encoder / file).write_text(content)
+    with pytest.raises(ModelLoadError, match=message):
+        sentence_pooling(str(encoder))
+    (encoder / "modules.json").unlink()
+    assert sentence_pooling(str(encoder)) is None  # no sentence-transformers files at all: a plain encoder

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -151,3 +153,30 @@ def test_a_huge_text_predicts_as_its_beginning_and_is_flagged_truncated(predicto
     got, expected = predictor.predict([huge, start])
     assert got.truncated and expected.truncated
     assert got.label == expected.label and got.score == pytest.approx(expected.score, abs=1e-6)
+
+
+def test_a_model_folder_without_labels_is_one_message_wherever_it_is_loaded(bundle, tmp_path, capsys):
+    import shutil
+
+    from textclf import Trainer, load_dataset
+    from textclf.cli import main
+
+    folder = shutil.copytree(bundle, tmp_path / "model")
+    (folder / "labels.json").unlink()
+    (tmp_path / "test.csv").write_text("text,label\nWho wrote Hamlet?,a\nok,b\n", encoding="utf-8")
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    named = rf"{re.escape(str(folder))} has no labels\.json: the names of the model's 5 outputs are unknown"
+    with pytest.raises(ModelLoadError, match=named):
+        Predictor.from_pretrained(folder)
+    with pytest.raises(ModelLoadError, match=named):
+        Trainer.from_pretrained(folder)
+    for argv in (["predict", "--model", str(folder), "Who wrote Hamlet?"],
+                 ["evaluate", "--model", str(folder), "--data", str(tmp_path / "test.csv")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if "error:" in line]
+        assert "Traceback" not in err and len(errors) == 1 and re.search(named, errors[0]), err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == files
+    # Labelled data names the outputs: such a folder can still be trained on
+    data = load_dataset([(f"text {i}", "abcde"[i % 5]) for i in range(20)], test_size=0, dev_size=0.25)
+    assert Trainer.from_pretrained(folder, data=data).label_map.names == ["a", "b", "c", "d", "e"]

@@ -369,7 +369,7 @@ def test_a_full_disk_while_pretraining_names_the_folder_and_the_step(tmp_path, m
     with pytest.raises(TrainingError, match=r"the disk holding .*pre is full: no space left while writing at "
                                             r"optimizer step 8; free some space"):
         trainer.fit()
-    assert not list((tmp_path / "pre" / "checkpoints").glob(".tmp-*"))
+    assert not list((tmp_path / "pre" / "checkpoints").glob(".textclf-*"))
     assert [p.name for p in (tmp_path / "pre" / "checkpoints").iterdir()] == ["step-000004"]
 
 

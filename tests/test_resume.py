@@ -138,7 +138,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_run_bit_for_bit(tmp_path, 
             assert f"--output {out}" in stderr and "--resume auto" in stderr and "--overwrite" not in stderr, where
         if point.startswith("save:"):  # the half-written checkpoint is invisible; the previous one is intact
             step = int(point.split(":")[1])
-            tmp = list((out / "checkpoints").glob(f".tmp-{ckpt.checkpoint_name(step)}-*"))
+            tmp = list((out / "checkpoints").glob(f".textclf-tmp-{ckpt.checkpoint_name(step)}-*"))
             assert tmp and (tmp[0] / "model.safetensors").is_file() and not (tmp[0] / ckpt.STATE_FILE).exists()
             assert ckpt.latest_checkpoint(out / "checkpoints").name == ckpt.checkpoint_name(next_checkpoint)
         assert ckpt.latest_checkpoint(out / "checkpoints").name == ckpt.checkpoint_name(next_checkpoint), where
@@ -204,7 +204,7 @@ def test_crash_during_write_leaves_previous_checkpoint_and_auto_skips_it(saved):
     (folder.parent / "step-000003" / "model.safetensors").write_bytes(b"x")
     assert ckpt.latest_checkpoint(folder.parent) == folder
     ckpt.rotate_checkpoints(folder.parent, keep=2, protect_step=None)
-    assert not list(folder.parent.glob(".tmp-*"))
+    assert not list(folder.parent.glob(".textclf-*"))
 
 
 def test_rotation_keeps_the_last_n_and_never_the_best(tmp_path):
@@ -217,9 +217,9 @@ def test_rotation_keeps_the_last_n_and_never_the_best(tmp_path):
 
 
 def test_interrupted_replacement_of_best_is_recovered(tmp_path):
-    (tmp_path / ".old-best-123").mkdir()  # the old best/, moved aside just before the process died
-    (tmp_path / ".old-best-123" / "model.safetensors").write_bytes(b"weights")
-    (tmp_path / ".tmp-last-123").mkdir()
+    (tmp_path / ".textclf-old-best-123").mkdir()  # the old best/, moved aside just before the process died
+    (tmp_path / ".textclf-old-best-123" / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / ".textclf-tmp-last-123").mkdir()
     ckpt.recover_bundles(tmp_path)
     assert (tmp_path / "best" / "model.safetensors").read_bytes() == b"weights"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
@@ -338,23 +338,32 @@ def test_overwrite_never_deletes_a_project_folder_that_holds_a_config_yaml(tmp_p
     (out / "notes.md").write_text("results so far")
     (out / "src" / "model.py").write_text("print(1)")
     before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
-    with pytest.raises(OutputDirError, match=r"holds files textclf did not write next to its run: notes\.md, src"):
+    with pytest.raises(OutputDirError, match=r"no textclf run \(no \.textclf marker.*config\.yaml, notes\.md, src"):
         _trainer(tiny_model_dir, tiny_data_dir, out, overwrite=True).fit()
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
     assert (out / "notes.md").read_text() == "results so far"
 
 
-def test_overwrite_replaces_textclf_runs_marked_or_written_before_the_marker(tmp_path, tiny_model_dir,
-                                                                             tiny_data_dir):
+def test_overwrite_replaces_only_marked_textclf_runs(tmp_path, tiny_model_dir, tiny_data_dir):
     from textclf import outputs
 
     out = tmp_path / "run"
     _trainer(tiny_model_dir, tiny_data_dir, out, max_steps=2).fit()
     assert json.loads((out / outputs.MARKER).read_text())["kind"] == "run"
     assert outputs.RUN.foreign(out) == []  # the layout lists everything a run writes
-    (out / outputs.MARKER).unlink()  # as a run folder of the previous release
     _trainer(tiny_model_dir, tiny_data_dir, out, max_steps=2, overwrite=True).fit()
     assert (out / "best").is_dir() and (out / outputs.MARKER).is_file()
+    # Without the marker, names alone prove nothing (a project with config.yaml, data/ and runs/ has them too).
+    (out / outputs.MARKER).unlink()
+    with pytest.raises(OutputDirError, match=r"no \.textclf marker.*delete it yourself"):
+        _trainer(tiny_model_dir, tiny_data_dir, out, max_steps=2, overwrite=True).fit()
+    assert (out / "best").is_dir() and (out / "config.yaml").is_file()
+    # A marker that is a link (planted, or copied as one) is no marker either.
+    (out / outputs.MARKER).symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OutputDirError, match=r"no \.textclf marker"):
+        _trainer(tiny_model_dir, tiny_data_dir, out, max_steps=2, overwrite=True).fit()
+    (out / outputs.MARKER).unlink()
+    outputs.claim(out, outputs.RUN)
     # A file of the user's inside a run folder makes it theirs: --overwrite stops, and the run stays.
     (out / "my-analysis.ipynb").write_text("{}")
     with pytest.raises(OutputDirError, match=r"my-analysis\.ipynb"):

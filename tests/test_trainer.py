@@ -123,7 +123,7 @@ def test_fit_writes_the_documented_layout(full_run):
     assert checkpoints == [f"step-{FULL_STEPS_PER_EPOCH:06d}"]
     assert (out / "checkpoints" / checkpoints[0] / "trainer_state.json").is_file()
     assert list((out / "runs").glob("events.out.tfevents.*"))
-    assert not list(out.glob(".tmp-*")) and not list(out.glob(".old-*"))
+    assert not list(out.glob(".textclf-*"))
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"dev", "test", "best_step", "global_step", "history"} <= set(metrics)

@@ -1,8 +1,10 @@
-"""textclf tune: budgets, trials as run folders, the best model, cross-validation without dev, resuming."""
+"""textclf tune: budgets, trials as run folders, the best model, cross-validation without dev, resuming (never on
+other rows, never over a tune.db that is not a file)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import pytest
@@ -215,4 +217,62 @@ def test_command_line(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
     other.write_text("text,label\n" + "\n".join(f"文本{i},{'ab'[i % 2]}" for i in range(20)) + "\n", encoding="utf-8")
     assert main(["tune", "--data", str(other), "--model", str(tiny_model_dir), "--output", str(out),
                  "--budget", "10m"]) == 2
-    assert "other data or settings" in capsys.readouterr().err
+    assert "holds a search on other data (train: 200 rows -> " in capsys.readouterr().err  # which split, how
+
+
+def _one_error(err: str) -> str:
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("textclf tune: error: "), err
+    return errors[0]
+
+
+def _snapshot(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_search_is_never_continued_on_other_rows(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    # After a label audit: the same texts, three labels changed (the row counts and the label names stay the same)
+    relabelled = tmp_path / "relabelled"
+    shutil.copytree(tiny_data_dir, relabelled)
+    lines = (relabelled / "train.csv").read_text(encoding="utf-8").splitlines()
+    names = sorted({line.rsplit(",", 1)[1] for line in lines[1:]})
+    for i in (1, 6, 10):
+        text, label = lines[i].rsplit(",", 1)
+        lines[i] = f"{text},{names[(names.index(label) + 1) % len(names)]}"
+    (relabelled / "train.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "search"
+    argv = ["tune", "--model", str(tiny_model_dir), "--output", str(out), "--device", "cpu", "--max-length", "16",
+            "--no-calibrate", "--budget", "10m", "--trials", "1"]
+    assert main(argv + ["--data", str(tiny_data_dir)]) == 0
+    capsys.readouterr()
+    before = _snapshot(out)
+    assert main(argv + ["--data", str(relabelled)]) == 2
+    message = _one_error(capsys.readouterr().err)
+    assert f"output folder {out} holds a search on other data (train: the same 200 rows, but other texts or " \
+           "labels)" in message and "--overwrite" in message, message
+    assert _snapshot(out) == before  # the old search, its trials and best/ are as they were
+
+    # A study written before the fingerprint: row counts and label names are all it can be checked on, so it is
+    # continued with a warning (its spent budget is not thrown away), and the fingerprint is recorded from then on.
+    storage = f"sqlite:///{out / DB_FILE}"
+    optuna.load_study(study_name=STUDY, storage=storage).set_user_attr("data", None)
+    assert main(argv + ["--data", str(tiny_data_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "textclf tune: warning: " in err and "cannot check that its trials saw these texts and labels" in err, err
+    assert optuna.load_study(study_name=STUDY, storage=storage).user_attrs["data"]["train"]["rows"] == 200
+    assert main(argv + ["--data", str(relabelled)]) == 2 and "other texts or labels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_a_study_database_that_is_a_folder_is_refused(tiny_model_dir, tiny_data_dir, tmp_path, capsys, overwrite):
+    out = tmp_path / "search"
+    (out / DB_FILE).mkdir(parents=True)  # textclf writes tune.db as a file: this folder is someone else's
+    (out / DB_FILE / "notes.txt").write_text("not a database")
+    (out / ".textclf").write_text('{"kind": "search"}')
+    before = _snapshot(out)
+    assert main(["tune", "--data", str(tiny_data_dir), "--model", str(tiny_model_dir), "--output", str(out),
+                 "--device", "cpu", "--max-length", "16", "--budget", "10m", "--trials", "1", *overwrite]) == 2
+    message = _one_error(capsys.readouterr().err)
+    assert f"{out / DB_FILE} is a folder, not the search's SQLite database" in message, message
+    assert _snapshot(out) == before

@@ -27,8 +27,7 @@ from pathlib import Path
 
 from . import outputs
 from .config import DataConfig, ModelConfig, RunConfig, RunPaths, TrainConfig, field_docs, load_mapping
-from .data.labels import LABELS_FILE, LabelMap
-from .errors import ConfigError, OutputDirError, TextclfError
+from .errors import ConfigError, DataError, OutputDirError, TextclfError
 from .model import bundle
 
 # Config sections whose fields become flags; a field may get a flag name other than its own.
@@ -95,7 +94,7 @@ def build_parser() -> ArgumentParser:
                        "print its scores beside the model's and store them in metrics.json under \"baseline\"")
     train.add_argument("--cv", type=int, metavar="K", help="K-fold cross-validation over train+dev instead of one "
                        "run: one model per fold in OUTPUT/fold-k, mean ± std in OUTPUT/cv.json")
-    train.set_defaults(handler=cmd_train)
+    train.set_defaults(handler=cmd_train, paths=_paths_of_training)
 
     lr_find = commands.add_parser("lr-find", help="learning-rate range test: loss against lr, and a suggested lr",
                                   description="Train for --steps optimizer steps while the learning rate grows "
@@ -110,7 +109,7 @@ def build_parser() -> ArgumentParser:
     lr_find.add_argument("--steps", type=_number_in(int, 5, None), default=100,
                          help="optimizer steps (default 100); the test stops early once the loss diverges")
     lr_find.add_argument("--overwrite", action="store_true", help="replace an earlier lr-find in the output folder")
-    lr_find.set_defaults(handler=cmd_lr_find)
+    lr_find.set_defaults(handler=cmd_lr_find, paths=_paths_of_training)
 
     tune = commands.add_parser("tune", help="time-boxed search of lr, epochs, trained layers and recipe (Optuna)",
                                description="Search the learning rate, the epochs, the layers that train and (when "
@@ -127,7 +126,7 @@ def build_parser() -> ArgumentParser:
     tune.add_argument("--folds", type=_number_in(int, 2, 20), default=3, metavar="K",
                       help="cross-validation folds per trial when there is no dev split (default 3)")
     tune.add_argument("--overwrite", action="store_true", help="start afresh over an earlier search in --output")
-    tune.set_defaults(handler=cmd_tune)
+    tune.set_defaults(handler=cmd_tune, paths=_paths_of_training)
 
     evaluate = commands.add_parser("evaluate", help="score a trained model on a labelled file",
                                    description="Score a trained model on a labelled file.")
@@ -141,7 +140,7 @@ def build_parser() -> ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     evaluate.add_argument("--errors", metavar="FILE.csv", help="write the misclassified rows (line, text, label, "
                           "top-2 labels and probabilities) to FILE.csv, most confident mistakes first")
-    evaluate.set_defaults(handler=cmd_evaluate)
+    evaluate.set_defaults(handler=cmd_evaluate, paths=_paths_of_evaluate)
 
     predict = commands.add_parser("predict", help="classify texts with a trained model",
                                   description="Classify texts given as arguments or in a file.")
@@ -157,12 +156,12 @@ def build_parser() -> ArgumentParser:
     predict.add_argument("--batch-size", type=_number_in(int, 1, None), default=64,
                          help="texts per batch (default 64)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    predict.set_defaults(handler=cmd_predict)
+    predict.set_defaults(handler=cmd_predict, paths=_paths_of_predict)
 
     info = commands.add_parser("info", help="describe a trained model",
                                description="Labels, base encoder, training config and metrics of a model folder.")
     info.add_argument("--model", required=True, metavar="DIR", help="model folder (e.g. OUTPUT/best)")
-    info.set_defaults(handler=cmd_info)
+    info.set_defaults(handler=cmd_info, paths=_writes_nothing)
 
     report = commands.add_parser("report", help="write a run's report.html (scores, curves, errors) to look at",
                                  description="One self-contained HTML page about a training or baseline run folder: "
@@ -171,7 +170,7 @@ def build_parser() -> ArgumentParser:
                                              "train and baseline run as well.")
     report.add_argument("run", metavar="RUN_DIR", help="a training (or textclf baseline) output folder")
     report.add_argument("--output", metavar="FILE", help="where to write the page (default RUN_DIR/report.html)")
-    report.set_defaults(handler=cmd_report)
+    report.set_defaults(handler=cmd_report, paths=_paths_of_report)
 
     export = commands.add_parser("export", help="export a model to ONNX (optionally int8) or TorchScript",
                                  description="Export a trained model into a self-contained folder and check it "
@@ -201,7 +200,7 @@ def build_parser() -> ArgumentParser:
     export.add_argument("--opset", type=_number_in(int, 1, None),
                         help="ONNX opset (default: the exporter's current one)")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
-    export.set_defaults(handler=cmd_export, output_folder=True)
+    export.set_defaults(handler=cmd_export, paths=_paths_of_export)
 
     serve = commands.add_parser("serve", help="serve a model over HTTP (FastAPI, micro-batching)",
                                 description="Serve POST /classify, GET /health, /metadata, /stats and /docs. "
@@ -215,24 +214,34 @@ def build_parser() -> ArgumentParser:
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     serve.add_argument("--threads", type=int, help="intra-op threads of ONNX Runtime, or of torch for PyTorch "
                        "models (default: one per core)")
-    serve.add_argument("--max-batch-size", type=int, default=64, help="texts per model call (default 64)")
-    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to "
-                       "join its batch (default 5)")
+    serve.add_argument("--max-batch-size", type=_number_in(int, 1, None), default=64,
+                       help="texts per model call (default 64)")
+    serve.add_argument("--max-wait-ms", type=_number_in(float, 0, 60_000), default=5.0, help="how long a request "
+                       "waits for others to join its batch, 0 to 60000 (default 5)")
     serve.add_argument("--no-batching", dest="batching", action="store_false", help="one model call per request")
-    serve.add_argument("--max-texts-per-request", type=int, default=64, help="default 64 (more: 413)")
-    serve.add_argument("--max-text-chars", type=int, default=10_000, help="default 10000 (longer: 413)")
-    serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="default 1000000 (larger: 413)")
-    serve.add_argument("--api-key-env", default="TEXTCLF_API_KEY", metavar="VAR", help="environment variable "
-                       "holding the API key; when it is set, requests need the X-API-Key header (default "
-                       "TEXTCLF_API_KEY)")
+    serve.add_argument("--max-texts-per-request", type=_number_in(int, 1, None), default=64,
+                       help="default 64 (more: 413)")
+    serve.add_argument("--max-text-chars", type=_number_in(int, 1, None), default=10_000,
+                       help="default 10000 (longer: 413)")
+    serve.add_argument("--max-body-bytes", type=_number_in(int, 1, None), default=1_000_000,
+                       help="default 1000000 (larger: 413)")
+    serve.add_argument("--read-timeout", type=_number_in(float, 0.1, None), default=20.0, metavar="S",
+                       help="seconds a client has to send a request's headers, and as long again for its body; "
+                       "then 408 and the connection is closed (default 20)")
+    serve.add_argument("--max-connections", type=_number_in(int, 1, None), default=512, metavar="N",
+                       help="open connections, idle and stalled ones included; a request beyond them gets 503 "
+                       "(default 512)")
+    serve.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key; requests "
+                       "then need the X-API-Key header, and an unset or empty VAR refuses to start (default: "
+                       "TEXTCLF_API_KEY; when it is unset, no key is needed)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--no-access-log", dest="access_log", action="store_false", help="no line per request")
     serve.add_argument("--drain-seconds", type=_number_in(float, 0, None), default=1.0, metavar="S",
                        help="after SIGTERM/SIGINT, keep answering new requests with 503 for at least S seconds (and "
                        "until in-flight ones are done) before closing the port (default 1)")
-    serve.add_argument("--graceful-timeout", type=float, default=30.0, metavar="S", help="seconds to finish "
-                       "in-flight requests after SIGTERM/SIGINT (default 30)")
-    serve.set_defaults(handler=cmd_serve)
+    serve.add_argument("--graceful-timeout", type=_number_in(float, 0, None), default=30.0, metavar="S",
+                       help="seconds to finish in-flight requests after SIGTERM/SIGINT (default 30)")
+    serve.set_defaults(handler=cmd_serve, paths=_writes_nothing)
     _add_baseline_and_audit_commands(commands)
     _add_pretrain_commands(commands)
     return parser
@@ -500,7 +509,7 @@ def _print_report(report, args: argparse.Namespace) -> int:
     print(report.format())
     if args.output:
         output = Path(args.output)
-        output.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        outputs.write_file_atomically(output, json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
         page = write_evaluation_report(report.to_dict(), output.with_suffix(".html"), args.model, args.data,
                                        getattr(args, "errors", None))
         print(f"wrote {output} and {page}", file=sys.stderr)
@@ -532,7 +541,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     lines = [json.dumps({"text": text, **p.to_dict()}, ensure_ascii=False)
              for text, p in zip(texts, predictor.predict(texts, top_k=args.top_k))]
     if args.output:
-        Path(args.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        outputs.write_file_atomically(args.output, "\n".join(lines) + "\n")
         print(f"wrote {len(lines)} predictions to {args.output}")
     else:
         print("\n".join(lines))
@@ -552,6 +561,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from .data.labels import LABELS_FILE, LabelMap
+
     folder = Path(args.model)
     meta = bundle.read_meta(folder)
     labels = LabelMap.load(folder) if (folder / LABELS_FILE).is_file() else None
@@ -568,22 +579,23 @@ def cmd_info(args: argparse.Namespace) -> int:
         "train_config": meta.get("train_config"),
         "dev": {k: v for k, v in (meta.get("dev") or {}).items() if k in ("accuracy", "macro_f1", "micro_f1", "loss")},
     }
-    metrics = _read_json_object(metrics_path) if metrics_path.is_file() else None
+    if labels is None and meta.get("num_labels"):
+        print(f"textclf info: warning: {folder / LABELS_FILE} is missing: the names of the model's "
+              f"{meta['num_labels']} outputs are unknown, so predict, evaluate, export and serve refuse this folder; "
+              "copy it back from the training run's model folder", file=sys.stderr)
+    metrics = None
+    if metrics_path.is_file():
+        from .eval.html_report import read_metrics
+
+        try:
+            metrics = read_metrics(metrics_path)
+        except DataError as exc:
+            print(f"textclf info: warning: {exc}; its scores are left out", file=sys.stderr)
     if metrics is not None:
         summary["test"] = {k: v for k, v in (metrics.get("test") or {}).items()
                            if k in ("accuracy", "macro_f1", "micro_f1", "loss")}
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0
-
-
-def _read_json_object(path: Path) -> dict | None:
-    """A JSON object from ``path``; None, with a warning naming the file, when it is damaged (info goes on)."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        print(f"textclf info: warning: {path} cannot be read ({exc}); its scores are left out", file=sys.stderr)
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -597,10 +609,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import os
-
     from .deploy.predict import Predictor
-    from .deploy.serve import ServeConfig, serve
+    from .deploy.serve import ServeConfig, api_key_from_env, serve
 
     try:
         import fastapi  # noqa: F401
@@ -610,7 +620,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          "`pip install \"textclf[serve]\"`") from None
     config = ServeConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, batching=args.batching,
                          max_texts_per_request=args.max_texts_per_request, max_text_chars=args.max_text_chars,
-                         max_body_bytes=args.max_body_bytes, api_key=os.environ.get(args.api_key_env) or None)
+                         max_body_bytes=args.max_body_bytes, api_key=api_key_from_env(args.api_key_env),
+                         read_timeout=args.read_timeout, max_connections=args.max_connections)
     predictor = Predictor.from_pretrained(args.model, backend=args.backend, device=args.device,
                                           batch_size=max(args.max_batch_size, args.max_texts_per_request),
                                           threads=args.threads)
@@ -643,7 +654,7 @@ def _add_baseline_and_audit_commands(commands) -> None:
         sub.add_argument("--analyzer", default="auto", choices=["auto", "word", "char"], help="n-grams of words, "
                          "or of characters (auto: characters when most text is Chinese/Japanese)")
     baseline.add_argument("--output", metavar="DIR", help="write report.txt, metrics.json and baseline.pkl here")
-    baseline.set_defaults(handler=cmd_baseline, output_folder=True)
+    baseline.set_defaults(handler=cmd_baseline, paths=_paths_of_toolbox)
 
     audit.add_argument("--output", metavar="DIR", help="write audit.csv and audit.json here (default: print the top "
                        "rows only)")
@@ -661,7 +672,7 @@ def _add_baseline_and_audit_commands(commands) -> None:
     audit.add_argument("--batch-size", type=int, default=32, help="batch size for --method transformer")
     audit.add_argument("--lr", type=float, default=5e-5, help="learning rate for --method transformer")
     audit.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N for --method transformer")
-    audit.set_defaults(handler=cmd_audit, output_folder=True)
+    audit.set_defaults(handler=cmd_audit, paths=_paths_of_toolbox)
 
 
 def _toolbox_data(args: argparse.Namespace):
@@ -705,7 +716,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         out = Path(args.output)
         result.to_csv(out / "audit.csv")
         summary = {**result.summary, "thresholds": result.thresholds}
-        (out / "audit.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        outputs.write_file_atomically(out / "audit.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
         print(f"wrote {len(result.rows)} flagged rows to {out / 'audit.csv'} (summary in {out / 'audit.json'})")
     return 0
 
@@ -763,7 +774,7 @@ def _add_pretrain_commands(commands) -> None:
                           "output folder (auto) or from the checkpoint folder DIR")
     pretrain.add_argument("--overwrite", action="store_true", help="replace a previous run in the output folder")
     pretrain.add_argument("--quiet", action="store_true", help="no progress bar")
-    pretrain.set_defaults(handler=cmd_pretrain, output_folder=True)
+    pretrain.set_defaults(handler=cmd_pretrain, paths=_paths_of_pretraining)
 
     tokenizer = commands.add_parser("tokenizer", help="train a WordPiece tokenizer on a corpus",
                                     description="Tokenizer tools. `textclf tokenizer train` trains a BERT-style "
@@ -784,7 +795,7 @@ def _add_pretrain_commands(commands) -> None:
     train.add_argument("--text-column", default="text", help="column/key holding the text (default text)")
     train.add_argument("--encoding", default="utf-8", help="file encoding, e.g. gbk (default utf-8)")
     train.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
-    train.set_defaults(handler=cmd_tokenizer_train, output_folder=True)
+    train.set_defaults(handler=cmd_tokenizer_train, paths=_paths_of_pretraining)
 
 
 def _add_field_flag(group, section: str, f: dataclasses.Field, docs: dict, hints: dict, flag: str | None = None):
@@ -854,6 +865,85 @@ def resume_command(argv: list[str] | None) -> str:
     return shlex.join(["textclf", *kept, "--resume", "auto"])
 
 
+# ---- what each command reads and writes: one check for all of them ----------------------------------------------
+
+def check_paths(args: argparse.Namespace) -> None:
+    """The one output check every command passes before it loads anything: its outputs are never, never contain and
+    never lie inside its inputs (:func:`textclf.outputs.check_not_input`), and an output folder can be made.
+
+    Each subcommand declares what it reads and writes with ``set_defaults(paths=...)``;
+    ``tests/test_cli_properties.py`` fails for a command without a declaration."""
+    inputs, written = args.paths(args)
+    for flag, path, kind in written:
+        if not path:
+            continue
+        if kind == "folder":
+            outputs.check_output_folder(path, flag)
+        else:
+            outputs.check_output_file(path, flag)
+        outputs.check_not_input(path, inputs, flag)
+
+
+def _local(value) -> str | None:
+    """A model given by name: a path only when it exists here (a hub name or alias reads nothing local)."""
+    return value if value and (Path(value).exists() or Path(value).is_symlink()) else None
+
+
+def _paths_of_training(args: argparse.Namespace):
+    """train, lr-find, tune: the data files, the model folder, the config file and the files settings name."""
+    config = resolve_run_config(args)
+    data, model = config.data, config.model
+    inputs = {"--data": config.run.data, "--dev": config.run.dev, "--test": config.run.test,
+              "--model": _local(model.name), "--config": getattr(args, "config", None),
+              "--synonyms": data.synonyms, "--augment-synonyms": data.augment_synonyms, "--entities": data.entities,
+              "--class-weights": _local(config.train.class_weights)}
+    return inputs, [("--output", config.run.output, "folder")]
+
+
+def _paths_of_evaluate(args: argparse.Namespace):
+    written = [("--errors", getattr(args, "errors", None), "file")]
+    if args.output:
+        written += [("--output", args.output, "file"), ("--output", str(Path(args.output).with_suffix(".html")),
+                                                       "file")]
+    return {"--model": args.model, "--data": args.data}, written
+
+
+def _paths_of_predict(args: argparse.Namespace):
+    return {"--model": args.model, "--input": args.input}, [("--output", args.output, "file")]
+
+
+def _paths_of_report(args: argparse.Namespace):
+    """Everything in the run folder is the report's input, except the page it writes."""
+    run = Path(args.run)
+    read = [p for p in run.iterdir() if p.name != "report.html"] if run.is_dir() else []
+    return {"RUN_DIR": read}, [("--output", args.output, "file")]
+
+
+def _paths_of_export(args: argparse.Namespace):
+    return {"--model": args.model, "--data": args.data}, [("--output", args.output, "folder")]
+
+
+def _paths_of_toolbox(args: argparse.Namespace):
+    """baseline and audit."""
+    inputs = {"--data": args.data, "--dev": args.dev, "--test": args.test,
+              "--model": _local(getattr(args, "model", None))}
+    return inputs, [("--output", args.output, "folder")]
+
+
+def _paths_of_pretraining(args: argparse.Namespace):
+    """pretrain and tokenizer train."""
+    inputs = {"--data": args.data, "--model": _local(getattr(args, "model", None)),
+              "--config": _local(getattr(args, "pretrain.architecture", None)),
+              "--tokenizer": getattr(args, "pretrain.tokenizer", None),
+              "--words": getattr(args, "pretrain.words", None)}
+    return inputs, [("--output", args.output, "folder")]
+
+
+def _writes_nothing(args: argparse.Namespace):
+    """info and serve read a model folder and write no file."""
+    return {}, []
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 bad input or usage, 1 other errors, 128+N on signal N)."""
     parser = build_parser()
@@ -878,8 +968,7 @@ def main(argv: list[str] | None = None) -> int:
 
         warnings.showwarning = show
         try:
-            if getattr(args, "output_folder", False) and getattr(args, "output", None):
-                outputs.check_output_folder(args.output)  # before any model or data is loaded
+            check_paths(args)  # before any model or data is loaded, for every command
             return args.handler(args)
         except TextclfError as exc:
             print(f"{prefix}: error: {exc}", file=sys.stderr)

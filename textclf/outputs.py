@@ -9,16 +9,28 @@ Every output folder textclf creates (a training or pretraining run, an export) g
 
 A folder that also holds anything else (the user's notes, code or data, next to a ``config.yaml`` of their
 own) is refused with the foreign entries named, so a project folder given as ``--output`` by mistake is never
-emptied. :func:`check_not_input` refuses an output folder that is, or contains, a folder the command reads.
+emptied. A folder without the marker is never replaced: a user's project holding a ``config.yaml``, ``data/`` and
+``runs/`` looks like a run by its names alone.
+
+Three more rules hold for every path textclf writes (docs/reliability.md):
+
+* :func:`check_not_input`: an output (file or folder) is never, never contains and never lies inside one of the
+  command's inputs (data, model folders, config files, the run's own reports), links resolved;
+* :func:`scratch` names every temporary file or folder textclf makes, so crash leftovers are recognised by their
+  name (``.textclf-tmp-...``) and a user's own ``*.tmp`` or ``*.partial`` is never taken for one;
+* :func:`open_nofollow` opens the files textclf creates beside a user's (the run lock, the marker, temporary
+  files) without following a symbolic link planted in their place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import json
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +41,9 @@ MARKER = ".textclf"
 LOCK_FILE = ".textclf.lock"  # held by the process writing the folder (see locked())
 # How long a run waits for the lock before giving up: a job killed a moment ago may still be exiting.
 LOCK_WAIT_SECONDS = 10.0
-# Left behind by a crash mid-write (checkpoint.write_atomically, atomic file writes, staged exports).
-_LEFTOVERS = (".tmp-*", ".old-*", ".trash-*", "*.tmp", ".*.partial-*", "*.partial")
+# Every temporary name textclf makes starts with this (see scratch()); nothing else counts as a crash leftover.
+SCRATCH_PREFIX = ".textclf-"
+_LEFTOVERS = (SCRATCH_PREFIX + "*",)
 
 
 @dataclass(frozen=True)
@@ -68,14 +81,93 @@ EXPORT = Layout("export", frozenset({
 }), sign="textclf.json", patterns=("*.onnx", "*.onnx.data"))
 
 
+def scratch(final: str | Path, kind: str = "tmp") -> Path:
+    """The temporary path beside ``final`` that this process writes before renaming into place.
+
+    ``kind`` says what it is for: ``tmp`` (being written), ``old`` (the previous version, moved aside), ``trash``
+    (being deleted), ``partial`` (a staged export). The name carries the PID, so two processes never share one.
+    """
+    final = Path(final)
+    return final.parent / f"{SCRATCH_PREFIX}{kind}-{final.name}-{os.getpid()}"
+
+
+def scratch_glob(folder: str | Path, name: str = "*", kind: str = "*") -> list[Path]:
+    """The scratch paths in ``folder`` for the final name ``name`` (all by default), of any process."""
+    return sorted(Path(folder).glob(f"{SCRATCH_PREFIX}{kind}-{name}-*"))
+
+
+def scratch_pid(path: Path) -> int | None:
+    """The PID of the process that made the scratch path ``path`` (None when the name carries none)."""
+    pid = Path(path).name.rsplit("-", 1)[-1]
+    return int(pid) if pid.isdigit() else None
+
+
+def open_nofollow(path: str | Path, flags: int = os.O_RDWR | os.O_CREAT, what: str = "file") -> int:
+    """``os.open`` that never follows a symbolic link at ``path`` and never blocks on a FIFO; a clear
+    :class:`OutputDirError` for a link, a folder or anything but a regular file, and for a path this user may not
+    write. Returns the file descriptor.
+
+    textclf creates its lock, marker and temporary files inside folders a user can write to as well; a link planted
+    there (``.textclf.lock -> ~/.bashrc``) must never make a run truncate or overwrite the link's target.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_NONBLOCK", 0), 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK) or path.is_symlink():
+            raise OutputDirError(f"{path} is a symbolic link; textclf never writes through a link it did not make. "
+                                 f"Remove the link (rm {path}) and run again") from None
+        if exc.errno == errno.EISDIR or path.is_dir():
+            raise OutputDirError(f"{path} is a folder where textclf keeps its {what}; remove it (or choose "
+                                 "another --output)") from None
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise OutputDirError(f"{path}: this user may not write textclf's {what} there ({exc.strerror}); fix "
+                                 "the permissions or choose another --output") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OutputDirError(f"{path} is not a regular file (a device, FIFO or socket) where textclf keeps its "
+                             f"{what}; remove it, or choose another --output")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def write_file_atomically(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` through a fresh scratch file renamed over it: a reader never sees half a file, a
+    crash leaves the previous version, and a link planted at either name is never followed (the rename replaces a
+    link at ``path`` itself, not its target)."""
+    path = Path(path)
+    tmp = scratch(path)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # this process's own leftover from an earlier attempt (the name carries our PID)
+    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, what="temporary file")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return path
+
+
 def claim(folder: Path, layout: Layout) -> Path:
     """Create ``folder`` (and parents) and mark it as textclf's, so a later ``--overwrite`` may replace it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / MARKER
-    if not marker.is_file():
-        marker.write_text(json.dumps({"kind": layout.kind}) + "\n", encoding="utf-8")
+    if not _is_marker(marker):
+        if marker.is_symlink() or marker.is_dir():
+            open_nofollow(marker, os.O_WRONLY, what="marker")  # raises, naming the link or folder
+        write_file_atomically(marker, json.dumps({"kind": layout.kind}) + "\n")
     return folder
+
+
+def _is_marker(path: Path) -> bool:
+    """A marker textclf wrote: a regular file (a link named like one proves nothing)."""
+    return path.is_file() and not path.is_symlink()
 
 
 def check_replaceable(folder: Path, layout: Layout) -> None:
@@ -91,10 +183,14 @@ def check_replaceable(folder: Path, layout: Layout) -> None:
     if not has_content(folder):
         return
     foreign = layout.foreign(folder)
-    if not (folder / MARKER).is_file() and not (folder / layout.sign).is_file():
+    if not _is_marker(folder / MARKER):
         held = sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE)
-        raise OutputDirError(f"output folder {folder} is not empty and holds no textclf {layout.kind} (no "
-                             f"{layout.sign}; it holds {_some(held)}); choose a new or empty folder with --output")
+        legacy = (f" If it is a {layout.kind} written before textclf marked its folders, delete it yourself"
+                  if (folder / layout.sign).is_file() else "")
+        raise OutputDirError(f"output folder {folder} is not empty and holds no textclf {layout.kind} (no {MARKER} "
+                             f"marker, which textclf writes into every folder it creates; it holds {_some(held)}): "
+                             f"textclf replaces only folders it wrote. Choose a new or empty folder with --output."
+                             + legacy)
     if foreign:
         raise OutputDirError(
             f"output folder {folder} holds files textclf did not write next to its {layout.kind}: {_some(foreign)}; "
@@ -128,15 +224,50 @@ def replace(folder: Path, layout: Layout) -> None:
             entry.unlink()
 
 
-def check_not_input(output: Path, inputs: dict[str, Path]) -> None:
-    """Refuse an output folder that is one of ``inputs`` (``{"--model": path}``) or a folder containing one."""
-    out = Path(output).resolve()
-    for flag, path in inputs.items():
-        source = Path(path).resolve()
-        if out == source or out in source.parents:
-            raise OutputDirError(
-                f"--output {output} {'is' if out == source else 'contains'} the {flag} folder {path}: writing there "
-                f"would replace the command's own input; choose another --output")
+def check_not_input(output: str | Path, inputs: dict[str, object], flag: str = "--output") -> None:
+    """Refuse an output path that is, contains or lies inside one of the command's ``inputs``.
+
+    ``inputs`` maps a flag (``"--data"``) to a path, a list of paths, or None; paths that do not exist are skipped
+    (a hub model name). Links are resolved and hard links compared by inode, so no second name for an input gets
+    past. Outputs inside an input folder are refused as well: a run written inside a folder-per-class data set
+    would become a class of the next training, and a report written into a model folder changes that model.
+    """
+    out = _real(output)
+    for source_flag, value in inputs.items():
+        for path in _paths(value):
+            if not (path.exists() or path.is_symlink()):
+                continue
+            source = _real(path)
+            if out == source or _same_file(output, path):
+                how = "is"
+            elif out in source.parents:
+                how = "contains"
+            elif source in out.parents and source.is_dir():
+                how = "lies inside"
+            else:
+                continue
+            kind = "folder" if source.is_dir() else "file"
+            raise OutputDirError(f"{flag} {output} {how} the {source_flag} {kind} {path}: writing there would "
+                                 f"change the command's own input; choose an {flag} outside every input")
+
+
+def _paths(value) -> list[Path]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [Path(value)]
+    return [Path(v) for v in value if v is not None and v != ""]
+
+
+def _real(path: str | Path) -> Path:
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
@@ -164,7 +295,7 @@ def locked(folder: Path):
         raise OutputDirError(f"output folder {folder} cannot be created ({exc.strerror or exc}); choose another "
                              "--output") from None
     path = folder / LOCK_FILE
-    handle = open(path, "a+", encoding="utf-8")
+    handle = os.fdopen(open_nofollow(path, os.O_RDWR | os.O_CREAT, what="run lock"), "r+", encoding="utf-8")
     try:
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
         while True:

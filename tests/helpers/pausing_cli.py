@@ -81,7 +81,7 @@ def evaluation_step(self, batch):
 
 
 def save_file(tensors, filename, *args, **kwargs):
-    if KIND == "save" and filename.endswith("rng.safetensors") and f".tmp-step-{NUMBERS[0]:06d}" in filename:
+    if KIND == "save" and filename.endswith("rng.safetensors") and f".textclf-tmp-step-{NUMBERS[0]:06d}-" in filename:
         pause(current["trainer"])
     return original_save_file(tensors, filename, *args, **kwargs)
 

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -563,6 +564,38 @@ def _binary_kind(data: bytes) -> str:
     return next((v for k, v in names.items() if data.startswith(k)), "it holds NUL bytes")
 
 
+# A text file with a few NUL bytes is damaged text (a bad export, a crash while writing); one full of control bytes is
+# not text at all. Above this share of control characters in the first 4 KiB (and more than a handful), the message
+# says binary file.
+BINARY_CONTROL_SHARE = 0.01
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1f]")
+
+
+def _refuse_nul(path: Path, data: bytes | str) -> None:
+    """Refuse a file holding NUL bytes (``data``: its bytes, or its text when decoded from UTF-16/32), naming the line
+    of the first wherever it is, and the fix.
+
+    The check once read only the first 4 KiB: a NUL there made the file "a binary file" with no line to look at, and
+    one further on went into the texts, and the model, unnoticed.
+    """
+    nul, newline = ("\x00", "\n") if isinstance(data, str) else (b"\x00", b"\n")
+    shown, offsets, start = 5, [], 0
+    while len(offsets) < shown and (start := data.find(nul, start)) >= 0:
+        offsets.append(start)
+        start += 1
+    lines = sorted({data.count(newline, 0, offset) + 1 for offset in offsets})
+    count = data.count(nul)
+    more = f" ({count} in all, on line(s) {', '.join(map(str, lines))}{', ...' if count > shown else ''})" \
+        if count > 1 else ""
+    head = data[:4096] if isinstance(data, str) else data[:4096].decode("latin-1")
+    if len(_CONTROL.findall(head)) > max(4, BINARY_CONTROL_SHARE * len(head)):
+        raise DataError(f"{path}: this is a binary file, not text: line {lines[0]} holds the first of its NUL bytes "
+                        f"(\\x00){more}; export the data as CSV, TSV or JSONL (in Excel: Save As, CSV UTF-8)")
+    raise DataError(f"{path}: line {lines[0]} contains a NUL byte (\\x00){more}, which text data never does (a "
+                    "damaged export or copy); remove the NUL bytes (e.g. tr -d '\\000' < FILE > FIXED) or export the "
+                    "data again")
+
+
 def _decode(path: Path, config: DataConfig) -> str:
     """Read and decode a whole file; a UTF-8 BOM is dropped, a wrong encoding names the line and the option."""
     try:
@@ -573,13 +606,18 @@ def _decode(path: Path, config: DataConfig) -> str:
     encoding = config.encoding
     # UTF-16/32 text holds NUL bytes: recognised by the encoding asked for, or by its byte order mark
     wide = codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")) or data.startswith((b"\xff\xfe", b"\xfe\xff"))
-    if not wide and (data.startswith(BINARY_SIGNATURES) or b"\x00" in data[:4096]):
+    if not wide and data.startswith(BINARY_SIGNATURES):
         raise DataError(f"{path}: this is a binary file ({_binary_kind(data)}), not text; export the data as CSV, "
                         "TSV or JSONL (in Excel: Save As, CSV UTF-8)")
+    if not wide and b"\x00" in data:
+        _refuse_nul(path, data)
     if codecs.lookup(encoding).name == "utf-8":
         encoding = "utf-8-sig"  # Excel and Notepad write a BOM; it must not end up in the first column name
     try:
-        return data.decode(encoding)
+        text = data.decode(encoding)
+        if wide and "\x00" in text:  # a NUL character in UTF-16/32 text: the same damage, counted in characters
+            _refuse_nul(path, text)
+        return text
     except UnicodeDecodeError as exc:
         # utf-8-sig reports offsets after the BOM it skipped; the message counts bytes of the file
         start = exc.start + (len(codecs.BOM_UTF8) if encoding == "utf-8-sig" and data.startswith(codecs.BOM_UTF8)

@@ -241,7 +241,7 @@ def export_model(model_dir: str | Path, output_dir: str | Path, format: str = "o
     sample = _pick(texts, num_samples)
 
     _remove_stale_staging(output_dir)
-    staging = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
+    staging = outputs.scratch(output_dir, "partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
@@ -489,9 +489,9 @@ def _export_torch_export(model, example, inputs: list[str], path: Path) -> None:
 
 def _remove_stale_staging(output_dir: Path) -> None:
     """Delete the staging folders of exports that were killed (their process is gone); a running one's stays."""
-    for folder in output_dir.parent.glob(f".{output_dir.name}.partial-*"):
-        pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _process_alive(int(pid)):
+    for folder in outputs.scratch_glob(output_dir.parent, output_dir.name, "partial"):
+        pid = outputs.scratch_pid(folder)
+        if pid is not None and not _process_alive(pid):
             shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -36,7 +36,7 @@ from ..eval.multilabel import Thresholds
 from ..eval.tasks import saved_task, task_for
 from ..model import bundle
 from ..model.classifier import LABELS_FILE, WEIGHTS_FILE, TextClassifier, load_tokenizer
-from ..model.ensemble import load_model
+from ..model.ensemble import load_model, require_labels
 from ..runtime import resolve_device, resolve_precision, setup_runtime
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -158,6 +158,9 @@ class OnnxBackend:
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
             raise ModelLoadError(f"{self.path} cannot be loaded by ONNX Runtime: {exc}") from None
         self.input_names = [item.name for item in self.session.get_inputs()]
+        width = next((item.shape[-1] for item in self.session.get_outputs() if item.name == "logits" and item.shape),
+                     None)
+        self.num_outputs = width if isinstance(width, int) else None  # a named (dynamic) axis says nothing
         unknown = set(self.input_names) - {"input_ids", "attention_mask", "token_type_ids"}
         if unknown or "input_ids" not in self.input_names:
             raise ModelLoadError(f"{self.path}: unexpected graph inputs {self.input_names}; expected input_ids, "
@@ -280,6 +283,7 @@ class Predictor:
                 raise ModelLoadError(f"{folder} holds PyTorch weights ({WEIGHTS_FILE}), not an ONNX model; run "
                                      f"`textclf export --model {folder} --format onnx --output DIR` and load DIR")
             model = load_model(folder)  # an EnsembleClassifier for an ensemble folder (soft voting)
+            require_labels(folder, model)
             if threads:
                 torch.set_num_threads(threads)
             length = max_length or meta.get("train_config", {}).get("max_length", 128)
@@ -301,6 +305,14 @@ class Predictor:
             runner = TorchBackend(load_scripted(model_file, fmt), device, precision,
                                   token_type_ids="token_type_ids" in export.get("inputs", []))
         label_map = LabelMap.load(folder / LABELS_FILE)
+        # The graph's own output width when it declares one (ONNX), else what textclf.json says (TorchScript)
+        outputs = getattr(runner, "num_outputs", None) or meta.get("num_labels")
+        if isinstance(outputs, int) and not isinstance(outputs, bool) and outputs != len(label_map):
+            # Found now, not as a shape error at the first batch (or, with more names than outputs, never)
+            raise ModelLoadError(f"{folder / LABELS_FILE} lists {len(label_map)} labels but {model_file.name} has "
+                                 f"{outputs} outputs; the export is damaged: copy {LABELS_FILE} back from the model "
+                                 f"folder it was exported from ({meta.get('source_model') or 'OUTPUT/best'}), or "
+                                 "export again")
         info = {"model": str(folder), "base_model": meta.get("base_model"), "format": fmt,
                 "quantize": export.get("quantize")}
         return cls(runner, load_tokenizer(str(folder)), label_map, device, max_length or meta.get("max_length", 128),

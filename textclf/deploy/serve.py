@@ -23,6 +23,13 @@ batches fill up by themselves; an idle server answers a lone request after at mo
 Bad requests get a JSON ``{"detail": "...", "errors": [...]}`` answer, never a 500: 422 for malformed JSON,
 wrong types, missing or empty texts; 413 for a body over ``max_body_bytes``, a text over ``max_text_chars`` or
 more than ``max_texts_per_request`` texts; 401 for a missing or wrong ``X-API-Key`` when a key is configured.
+
+Fail closed: a key that was asked for but is empty, unset or can never match refuses to start (see
+:func:`api_key_from_env`), and so do non-finite or out-of-range settings. A client has ``read_timeout`` seconds to
+send a request's headers and as long again for its body, else it gets 408 and its connection is closed; more than
+``max_connections`` open connections get 503. So stalled clients hold a connection for seconds, not forever. The
+body's deadline is in the app; the headers' is in the uvicorn protocol that :func:`uvicorn_config` sets (under
+another ASGI server, use its own header timeout).
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real types of the request models defined in
@@ -32,6 +39,9 @@ import collections
 import contextlib
 import hmac
 import logging
+import math
+import numbers
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -43,6 +53,65 @@ logger = logging.getLogger("textclf.deploy.serve")
 
 API_KEY_HEADER = "X-API-Key"
 API_KEY_ENV = "TEXTCLF_API_KEY"
+# Bytes of one request's headers (llhttp, uvicorn's default parser, sets no bound of its own); beyond it, 431.
+MAX_HEADER_BYTES = 64 * 1024
+# Beyond a minute the client (or the proxy in front) gives up before a lone request is answered.
+MAX_WAIT_MS_LIMIT = 60_000
+
+
+def _api_key_problem(key: str) -> str | None:
+    """Why no request could ever present ``key`` in the X-API-Key header, or None when one can."""
+    if not key.strip():
+        return "is empty"
+    if key != key.strip():
+        # HTTP strips whitespace around header values, so the key that arrives would lack it and never match
+        return ("has whitespace at its start or end, which HTTP strips from header values, so no request could "
+                "match it; remove the whitespace")
+    if not (key.isascii() and key.isprintable()):
+        # HTTP headers carry ASCII: a key with other characters could never be sent
+        return ("holds characters other than printable ASCII, which no HTTP header can carry; use letters, digits "
+                "and punctuation")
+    return None
+
+
+def api_key_from_env(var: str | None = None) -> str | None:
+    """The API key ``textclf serve`` requires, read from an environment variable; refuses a key that was asked for
+    but would leave the service open or locked (fail closed).
+
+    Args:
+        var: the variable the user named (``--api-key-env VAR``), or None for the default ``TEXTCLF_API_KEY``.
+
+    Returns:
+        the key, or None (serve without a key) only when ``var`` is None and ``TEXTCLF_API_KEY`` is unset.
+
+    Raises:
+        ConfigError: the named variable is unset; the variable is set but empty (a typo such as
+            ``TEXTCLF_API_KEY=$UNSET_VAR`` must not open the service); the key has whitespace around it or
+            characters no HTTP header can carry.
+    """
+    from ..errors import ConfigError
+
+    name = API_KEY_ENV if var is None else var
+    key = os.environ.get(name) if name else None
+    if key is None:
+        if var is None:
+            return None
+        raise ConfigError(f"--api-key-env {name}: the environment variable {name!r} is not set, so the service "
+                          f"would answer every request without a key; set it to the key (export {name}=...), or "
+                          "leave out --api-key-env to serve without a key")
+    if not key.strip():
+        fix = (f"set it to the key, or unset it (unset {name}) to serve without a key" if var is None
+               else f"set it to the key, or leave out --api-key-env (and {API_KEY_ENV}) to serve without a key")
+        raise ConfigError(f"{name}: the environment variable holding the API key is set but empty, which would "
+                          f"serve every request without a key; {fix}")
+    problem = _api_key_problem(key)
+    if problem is not None:
+        raise ConfigError(f"{name}: the API key in this environment variable {problem}")
+    return key
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -60,19 +129,38 @@ class ServeConfig:
     max_body_bytes: int = 1_000_000
     # When set, /classify, /metadata and /stats need the header X-API-Key with this value.
     api_key: str | None = None
+    # Seconds a client has to send a request's headers (from connecting, or from the previous answer on a
+    # kept-alive connection), and as long again for its body; then 408 and the connection is closed. A stalled
+    # client would otherwise hold its connection for as long as it likes.
+    read_timeout: float = 20.0
+    # Open connections (idle kept-alive and stalled ones included); a request beyond it gets 503 at once.
+    max_connections: int = 512
 
     def __post_init__(self):
         from ..errors import ConfigError
 
-        for name in ("max_batch_size", "max_texts_per_request", "max_text_chars", "max_body_bytes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"serve.{name}: must be at least 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0:
-            raise ConfigError(f"serve.max_wait_ms: must be >= 0, got {self.max_wait_ms}")
-        if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()):
-            # HTTP headers carry ASCII: a key with other characters could never be sent, so no request would pass
-            raise ConfigError("serve.api_key: the API key (TEXTCLF_API_KEY) holds characters other than printable "
-                              "ASCII, which no HTTP header can carry; use letters, digits and punctuation")
+        for name in ("max_batch_size", "max_texts_per_request", "max_text_chars", "max_body_bytes",
+                     "max_connections"):
+            value = getattr(self, name)
+            # bool is an int to Python; nan and inf compare false with everything and would pass a plain `< 1`
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"serve.{name}: must be a whole number of at least 1, got {value!r}")
+        if not _is_number(self.max_wait_ms) or not 0 <= self.max_wait_ms <= MAX_WAIT_MS_LIMIT:
+            # inf or nan: a lone request would wait for company forever and never be answered
+            raise ConfigError(f"serve.max_wait_ms: must be a number from 0 to {MAX_WAIT_MS_LIMIT} (a minute), got "
+                              f"{self.max_wait_ms!r}")
+        if not _is_number(self.read_timeout) or self.read_timeout <= 0:
+            raise ConfigError(f"serve.read_timeout: must be a finite number of seconds above 0, got "
+                              f"{self.read_timeout!r}")
+        if not isinstance(self.batching, bool):
+            raise ConfigError(f"serve.batching: must be True or False, got {self.batching!r}")
+        if self.api_key is not None:
+            problem = "is not a string" if not isinstance(self.api_key, str) else _api_key_problem(self.api_key)
+            if problem is not None:
+                # None means no key; an empty or unmatchable key would lock every client out (or, once read from
+                # an environment variable, open the service), so it is refused rather than guessed at.
+                raise ConfigError(f"serve.api_key: the API key (TEXTCLF_API_KEY) {problem}"
+                                  + ("; pass None to serve without a key" if problem == "is empty" else ""))
 
     def public(self) -> dict:
         """The settings without the key itself."""
@@ -282,6 +370,142 @@ class _BodyLimit:
         return await self.app(scope, limited_receive, send)
 
 
+class _BodyDeadline:
+    """ASGI middleware: a request's body must arrive within ``seconds`` of its headers, else 408 and the connection
+    is closed (uvicorn has no body timeout: a half-sent body would hold its connection and task for ever)."""
+
+    def __init__(self, app, seconds: float):
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from fastapi import HTTPException
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.seconds  # the app is called as soon as the headers are in
+        body_done = False
+
+        async def receive_in_time():
+            nonlocal body_done
+            if body_done:  # later calls wait for the client to disconnect, which is no reading and has no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+            except asyncio.TimeoutError:
+                # Raised like _BodyLimit's 413, so that the app's error handler answers in its usual JSON;
+                # "Connection: close" makes uvicorn close the connection instead of waiting for the rest.
+                raise HTTPException(408, f"the request body did not arrive within {self.seconds:g} seconds "
+                                         "(read_timeout); send the whole body at once",
+                                    headers={"Connection": "close"}) from None
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        return await self.app(scope, receive_in_time, send)
+
+
+def _http_protocol(read_timeout: float, max_header_bytes: int = MAX_HEADER_BYTES):
+    """uvicorn's HTTP protocol class (httptools, else h11) with a deadline on each request's headers.
+
+    uvicorn bounds only the idle time between requests on a kept-alive connection (``timeout_keep_alive``): a
+    connection that sends nothing, or half a header, is held for ever and counts against ``limit_concurrency``.
+    Here a new connection has ``read_timeout`` seconds until its first request's headers are complete (then
+    :class:`_BodyDeadline` takes over), and so has a kept-alive one from each answer on, else 408 (or, when not a
+    byte came, no answer) and the connection is closed; headers over ``max_header_bytes`` get 431. "Headers
+    complete" is uvicorn's own mark for both parsers: the request's ``cycle`` exists and has not answered yet.
+    """
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class HeaderDeadlineProtocol(AutoHTTPProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+        _header_bytes = 0  # bytes of the next request's unfinished headers
+
+        def _between_requests(self) -> bool:
+            """No request of this connection is with the app: what arrives now is the next request's head (or the
+            rest of a body the app answered without reading), which the app's deadline does not cover."""
+            return self.cycle is None or self.cycle.response_complete
+
+        def _in_head(self) -> bool:
+            return self.cycle is None or (self.cycle.response_complete and not self.cycle.more_body)
+
+        def _start_header_timer(self) -> None:
+            self._header_bytes = 0
+            self._header_timer = self.loop.call_later(read_timeout, self._header_timeout)
+
+        def _stop_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._start_header_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            # The next request's head may already be half here (pipelined), so its clock starts now; an idle
+            # connection is closed sooner by uvicorn's timeout_keep_alive.
+            if self._header_timer is None and self._between_requests() and not self.transport.is_closing():
+                self._start_header_timer()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.transport.get_protocol() is not self:  # upgraded to a WebSocket: no longer HTTP requests
+                self._stop_header_timer()
+            elif not self._between_requests():
+                self._stop_header_timer()  # headers complete: the app's _BodyDeadline takes over
+            elif self._in_head():  # the chunk went wholly into headers that are still unfinished
+                self._header_bytes += len(data)
+                if self._header_bytes > max_header_bytes:
+                    self._refuse(431, f"request headers are over the limit of {max_header_bytes} bytes")
+
+        def connection_lost(self, exc):
+            self._stop_header_timer()
+            super().connection_lost(exc)
+
+        def _header_timeout(self) -> None:
+            self._header_timer = None
+            if not self._between_requests() or self.transport.is_closing():
+                return
+            if self._in_head() and self._header_bytes:
+                self._refuse(408, f"request headers did not arrive within {read_timeout:g} seconds (read_timeout)")
+            else:  # nothing sent (say, a browser's pre-opened connection) or the rest of an answered body
+                self.transport.close()
+
+        def _refuse(self, status: int, message: str) -> None:
+            import http
+
+            self._stop_header_timer()
+            if self.transport.is_closing():
+                return
+            body = message.encode()
+            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                                 b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                                 % (status, http.HTTPStatus(status).phrase.encode(), len(body), body))
+            self.transport.close()
+
+    return HeaderDeadlineProtocol
+
+
+def uvicorn_config(app, config: ServeConfig | None = None, **options):
+    """The ``uvicorn.Config`` that serves ``app`` with ``config``'s connection limits: ``read_timeout`` for each
+    request's headers (:func:`_http_protocol`; the body's is in the app) and ``max_connections``.
+
+    Args:
+        app: from :func:`create_app`.
+        config: default: the one the app was created with.
+        options: more ``uvicorn.Config`` arguments (host, port, log_level, timeout_graceful_shutdown, ...).
+    """
+    import uvicorn
+
+    config = config or app.state.config
+    # uvicorn answers 503 once the open connections, the asking one included, reach limit_concurrency: +1 lets
+    # max_connections connections be served.
+    return uvicorn.Config(app, http=_http_protocol(config.read_timeout), limit_concurrency=config.max_connections + 1,
+                          **options)
+
+
 async def _send_json(send, status: int, payload: dict) -> None:
     import json
 
@@ -430,6 +654,7 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None):
     app.state.predictor = predictor
     app.state.config = config
     app.add_middleware(_BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(_BodyDeadline, seconds=config.read_timeout)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -525,10 +750,7 @@ def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, confi
           drain_seconds: float = 1.0) -> None:
     """Run the service with uvicorn until SIGINT/SIGTERM; it answers 503 to new requests while in-flight ones are
     answered (see :func:`draining_server`), then exits."""
-    import uvicorn
-
     app = create_app(predictor, config)
-    server = draining_server(app, uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                                 access_log=access_log,
+    server = draining_server(app, uvicorn_config(app, host=host, port=port, log_level=log_level, access_log=access_log,
                                                  timeout_graceful_shutdown=timeout_graceful_shutdown), drain_seconds)
     server.run()

@@ -9,20 +9,21 @@ dev logits that temperature fitting needs; the error collector keeps only the mi
   (``OUTPUT/errors.csv`` for the test split, or dev when there is no test split).
 * :class:`RunAnalysis` -- what :meth:`Trainer.fit <textclf.train.trainer.Trainer.fit>` does after training: fit the
   temperature on dev, report ECE before/after on dev and test, write ``reliability.png``, ``confusion.png`` and
-  ``errors.csv``, and record the temperature in ``best/textclf.json``.
+  ``errors.csv``, and record the temperature in ``best/textclf.json``. A picture that cannot be drawn is a warning
+  naming it, never an error: the run's numbers do not depend on a picture.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..model import bundle
-from .calibration import CalibrationBins, fit_temperature, plot_confusion, plot_reliability, softmax
+from .calibration import CalibrationBins, draw_safely, fit_temperature, plot_confusion, plot_reliability, softmax
+from .metrics import metrics_json
 
 ERRORS_FILE = "errors.csv"
 RELIABILITY_FILE = "reliability.png"
@@ -185,9 +186,11 @@ class RunAnalysis:
                 f"({raw.num_bins} bins) {raw.ece:.4f} before, {scaled.ece:.4f} after scaling")
 
     def finish(self, output_dir: str | Path, model_dir: str | Path | None = None) -> dict:
-        """Write ``errors.csv``, ``reliability.png``, ``confusion.png``; record the temperature in ``model_dir``.
+        """Write ``errors.csv``, record the temperature in ``model_dir``, then draw ``confusion.png`` and
+        ``reliability.png`` (a picture that fails is a :class:`~textclf.eval.calibration.PlotWarning`, not an error).
 
-        The files describe the test split, or dev when the run has no test split. Returns the calibration record.
+        The files describe the test split, or dev when the run has no test split. Returns the calibration record
+        (:attr:`calibration`, complete once every split's :meth:`after` ran: write ``metrics.json`` before this).
         """
         output_dir = Path(output_dir)
         name = "test" if "test" in self.reports else "dev" if "dev" in self.reports else None
@@ -195,16 +198,17 @@ class RunAnalysis:
             return self.calibration
         collector, split = self.errors[name]
         collector.write(output_dir / ERRORS_FILE, split)
-        report = self.reports[name]
-        if report.confusion_matrix:  # multi-label reports have per-label counts instead (textclf.eval.multilabel)
-            plot_confusion(output_dir / CONFUSION_FILE, report.confusion_matrix, report.label_names,
-                           f"confusion matrix ({name}, {report.num_rows} rows)")
-        if name in self.bins:
-            raw, scaled = self.bins[name]
-            plot_reliability(output_dir / RELIABILITY_FILE, raw, scaled if self.calibration["fitted_on"] else None,
-                             f"reliability ({name}, T = {self.temperature:.3f})")
         if model_dir is not None and self.calibration["fitted_on"]:
             record_calibration(model_dir, self.calibration)
+        report = self.reports[name]
+        if report.confusion_matrix:  # multi-label reports have per-label counts instead (textclf.eval.multilabel)
+            draw_safely(output_dir / CONFUSION_FILE, plot_confusion, report.confusion_matrix, report.label_names,
+                        f"confusion matrix ({name}, {report.num_rows} rows)")
+        if name in self.bins:
+            raw, scaled = self.bins[name]
+            draw_safely(output_dir / RELIABILITY_FILE, plot_reliability, raw,
+                        scaled if self.calibration["fitted_on"] else None,
+                        f"reliability ({name}, T = {self.temperature:.3f})")
         return self.calibration
 
 
@@ -217,7 +221,9 @@ class RunReport:
     """The reports at the end of a run: ``metrics.json`` (numbers, for programs) and ``report.txt`` (for people).
 
     The one writer for single runs (:class:`~textclf.train.trainer.Trainer`) and seed ensembles; both files are written
-    atomically, so a reader never sees half of one.
+    atomically, so a reader never sees half of one. Write them before drawing anything (:meth:`RunAnalysis.finish`):
+    they are what a run is for. Their size grows with the classes, not their square (the confusion matrix of a large
+    label set is sparse in ``metrics.json`` and its top confusions in ``report.txt``: :mod:`textclf.eval.metrics`).
 
     Args:
         metrics: the run-level entries of ``metrics.json`` (best step, seeds, ...).
@@ -234,5 +240,5 @@ class RunReport:
 
     def write(self, folder: str | Path) -> None:
         folder = Path(folder)
-        bundle.write_atomically(folder / "metrics.json", json.dumps(self.metrics, indent=2, ensure_ascii=False))
+        bundle.write_atomically(folder / "metrics.json", metrics_json(self.metrics))
         bundle.write_atomically(folder / "report.txt", "\n\n".join(self.sections))

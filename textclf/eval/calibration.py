@@ -15,13 +15,18 @@ Multi-label models are not temperature-scaled (their per-label sigmoids need per
 temperature); their ECE is not reported either.
 
 Plots are written with matplotlib when it is installed; without it, a plain PNG (written with zlib, no
-dependency) shows the same bars and matrix without axis labels.
+dependency) shows the same bars and matrix without axis labels. Label names are drawn as plain text
+(:func:`plain_text`): matplotlib reads text between two ``$`` as mathtext and raised on a label such as ``$\\frac$``.
+A picture that cannot be drawn anyway costs only itself (:func:`draw_safely`): the numbers are in ``metrics.json``
+and ``report.txt``, written first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -30,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .fonts import axis_labels
-from .metrics import confusion_image, most_frequent_classes
+from .metrics import confusion_image, dense_confusion, top_confusions
 
 NUM_BINS = 15
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
@@ -140,6 +145,10 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
                            + chunk(b"IEND", b""))
 
 
+class PlotWarning(UserWarning):
+    """A picture could not be drawn; what it shows is in ``metrics.json`` and ``report.txt``."""
+
+
 def pyplot():
     try:
         import matplotlib
@@ -151,6 +160,42 @@ def pyplot():
     return plt
 
 
+def plain_text(text: str) -> str:
+    """``text`` as matplotlib draws it literally: every ``$`` escaped, so a label with two of them is not read as
+    mathtext (``$\\frac$`` raised at savefig and ``$5-$10`` lost its dollars)."""
+    return str(text).replace("$", r"\$")
+
+
+@contextlib.contextmanager
+def plain_rc():
+    """matplotlib settings under which text is drawn as given: a user's ``text.usetex`` would send every label
+    through LaTeX, where ``%``, ``&``, ``_`` and ``#`` are commands."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.usetex": False}):
+        yield
+
+
+def draw_safely(path: str | Path, draw, *args, numbers_in: str = "metrics.json and report.txt") -> bool:
+    """``draw(path, *args)``; a failure becomes a :class:`PlotWarning` naming the picture and where its numbers are
+    (``numbers_in``), and leaves no half-written file: a picture never costs a run its reports. Returns whether the
+    picture was written."""
+    try:
+        draw(path, *args)
+        return True
+    except Exception as exc:  # noqa: BLE001 -- any drawing error: the numbers are already written elsewhere
+        plt = pyplot()
+        if plt is not None:
+            plt.close("all")
+        with contextlib.suppress(OSError):
+            Path(path).unlink(missing_ok=True)
+        reason = str(exc).strip().splitlines()
+        warnings.warn(f"{Path(path).name} could not be drawn ({type(exc).__name__}: "
+                      f"{reason[-1] if reason else 'no details'}); the numbers it shows are in {numbers_in}",
+                      PlotWarning, stacklevel=2)
+        return False
+
+
 def plot_reliability(path: str | Path, before: CalibrationBins, after: CalibrationBins | None = None,
                      title: str = "") -> None:
     """Reliability diagram: accuracy per confidence bin (bars) against the diagonal, before and after scaling."""
@@ -159,20 +204,32 @@ def plot_reliability(path: str | Path, before: CalibrationBins, after: Calibrati
     if plt is None:
         _reliability_png(path, [bins for _, bins, _ in curves])
         return
+    with plain_rc():
+        _draw_reliability(plt, path, curves, before.num_bins, title)
+
+
+def _draw_reliability(plt, path, curves, num_bins: int, title: str) -> None:
     figure, axis = plt.subplots(figsize=(5, 5), dpi=100)
-    edges = np.linspace(0, 1, before.num_bins + 1)
-    width = 1 / before.num_bins / len(curves)
+    edges = np.linspace(0, 1, num_bins + 1)
+    width = 1 / num_bins / len(curves)
     axis.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfect calibration")
     for j, (name, bins, color) in enumerate(curves):
         accuracy = np.nan_to_num(bins.accuracy_per_bin())
         axis.bar(edges[:-1] + j * width, accuracy, width=width, align="edge", color=color, alpha=0.7,
                  label=f"{name} scaling (ECE {bins.ece:.3f})")
     axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="accuracy",
-             title=title or "reliability diagram")
+             title=plain_text(title or "reliability diagram"))
     axis.legend(loc="upper left", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(str(path))
-    plt.close(figure)
+    _save(plt, figure, path)
+
+
+def _save(plt, figure, path) -> None:
+    """Save and close ``figure`` (closed even when saving fails: pyplot keeps every open figure alive)."""
+    try:
+        figure.tight_layout()
+        figure.savefig(str(path))
+    finally:
+        plt.close(figure)
 
 
 def _reliability_png(path, curves: list[CalibrationBins], size: int = 300) -> None:
@@ -190,30 +247,44 @@ def _reliability_png(path, curves: list[CalibrationBins], size: int = 300) -> No
     write_png(path, image)
 
 
-# Class names stay readable up to about this many per axis.
+# Class names stay readable up to about this many per axis; above it the picture shows the top confusions.
 MAX_PLOTTED_CLASSES = 60
+TOP_PLOTTED_CONFUSIONS = 30
 
 
 def plot_confusion(path: str | Path, counts, label_names: list[str], title: str = "") -> None:
-    """Confusion matrix (rows: true label, columns: predicted), shaded by share of the true class, with counts."""
-    counts = np.asarray(counts)
+    """Confusion matrix (rows: true label, columns: predicted), shaded by share of the true class, with counts.
+
+    ``counts`` is a matrix (rows) or the sparse form of ``metrics.json`` (:func:`~textclf.eval.metrics.
+    sparse_confusion`). Above :data:`MAX_PLOTTED_CLASSES` classes the picture is a bar chart of the most frequent
+    confusions instead: no one reads a matrix of thousands of classes.
+    """
     plt = pyplot()
+    if len(label_names) > MAX_PLOTTED_CLASSES:
+        if plt is None:  # the dependency-free picture: the most frequent classes' matrix, no names
+            write_png(path, confusion_image(dense_confusion(counts)).transpose(1, 2, 0))
+            return
+        with plain_rc():
+            _draw_top_confusions(plt, path, counts, label_names, title)
+        return
+    counts = dense_confusion(counts)
     if plt is None:
         write_png(path, confusion_image(counts).transpose(1, 2, 0))
         return
+    with plain_rc():
+        _draw_matrix(plt, path, counts, label_names, title)
+
+
+def _draw_matrix(plt, path, counts: np.ndarray, label_names: list[str], title: str) -> None:
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    if len(label_names) > MAX_PLOTTED_CLASSES:  # a readable picture of the classes that matter most
-        keep = most_frequent_classes(counts, MAX_PLOTTED_CLASSES)
-        title = f"{title or 'confusion matrix'} ({len(keep)} most frequent of {len(label_names)} classes)"
-        counts, shares = counts[np.ix_(keep, keep)], shares[np.ix_(keep, keep)]
-        label_names = [label_names[i] for i in keep]
     side = max(4.0, 0.5 * len(label_names) + 2)
     figure, axis = plt.subplots(figsize=(side, side), dpi=100)
     axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     ticks = range(len(label_names))
     labels = axis_labels(label_names)  # Chinese names need a font with their glyphs, or indices
-    axis.set_xticks(ticks, labels.names, rotation=45, ha="right", fontsize=8, fontproperties=labels.font)
-    axis.set_yticks(ticks, labels.names, fontsize=8, fontproperties=labels.font)
+    names = [plain_text(name) for name in labels.names]
+    axis.set_xticks(ticks, names, rotation=45, ha="right", fontsize=8, fontproperties=labels.font)
+    axis.set_yticks(ticks, names, fontsize=8, fontproperties=labels.font)
     if labels.note:
         figure.text(0.01, 0.01, labels.note, fontsize=6, wrap=True)
     if len(label_names) <= 30:
@@ -221,7 +292,26 @@ def plot_confusion(path: str | Path, counts, label_names: list[str], title: str 
             for j in ticks:
                 axis.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
                           color="white" if shares[i, j] > 0.5 else "black")
-    axis.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
-    figure.tight_layout()
-    figure.savefig(str(path))
-    plt.close(figure)
+    axis.set(xlabel="predicted", ylabel="true", title=plain_text(title or "confusion matrix"))
+    _save(plt, figure, path)
+
+
+def _draw_top_confusions(plt, path, counts, label_names: list[str], title: str) -> None:
+    """Horizontal bars, one per (true -> predicted) pair, the most frequent at the top."""
+    top = top_confusions(counts, TOP_PLOTTED_CONFUSIONS)
+    involved = sorted({i for t, p, _ in top for i in (t, p)})
+    labels = axis_labels([label_names[i] for i in involved])
+    name = dict(zip(involved, (plain_text(n) for n in labels.names)))
+    figure, axis = plt.subplots(figsize=(8, max(3.0, 0.3 * len(top) + 1.5)), dpi=100)
+    axis.barh(range(len(top)), [n for _, _, n in top], color="#1f77b4")
+    axis.set_yticks(range(len(top)), [f"{name[t]} -> {name[p]}" for t, p, _ in top], fontsize=8,
+                    fontproperties=labels.font)
+    axis.invert_yaxis()  # the most frequent first
+    if labels.note:
+        figure.text(0.01, 0.01, labels.note, fontsize=6, wrap=True)
+    if not top:
+        axis.text(0.5, 0.5, "no confusions", ha="center", va="center", transform=axis.transAxes)
+    heading = (f"{title or 'confusion matrix'}\nthe {len(top)} most frequent confusions (true -> predicted) of "
+               f"{len(label_names)} classes")
+    axis.set(xlabel="rows", title=plain_text(heading))
+    _save(plt, figure, path)

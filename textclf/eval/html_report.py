@@ -4,6 +4,10 @@ Headline scores (against the TF-IDF baseline when the run folder holds one), the
 to sort), the confusion matrix, training and dev curves from ``log.jsonl``, the calibration curve, the most
 confident errors with their texts and, when an audit ran, its flags. Pictures are drawn with matplotlib and inlined
 as data URIs, and the sorting script is inline too: the file opens offline, in any browser, copied anywhere.
+
+``metrics.json`` is checked before anything is drawn (:func:`read_metrics`): a truncated file or a field of the
+wrong type (``"test": 5``, ``"per_class": "x"``) is a :class:`~textclf.errors.DataError` that names the file and
+the field, not a traceback from deep inside the page.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import json
 import tempfile
 from pathlib import Path
 
+from ..config import read_json_object
+from ..errors import DataError
 from ..model import bundle
-from .calibration import pyplot
 
 REPORT_FILE = "report.html"
 MAX_ERRORS = 25  # most confident errors shown
@@ -57,10 +62,10 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 def write_html_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Write ``report.html`` for the run (or baseline) folder ``run_dir``; returns its path."""
     run_dir = Path(run_dir)
-    metrics = _read_json(run_dir / "metrics.json")
-    if metrics is None:
+    if not (run_dir / "metrics.json").is_file():
         raise FileNotFoundError(f"{run_dir / 'metrics.json'} is missing: report needs a finished training run "
                                 "(textclf train) or baseline (textclf baseline) folder")
+    metrics = read_metrics(run_dir / "metrics.json")
     sections = [_headline(run_dir, metrics), _per_class(metrics), _confusion(run_dir), _curves(run_dir),
                 _calibration(run_dir, metrics), _errors(run_dir / "errors.csv"), _audit(run_dir)]
     path = Path(output) if output else run_dir / REPORT_FILE
@@ -94,8 +99,84 @@ def _write_page(path: Path, title: str, subtitle: str, sections: list[str]) -> N
     bundle.write_atomically(path, page.rstrip("\n"))
 
 
+# ---- metrics.json, checked for what the page reads from it -----------------------------------------------------
+
+_FIX = ("restore it from a copy, or write it again with the command that made the folder (textclf train, textclf "
+        "baseline)")
+_SCORES = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "loss")
+
+
+def read_metrics(path: str | Path) -> dict:
+    """The ``metrics.json`` of a run or baseline folder, with every field the page shows checked for its type.
+
+    Raises:
+        DataError: the file cannot be read, is not JSON (a truncated write), or a field has the wrong type; the
+            message names the file and the field (``test.per_class['sports'].f1``).
+    """
+    path = Path(path)
+    metrics = read_json_object(path, DataError, f"the file is damaged or truncated: {_FIX}",
+                               expected="an object of scores as textclf writes it")
+    for field in ("best_step", "global_step"):
+        _expect(path, field, metrics.get(field), (int,), "an integer")
+    _expect(path, "metric", metrics.get("metric"), (str,), "a metric name")
+    for split in ("dev", "test"):
+        _check_report(path, split, metrics.get(split))
+    baseline = metrics.get("baseline")
+    if _expect(path, "baseline", baseline, (dict,), "an object"):
+        for split in ("dev", "test"):
+            _check_report(path, f"baseline.{split}", baseline.get(split))
+    calibration = metrics.get("calibration")
+    if _expect(path, "calibration", calibration, (dict,), "an object"):
+        for field in ("temperature", "test_ece_before", "test_ece_after"):
+            _expect(path, f"calibration.{field}", calibration.get(field), (int, float), "a number")
+    return metrics
+
+
+def _check_report(path: Path, field: str, report) -> None:
+    """One split's scores (an ``EvalReport.to_dict()``); None or absent is a split the run did not have."""
+    if not _expect(path, field, report, (dict,), "an object of scores"):
+        return
+    for name in _SCORES:
+        _expect(path, f"{field}.{name}", report.get(name), (int, float), "a number")
+    _expect(path, f"{field}.num_rows", report.get("num_rows"), (int,), "an integer")
+    per_class = report.get("per_class")
+    if not _expect(path, f"{field}.per_class", per_class, (dict,), "an object of per-class scores"):
+        return
+    for label, scores in per_class.items():
+        where = f"{field}.per_class[{label!r}]"
+        _expect(path, where, scores, (dict,), "an object of scores", required=True)
+        for name in ("precision", "recall", "f1", "support"):
+            _expect(path, f"{where}.{name}", scores.get(name), (int, float), "a number", required=True)
+
+
+def _expect(path: Path, field: str, value, kinds: tuple, what: str, required: bool = False) -> bool:
+    """Whether ``value`` is there; a value of another type (or a ``required`` one missing) raises a DataError."""
+    if value is None and not required:
+        return False
+    if value is None:
+        raise DataError(f"{path}: field {field} is missing (it should be {what}); the file is damaged: {_FIX}")
+    if isinstance(value, bool) or not isinstance(value, kinds):  # JSON true is no number
+        raise DataError(f"{path}: field {field} should be {what}, got {_json_type(value)} {_shorten(value)}; the "
+                        f"file is damaged: {_FIX}")
+    return True
+
+
+def _json_type(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "the number",
+            float: "the number"}.get(type(value), type(value).__name__)
+
+
+def _shorten(value) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# ---- the sections ---------------------------------------------------------------------------------------------------
+
+
 def _subtitle(run_dir: Path, metrics: dict) -> str:
-    meta = _read_json(run_dir / "best" / bundle.META_FILE) or {}
+    meta = _read_json(run_dir / "best" / bundle.META_FILE)
+    meta = meta if isinstance(meta, dict) else {}  # a damaged best/ loses its line in the subtitle, not the page
     parts = [f"base model {meta['base_model']}" if meta.get("base_model") else None,
              f"best model from step {metrics['best_step']} of {metrics['global_step']} (by {metrics.get('metric')})"
              if metrics.get("best_step") is not None else None]
@@ -103,7 +184,8 @@ def _subtitle(run_dir: Path, metrics: dict) -> str:
 
 
 def _headline(run_dir: Path, metrics: dict) -> str:
-    return _scores(metrics, _read_json(run_dir / "baseline" / "metrics.json") or metrics.get("baseline"))
+    baseline = run_dir / "baseline" / "metrics.json"
+    return _scores(metrics, (read_metrics(baseline) if baseline.is_file() else None) or metrics.get("baseline"))
 
 
 def _scores(metrics: dict, baseline: dict | None = None) -> str:
@@ -148,10 +230,14 @@ def _curves(run_dir: Path) -> str:
     try:
         with open(run_dir / "log.jsonl", encoding="utf-8") as handle:
             records = [json.loads(line) for line in handle if line.strip()]
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):  # curves are a picture: a damaged log draws none
         return ""
-    train = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r]
-    dev = [(r["step"], r.get("dev/macro_f1"), r.get("dev/accuracy")) for r in records if "dev/macro_f1" in r]
+    records = [r for r in records if isinstance(r, dict) and _is_number(r.get("step"))]
+    train = [(r["step"], r["train/loss"]) for r in records if _is_number(r.get("train/loss"))]
+    dev = [(r["step"], r["dev/macro_f1"], r["dev/accuracy"]) for r in records
+           if _is_number(r.get("dev/macro_f1")) and _is_number(r.get("dev/accuracy"))]
+    from .calibration import pyplot  # here, not at the top: calibration imports torch, which `info` need not load
+
     plt = pyplot()
     if plt is None or not train:
         return ""
@@ -182,12 +268,13 @@ def _calibration(run_dir: Path, metrics: dict) -> str:
 
 
 def _errors(errors_csv: Path) -> str:
-    rows = _read_csv(Path(errors_csv))
+    rows = _read_csv(Path(errors_csv), required=("text", "label", "predicted"))
     if not rows:
         return ""
-    body = "".join(f"<tr><td>{html.escape(r.get('line', ''))}</td><td class=\"text\">{html.escape(r['text'])}</td>"
-                   f"<td class=\"text\">{html.escape(r['label'])}</td><td class=\"text\">{html.escape(r['predicted'])}"
-                   f"</td><td>{html.escape(r.get('confidence', ''))}</td></tr>" for r in rows[:MAX_ERRORS])
+    body = "".join(f"<tr><td>{html.escape(r.get('line') or '')}</td><td class=\"text\">{html.escape(r['text'] or '')}"
+                   f"</td><td class=\"text\">{html.escape(r['label'] or '')}</td><td class=\"text\">"
+                   f"{html.escape(r['predicted'] or '')}</td><td>{html.escape(r.get('confidence') or '')}</td></tr>"
+                   for r in rows[:MAX_ERRORS])
     return (f"<h2>Most confident errors</h2>\n<p class=\"note\">{min(len(rows), MAX_ERRORS)} of {len(rows)} "
             f"misclassified rows, most confident first (all in {html.escape(Path(errors_csv).name)}): often label "
             "errors, not model errors.</p><table class=\"sortable\"><thead><tr><th>line</th>"
@@ -203,7 +290,7 @@ def _audit(run_dir: Path) -> str:
         return ""
     columns = list(rows[0])[:6]
     head = "".join(f"<th class=\"text\">{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td class=\"text\">{html.escape(str(r.get(c, '')))}</td>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td class=\"text\">{html.escape(str(r.get(c) or ''))}</td>" for c in columns)
                    + "</tr>" for r in rows[:MAX_ERRORS])
     return (f"<h2>Label audit</h2>\n<table class=\"sortable\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
             "</table>")
@@ -228,13 +315,28 @@ def _number(value) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
-def _read_csv(path: Path) -> list[dict]:
-    """The rows of a CSV file the run wrote (errors.csv, audit.csv); none when it is not there."""
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _read_csv(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
+    """The rows of a CSV file the run wrote (errors.csv, audit.csv); none when it is not there. A file that is not
+    UTF-8 CSV, or lacks a ``required`` column, is a DataError naming it: a page silently without its errors
+    section would read as a model without errors."""
     try:
         with open(path, encoding="utf-8", newline="") as handle:
-            return list(csv.DictReader(handle))
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            columns = reader.fieldnames or []
     except OSError:
         return []
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path} cannot be read as UTF-8 CSV ({exc}); the file is damaged: {_FIX}") from None
+    missing = [name for name in required if name not in columns]
+    if rows and missing:
+        raise DataError(f"{path} has no column {', '.join(map(repr, missing))} (its columns are {columns}); the file "
+                        f"is damaged: {_FIX}")
+    return rows
 
 
 def _read_json(path: Path):

@@ -251,8 +251,8 @@ class MultiLabelReport(EvalReport):
     per_label_counts: list[list[int]] = field(default_factory=list)
     histograms: np.ndarray | None = field(default=None, repr=False)
 
-    def to_dict(self) -> dict:
-        return {**super().to_dict(), "multi_label": True, "samples_f1": self.samples_f1,
+    def to_dict(self, full_matrix: bool = False) -> dict:
+        return {**super().to_dict(full_matrix), "multi_label": True, "samples_f1": self.samples_f1,
                 "subset_accuracy": self.accuracy, "thresholds": dict(zip(self.label_names, self.thresholds)),
                 "by_threshold": self.by_threshold,
                 "per_label_counts": {name: dict(zip(("tp", "fp", "fn"), c))

@@ -10,11 +10,11 @@ change after training (thresholds tuned on dev, a temperature fitted) is one ato
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from .. import outputs
 from ..config import read_json_object
 from ..data.normalize import TextNormalizer
 from ..errors import DataError, ModelLoadError
@@ -48,9 +48,7 @@ def write_meta(folder: str | Path, meta: dict[str, Any]) -> None:
 
 def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` (and a final newline) to ``path`` through a temporary file renamed over it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    outputs.write_file_atomically(path, text + "\n")
 
 
 def update_meta(folder: str | Path, **entries: Any) -> dict[str, Any]:

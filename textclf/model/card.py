@@ -3,6 +3,9 @@
 YAML metadata first (pipeline tag, language, license placeholder, base model, metrics as a ``model-index``), then
 what a reader of a model needs: what it is for, the data it was trained on (rows, labels, the SHA-256 of the
 training rows), the recipe, dev and test scores per class, calibration and the known limitations.
+
+Label names are the user's data: a ``|`` in one ended its table cell and shifted every score of its row, a newline
+(possible from JSONL or a DataFrame) ended the row. Every label name is written through :func:`markdown_cell`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,18 @@ CARD_FILE = "README.md"
 HUB_NAMES = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 LANGUAGES = {"zh": "Chinese", "en": "English"}
+
+
+# Characters with a meaning in (GitHub-flavoured) markdown inside a line: escaped with a backslash, they render as
+# themselves, so a label such as "a*b*c" or "<none>" is shown as written.
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>|])")
+
+
+def markdown_cell(text: str) -> str:
+    """``text`` as it must be written to show as itself in a markdown table cell or list item: markdown characters
+    (the ``|`` that ends a cell first) backslash-escaped, a line break shown as ``\\n`` instead of ending the row."""
+    escaped = _MARKDOWN.sub(r"\\\1", str(text))
+    return escaped.replace("\r\n", "\\n").replace("\r", "\\n").replace("\n", "\\n")
 
 
 def _yaml_text(value: str) -> str:
@@ -76,7 +91,7 @@ def model_card(name: str, meta: dict[str, Any], metrics: dict[str, Any], data: d
              "## Training data", "",
              f"- source: `{data.get('source')}`",
              f"- training rows: {data.get('train_rows')} (SHA-256 of the rows in order: `{data.get('train_sha256')}`)",
-             "- rows per label: " + ", ".join(f"{k} {v}" for k, v in labels.items()), "",
+             "- rows per label: " + ", ".join(f"{markdown_cell(k)} {v}" for k, v in labels.items()), "",
              "## Training recipe", "",
              "| setting | value |", "|---|---|"]
     for key in ("epochs", "max_steps", "lr", "batch_size", "grad_accum", "max_length", "long_texts", "warmup_ratio",
@@ -89,8 +104,8 @@ def model_card(name: str, meta: dict[str, Any], metrics: dict[str, Any], data: d
                   f"{report['micro_f1']:.4f}, weighted F1 {report['weighted_f1']:.4f}", "",
                   "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         for label, scores in (report.get("per_class") or {}).items():
-            lines.append(f"| {label} | {scores['precision']:.4f} | {scores['recall']:.4f} | {scores['f1']:.4f} | "
-                         f"{scores['support']} |")
+            lines.append(f"| {markdown_cell(label)} | {scores['precision']:.4f} | {scores['recall']:.4f} | "
+                         f"{scores['f1']:.4f} | {scores['support']} |")
     calibration = metrics.get("calibration") or {}
     if calibration.get("temperature"):
         lines += ["", "## Calibration", "",
@@ -104,12 +119,13 @@ def model_card(name: str, meta: dict[str, Any], metrics: dict[str, Any], data: d
     rare = [label for label, count in labels.items() if count < 20]
     if rare:
         lines.append(f"- labels with fewer than 20 training rows (their scores are the least reliable): "
-                     f"{', '.join(rare)}")
+                     f"{', '.join(map(markdown_cell, rare))}")
     test = evaluated.get("test") or evaluated.get("dev")
     if test:
         weak = [label for label, s in (test.get("per_class") or {}).items() if s["f1"] < 0.5 and s["support"]]
         if weak:
-            lines.append(f"- labels below 0.5 F1 on {('test' if 'test' in evaluated else 'dev')}: {', '.join(weak)}")
+            lines.append(f"- labels below 0.5 F1 on {('test' if 'test' in evaluated else 'dev')}: "
+                         f"{', '.join(map(markdown_cell, weak))}")
     lines.append("- the scores above are for data like the training data; measure on your own before relying on it "
                  "(`textclf evaluate --model PATH --data YOUR_TEST.csv`), and consider `textclf audit` for label "
                  "errors in the training data.")

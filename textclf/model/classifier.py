@@ -126,25 +126,76 @@ def sentence_pooling(name: str) -> dict | None:
     Raises:
         ConfigError: the encoder pools in a way TextClassifier does not (max or weighted pooling, or CLS pooling,
             which sentence-transformers takes without the encoder's pooler layer).
+        ModelLoadError: the files are there but damaged (not JSON, a field of the wrong type, a pooling module
+            without its config); the message names the file and the field. Calling that "no pooling information"
+            sent users looking for another model when one file needed restoring.
     """
     modules = _read_model_json(name, "modules.json")
-    pooling = next((m for m in modules or [] if str(m.get("type", "")).endswith("Pooling")), None)
-    config = _read_model_json(name, f"{pooling.get('path') or '1_Pooling'}/config.json") if pooling else None
-    if not config:
+    if modules is None:
         return None
-    modes = [key[len("pooling_mode_"):] for key, on in config.items() if key.startswith("pooling_mode_") and on]
+    where = _model_file(name, "modules.json")
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise ModelLoadError(_damaged(where, "", f"it holds {_json_kind(modules)} where sentence-transformers "
+                                      "writes a list of modules (objects with \"type\" and \"path\")"))
+    pooling = next((m for m in modules if str(m.get("type", "")).endswith("Pooling")), None)
+    if pooling is None:
+        return None
+    folder = pooling.get("path") or "1_Pooling"
+    if not isinstance(folder, str):
+        raise ModelLoadError(_damaged(where, "path", f"of the Pooling module is {folder!r}, not a folder name"))
+    file = f"{folder}/config.json"
+    config = _read_model_json(name, file)
+    where = _model_file(name, file)
+    if config is None:
+        raise ModelLoadError(f"{_model_file(name, 'modules.json')} names a Pooling module in {folder}/, but {where} "
+                             "is missing: the model folder is damaged; restore it from the model's original files")
+    if not isinstance(config, dict):
+        raise ModelLoadError(_damaged(where, "", f"it holds {_json_kind(config)}, not an object of pooling_mode_* "
+                                      "fields"))
+    flags = {key: on for key, on in config.items() if key.startswith("pooling_mode_")}
+    if not flags:
+        raise ModelLoadError(_damaged(where, "pooling_mode_*", "is missing (no pooling_mode_... field at all)"))
+    for key, on in flags.items():
+        if not isinstance(on, bool):
+            raise ModelLoadError(_damaged(where, key, f"is {on!r}, not true or false"))
+    modes = [key[len("pooling_mode_"):] for key, on in flags.items() if on]
+    if not modes:
+        raise ModelLoadError(_damaged(where, "pooling_mode_*", "is false for every mode, so it pools by nothing"))
     if modes != ["mean_tokens"]:
-        raise ConfigError(f"model {name} pools its sentence embedding by {' + '.join(modes) or 'nothing'}; the "
+        raise ConfigError(f"model {name} pools its sentence embedding by {' + '.join(modes)}; the "
                           "few-shot recipe supports mean-pooling sentence encoders (such as all-MiniLM-L6-v2, the "
                           "minilm alias): choose one, or use --recipe fine-tune")
     return {"pooling": "mean", "normalize": any(str(m.get("type", "")).endswith("Normalize") for m in modules)}
 
 
+def _damaged(where: str, field: str, problem: str) -> str:
+    """The message of a damaged model file: the file, the field and what is wrong with it, then the fix."""
+    subject = f"field {field!r} " if field else ""
+    return (f"{where} is damaged: {subject}{problem}; restore the file from the model's original files (or download "
+            "the model again)")
+
+
+def _json_kind(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), f"a JSON {type(value).__name__}")
+
+
+def _model_file(name: str, file: str) -> str:
+    """Where a model's file is, for messages: the local path, or the hub repository and the file."""
+    path = resolve_model_name(name)
+    return str(Path(path) / file) if Path(path).is_dir() else f"{file} of {path}"
+
+
 def _read_model_json(name: str, file: str):
-    """A JSON file of a local model folder, or of a hub repository (downloaded); None when it has none."""
+    """A JSON file of a local model folder, or of a hub repository (downloaded); None when it has none.
+
+    Raises:
+        ModelLoadError: the file is there but unreadable or not JSON (naming it, with the line and column).
+    """
     path = resolve_model_name(name)
     if Path(path).is_dir():
         target = Path(path) / file
+        if not target.exists():
+            return None
     else:
         try:
             from huggingface_hub import hf_hub_download
@@ -154,8 +205,12 @@ def _read_model_json(name: str, file: str):
             return None
     try:
         return json.loads(target.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(_damaged(_model_file(name, file), "", f"it is not valid JSON ({exc.msg}: line "
+                                      f"{exc.lineno}, column {exc.colno})")) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{_model_file(name, file)} cannot be read ({exc}); check that it is a readable file, "
+                             "or restore it from the model's original files") from None
 
 
 def _unloadable_message(name: str, exc: Exception) -> str:
@@ -363,13 +418,13 @@ class TextClassifier(nn.Module):
                     "(use the best/ or last/ folder inside a training output folder)"
                 )
         meta = bundle.read_meta(folder)
+        num_labels, pooling, dropout = _model_settings(folder / TEXTCLF_FILE, meta)
         label_map = LabelMap.load(folder / LABELS_FILE) if (folder / LABELS_FILE).is_file() else None
         try:
             config = AutoConfig.from_pretrained(str(folder))
             encoder = AutoModel.from_config(config)
-            num_labels, pooling, dropout = int(meta["num_labels"]), meta["pooling"], float(meta["dropout"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ModelLoadError(f"{folder} is damaged: its config.json or {TEXTCLF_FILE} cannot be used ({exc}); "
+            raise ModelLoadError(f"{folder} is damaged: its config.json cannot be used ({exc}); "
                                  "retrain, or restore the folder from a copy") from None
         if label_map is not None and len(label_map) != num_labels:
             raise ModelLoadError(f"{folder / LABELS_FILE} lists {len(label_map)} labels but the model's head has "
@@ -421,6 +476,27 @@ class TextClassifier(nn.Module):
         if file_name.startswith(prefix):
             return "encoder." + file_name[len(prefix):]
         return file_name.replace("classifier.", "head.", 1)
+
+
+def _model_settings(path: Path, meta: dict) -> tuple[int, str, float]:
+    """``(num_labels, pooling, dropout)`` of a model folder's ``textclf.json``, each checked: a damaged field is named
+    with the file (a bad pooling once read as ``model.pooling`` of the user's own config, or as a KeyError)."""
+    checks = (("num_labels", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+              ("pooling", lambda v: v in ("cls", "mean"), "'cls' or 'mean'"),
+              ("dropout", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
+               "a number from 0 to below 1"),
+              ("normalize", lambda v: isinstance(v, bool), "true or false"),
+              ("window_aggregation", lambda v: v in ("mean", "max", "attention"), "'mean', 'max' or 'attention'"))
+    required = ("num_labels", "pooling", "dropout")
+    for field, valid, expected in checks:
+        if field not in meta:
+            if field in required:
+                raise ModelLoadError(f"{path} is damaged: field {field!r} is missing (it should be {expected}); "
+                                     "retrain, or restore the folder from a copy")
+        elif not valid(meta[field]):
+            raise ModelLoadError(f"{path} is damaged: field {field!r} is {meta[field]!r}, not {expected}; retrain, "
+                                 "or restore the folder from a copy")
+    return meta["num_labels"], meta["pooling"], float(meta["dropout"])
 
 
 def check_max_length(model: nn.Module, max_length: int) -> None:

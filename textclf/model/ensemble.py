@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import outputs
 from ..data.labels import LabelMap
 from ..errors import ConfigError, ModelLoadError
 from . import bundle
@@ -102,6 +103,11 @@ class EnsembleClassifier(nn.Module):
             member_meta = bundle.read_meta(member_dir)
             temperatures.append(float((member_meta.get("calibration") or {}).get("temperature", 1.0)))
         label_map = LabelMap.load(folder / LABELS_FILE)
+        widths = sorted({member.num_labels for member in members})
+        if members and widths != [len(label_map)]:  # else a shape error at the first batch, or misnamed outputs
+            raise ModelLoadError(f"{folder / LABELS_FILE} lists {len(label_map)} labels but the ensemble's members "
+                                 f"have {' and '.join(map(str, widths))} outputs; the folder is damaged: rebuild it "
+                                 "with textclf train --seeds")
         return cls(members, label_map, temperatures)
 
 
@@ -115,6 +121,19 @@ def load_model(folder: str | Path) -> nn.Module:
     if is_ensemble(folder):
         return EnsembleClassifier.from_pretrained(folder)
     return TextClassifier.from_pretrained(folder)
+
+
+def require_labels(folder: str | Path, model: nn.Module) -> LabelMap:
+    """The label map of ``model``, loaded from ``folder``; a folder without ``labels.json`` is an error naming it.
+
+    ``TextClassifier.from_pretrained`` accepts such a folder (a model saved without label names can still be
+    trained on labelled data, which brings its own), but predicting or scoring needs the names of the outputs.
+    """
+    if model.label_map is None:
+        raise ModelLoadError(f"{folder} has no {LABELS_FILE}: the names of the model's {model.num_labels} outputs are "
+                             f"unknown, so it cannot predict or be evaluated; copy {LABELS_FILE} back from the "
+                             "training run's model folder (OUTPUT/best), or save the model again with its labels")
+    return model.label_map
 
 
 def _link_or_copy(source: str, target: str) -> str:
@@ -141,7 +160,7 @@ def save_ensemble(member_dirs: list[str | Path], folder: str | Path, names: list
     if any(label != labels[0] for label in labels):
         raise ConfigError(f"ensemble members {[str(d) for d in member_dirs]} have different label sets")
     first = bundle.read_meta(member_dirs[0])
-    tmp = folder.with_name(folder.name + ".partial")
+    tmp = outputs.scratch(folder, "partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name, member in zip(names, member_dirs):

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import outputs
 from ..data.labels import LabelMap
 from ..errors import ConfigError, DataError, ModelLoadError
 from ..eval.html_report import write_html_report
@@ -238,10 +239,7 @@ class TfidfBaseline:
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": _FORMAT_VERSION, "textclf": __version__, "sklearn": sklearn.__version__,
                    "labels": self.label_map.to_dict(), "baseline": self}
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as handle:
-            pickle.dump(payload, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        tmp.replace(path)
+        outputs.write_file_atomically(path, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
         return path
 
     @classmethod

@@ -98,6 +98,7 @@ def train_ensemble(seeds: list[int], model: str = "minilm", data=None, output_di
         run_report.add(name, report, f"== ensemble of {len(seeds)} on {name} ({report.num_rows} rows) ==\n"
                                      f"{report.format()}\n{note}\nmembers:\n{member_lines}")
     summary = run_report.metrics
-    summary["calibration"] = analysis.finish(output_dir, ensemble_dir)
-    run_report.write(output_dir)
+    summary["calibration"] = analysis.calibration
+    run_report.write(output_dir)  # the numbers before the pictures, which may fail (a warning each)
+    analysis.finish(output_dir, ensemble_dir)
     return EnsembleResult(output_dir, ensemble_dir, members, summary.get("dev"), summary.get("test"))

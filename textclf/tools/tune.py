@@ -17,7 +17,10 @@ layers that train and, when few-shot training can run on the data, the recipe. S
   optimizer steps, timed); a trial still running when the budget ends stops at its next step and is scored as it
   stands. A budget too small for one trial is an error that says how much one needs.
 * **Resume.** The study lives in ``OUTPUT/tune.db`` (SQLite). Running the same command again continues it: the
-  time already spent counts against the budget, and a trial cut short by a signal or a crash is tried again.
+  time already spent counts against the budget, and a trial cut short by a signal or a crash is tried again. The
+  study records the settings and a fingerprint of the rows (texts and labels, in order) of every split; a search
+  continued on other rows (relabelled after a label audit, say) is refused, since its trials and ``best/`` would
+  come from two data sets. A study written before the fingerprint existed is continued with a warning.
 * **Memory.** Each trial's trainer is dropped and the allocator emptied before the next one starts.
 """
 
@@ -30,14 +33,17 @@ import math
 import re
 import shutil
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import outputs
 from ..config import ModelConfig, TrainConfig
 from ..data.readers import DatasetSplits, fold_keys, stratified_folds
 from ..errors import ConfigError, OutputDirError
 from ..train.callbacks import Callback
+from ..train.run_folder import rows_digest
 from ..train.trainer import Trainer
 
 STUDY = "textclf-tune"
@@ -364,7 +370,6 @@ def tune(data, output_dir: str | Path, budget: float | str, model_config: ModelC
     except ImportError:
         raise ConfigError("textclf tune searches with Optuna, which is not installed: pip install "
                           "'textclf[tune]' (or pip install optuna)") from None
-    from .. import outputs
     from ..train.recipes import explicit_fields
 
     seconds = parse_budget(budget) if isinstance(budget, str) else float(budget)
@@ -380,10 +385,11 @@ def tune(data, output_dir: str | Path, budget: float | str, model_config: ModelC
     with outputs.locked(out):  # one process per search folder
         started = time.monotonic()
         settings = _settings_key(data, model_config, train_config, explicit_train, explicit_model, folds)
-        _prepare_folder(out, settings, overwrite)
+        rows = data_fingerprint(data)
+        _prepare_folder(out, settings, rows, overwrite)
         search = _Search(data, out, model_config, train_config, data_config, explicit_train,
                          explicit_model, folds, max_trials, printer)
-        study = _open_study(out, search, train_config.seed, settings)
+        study = _open_study(out, search, train_config.seed, settings, rows)
         shortest = _shortest_trial_seconds(search)
         clock = _Clock(study, seconds, started)
         try:
@@ -406,20 +412,24 @@ def tune(data, output_dir: str | Path, budget: float | str, model_config: ModelC
     return result
 
 
-def _open_study(out: Path, search: _Search, seed: int, settings: str):
+def _open_study(out: Path, search: _Search, seed: int, settings: str, rows: dict):
     """The study in ``OUTPUT/tune.db``, created or continued; a trial a killed process left running is failed and
     queued again with its settings."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{(out / DB_FILE).resolve()}"
-    earlier = len(optuna.load_study(study_name=STUDY, storage=storage).trials) if (out / DB_FILE).is_file() else 0
-    study = optuna.create_study(
-        study_name=STUDY, storage=storage, load_if_exists=True, direction=search.direction,
-        # seeded past the trials drawn already: a continued search draws new settings, not the first ones again
-        sampler=optuna.samplers.TPESampler(seed=(seed + earlier) % 2**32),
-        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3))
-    study.set_user_attr("settings", settings)
+    try:
+        earlier = len(optuna.load_study(study_name=STUDY, storage=storage).trials) if (out / DB_FILE).is_file() else 0
+        study = optuna.create_study(
+            study_name=STUDY, storage=storage, load_if_exists=True, direction=search.direction,
+            # seeded past the trials drawn already: a continued search draws new settings, not the first ones again
+            sampler=optuna.samplers.TPESampler(seed=(seed + earlier) % 2**32),
+            pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3))
+        study.set_user_attr("settings", settings)
+        study.set_user_attr("data", rows)  # from now on every session of this search is checked against it
+    except Exception as exc:  # noqa: BLE001 -- SQLAlchemy's and SQLite's errors (read-only, disk full, locked)
+        raise _storage_error(out, exc) from None
     for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         params = trial.params or trial.system_attrs.get("fixed_params")  # drawn, or queued and not drawn yet
@@ -500,10 +510,47 @@ def _settings_key(data, model_config, train_config, explicit_train, explicit_mod
     return json.dumps(given, sort_keys=True, default=str)
 
 
-def _prepare_folder(out: Path, settings: str, overwrite: bool) -> None:
-    from .. import outputs
+def data_fingerprint(data) -> dict:
+    """What a continued search must have searched on: for each split a trial reads (train, dev and test, whose
+    scores every trial's metrics.json holds), its row count and the digest of its texts and labels, in order."""
+    return {name: {"rows": len(split), "sha256": rows_digest(split.texts, split.labels)}
+            for name, split in (("train", data.train), ("dev", data.dev), ("test", data.test)) if split is not None}
 
+
+def data_differences(saved: dict, now: dict) -> list[str]:
+    """How the rows of the stored search (``saved``) differ from this session's (``now``), one phrase per split."""
+    def rows(entry) -> str:
+        return "none" if not isinstance(entry, dict) else f"{entry.get('rows')} rows"
+
+    phrases = []
+    for name in ("train", "dev", "test"):
+        then, current = saved.get(name), now.get(name)
+        if then == current:
+            continue
+        if isinstance(then, dict) and current is not None and then.get("rows") == current["rows"]:
+            phrases.append(f"{name}: the same {current['rows']} rows, but other texts or labels")
+        else:
+            phrases.append(f"{name}: {rows(then)} -> {rows(current)}")
+    return phrases
+
+
+def _storage_error(out: Path, exc: Exception) -> OutputDirError:
+    first_line = str(exc).splitlines()[0] if str(exc) else "no details"
+    return OutputDirError(f"{out / DB_FILE}: cannot read the search stored there ({type(exc).__name__}: "
+                          f"{first_line}); pass --overwrite to start afresh, or choose another --output")
+
+
+def _prepare_folder(out: Path, settings: str, rows: dict, overwrite: bool) -> None:
+    """Claim a new search folder, replace one (``overwrite``), or check that the search in it may be continued with
+    these ``settings`` (:func:`_settings_key`) and ``rows`` (:func:`data_fingerprint`); nothing is written before."""
     outputs.check_output_folder(out)
+    database = out / DB_FILE
+    if database.exists() and not database.is_file():
+        # Checked before --overwrite: textclf writes tune.db as a file, so a folder (or a device) there is not its
+        # own, and replacing the search folder would delete it.
+        what = "a folder" if database.is_dir() else "not a regular file"
+        raise OutputDirError(f"{database} is {what}, not the search's SQLite database (a file textclf writes there); "
+                             "move it out of the way, or choose another --output")
     if not outputs.has_content(out):
         outputs.claim(out, outputs.TUNE)
         return
@@ -512,18 +559,31 @@ def _prepare_folder(out: Path, settings: str, overwrite: bool) -> None:
         outputs.replace(out, outputs.TUNE)
         outputs.claim(out, outputs.TUNE)
         return
-    if (out / DB_FILE).is_file():
+    if database.is_file():
         import optuna
 
         try:
-            study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{(out / DB_FILE).resolve()}")
+            attrs = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{database.resolve()}").user_attrs
         except Exception as exc:  # noqa: BLE001 -- any unreadable study: refuse rather than guess
-            raise OutputDirError(f"{out / DB_FILE}: cannot read the search stored there ({type(exc).__name__}: "
-                                 f"{exc}); pass --overwrite to start afresh, or choose another --output") from None
-        if study.user_attrs.get("settings") not in (None, settings):
+            raise _storage_error(out, exc) from None
+        saved = attrs.get("data")
+        differences = data_differences(saved, rows) if isinstance(saved, dict) else []
+        if differences:  # said before the settings: "other data" alone would not say which split changed
+            raise OutputDirError(
+                f"output folder {out} holds a search on other data ({'; '.join(differences)}); continuing it would "
+                "rank trials trained on different rows and could return the old best model. Pass --overwrite to "
+                "start afresh on this data, or choose another --output")
+        if attrs.get("settings") not in (None, settings):
             raise OutputDirError(f"output folder {out} holds a search with other data or settings; run the same "
                                  "command to continue it, pass --overwrite to start afresh, or choose another "
                                  "--output")
+        if saved is None and attrs.get("settings") is not None:
+            # A study from before the fingerprint: its row counts and label names matched (the settings), its texts
+            # and labels cannot be checked. Refusing would throw its spent budget away for every search continued
+            # across the upgrade; the warning names the risk, and the fingerprint is recorded from now on.
+            warnings.warn(f"{database} was written before textclf recorded the rows a search runs on, so it cannot "
+                          "check that its trials saw these texts and labels (row counts and label names match); if "
+                          "the data changed since (relabelled rows), pass --overwrite to start afresh", stacklevel=2)
 
 
 def _shortest_trial_seconds(search: _Search) -> float:
@@ -596,7 +656,7 @@ def _install_best(search: _Search, study, out: Path, clock: _Clock) -> bool:
         source = final / "last"  # no dev split to choose a checkpoint on: the final weights
     else:
         source = out / "trials" / f"trial-{best.number:03d}" / "best"
-    staging = out / ".tmp-best"
+    staging = outputs.scratch(out / "best", "tmp")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(source, staging)
     shutil.rmtree(out / "best", ignore_errors=True)

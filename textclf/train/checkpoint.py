@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .. import outputs
 from ..config import read_json_object
 from ..errors import TrainingError
 
@@ -43,7 +44,7 @@ def write_atomically(final: Path, write) -> Path:
     """Call ``write(tmp_folder)``, fsync its files, then rename the folder to ``final`` (replacing it)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    tmp = outputs.scratch(final, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     write(tmp)
@@ -52,7 +53,7 @@ def write_atomically(final: Path, write) -> Path:
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
     if final.exists():  # replace: move the old one aside first so a crash never leaves neither
-        old = final.parent / f".old-{final.name}-{os.getpid()}"
+        old = outputs.scratch(final, "old")
         os.rename(final, old)
         os.rename(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
@@ -178,14 +179,13 @@ def rotate_checkpoints(checkpoint_dir: Path, keep: int, protect_step: int | None
         if protect_step is not None and folder.name == checkpoint_name(protect_step):
             continue
         _delete(folder)
-    for pattern in (".tmp-*", ".old-*", ".trash-*"):  # from a crash mid-write or mid-delete
-        for leftover in Path(checkpoint_dir).glob(pattern):
-            shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in outputs.scratch_glob(checkpoint_dir):  # from a crash mid-write or mid-delete
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _delete(folder: Path) -> None:
     """Rename out of sight first: a crash mid-delete must not leave a half-deleted folder that looks complete."""
-    trash = folder.parent / f".trash-{folder.name}-{os.getpid()}"
+    trash = outputs.scratch(folder, "trash")
     try:
         os.rename(folder, trash)
     except OSError:
@@ -196,18 +196,18 @@ def _delete(folder: Path) -> None:
 def recover_bundles(output_dir: Path, names: tuple[str, ...] = ("best", "last")) -> None:
     """Undo a replacement of ``best/`` or ``last/`` that a crash cut between its two renames.
 
-    ``write_atomically`` moves the old folder to ``.old-NAME-PID`` before renaming the new one into place; if the
-    process died in between, the old folder is the only complete copy and is moved back.
+    ``write_atomically`` moves the old folder to ``.textclf-old-NAME-PID`` before renaming the new one into place;
+    if the process died in between, the old folder is the only complete copy and is moved back.
     """
     output_dir = Path(output_dir)
     for name in names:
         final = output_dir / name
-        for old in sorted(output_dir.glob(f".old-{name}-*")):
+        for old in outputs.scratch_glob(output_dir, name, "old"):
             if not final.exists():
                 os.rename(old, final)
             else:
                 shutil.rmtree(old, ignore_errors=True)
-        for tmp in output_dir.glob(f".tmp-{name}-*"):
+        for tmp in outputs.scratch_glob(output_dir, name, "tmp"):
             shutil.rmtree(tmp, ignore_errors=True)
 
 

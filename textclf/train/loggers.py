@@ -13,7 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ..eval.metrics import confusion_image
+from ..eval.metrics import MAX_MATRIX_CLASSES, confusion_image, sparse_confusion, top_confusions
+from ..model.card import markdown_cell as _cell
 
 
 class Logger(Protocol):
@@ -41,10 +42,16 @@ class TensorBoardLogger:
 
     def log_confusion(self, counts: np.ndarray, label_names: list[str], step: int, tag: str) -> None:
         self.writer.add_image(f"{tag}/confusion_matrix", confusion_image(counts), step, dataformats="CHW")
-        header = "| true \\ predicted | " + " | ".join(label_names) + " |"
-        rows = [f"| {name} | " + " | ".join(str(v) for v in row) + " |" for name, row in zip(label_names, counts)]
-        separator = "|" + "---|" * (len(label_names) + 1)
-        self.writer.add_text(f"{tag}/confusion_matrix", "\n".join([header, separator, *rows]), step)
+        if len(label_names) > MAX_MATRIX_CLASSES:  # a table of thousands of columns: the top confusions instead
+            rows = [f"| {_cell(label_names[t])} | {_cell(label_names[p])} | {n} |"
+                    for t, p, n in top_confusions(counts)]
+            table = ["| true | predicted | rows |", "|---|---|---|", *rows]
+        else:
+            header = "| true \\ predicted | " + " | ".join(_cell(n) for n in label_names) + " |"
+            rows = [f"| {_cell(name)} | " + " | ".join(str(v) for v in row) + " |"
+                    for name, row in zip(label_names, counts)]
+            table = [header, "|" + "---|" * (len(label_names) + 1), *rows]
+        self.writer.add_text(f"{tag}/confusion_matrix", "\n".join(table), step)
 
     def close(self) -> None:
         self.writer.close()
@@ -61,7 +68,9 @@ class JsonlLogger:
         self.file.flush()
 
     def log_confusion(self, counts: np.ndarray, label_names: list[str], step: int, tag: str) -> None:
-        record = {"step": step, f"{tag}/confusion_matrix": np.asarray(counts).tolist(), "labels": label_names}
+        # sparse above MAX_MATRIX_CLASSES classes, as in metrics.json: a dense line of 3,000 classes took 27 MB
+        matrix = sparse_confusion(counts) if len(label_names) > MAX_MATRIX_CLASSES else np.asarray(counts).tolist()
+        record = {"step": step, f"{tag}/confusion_matrix": matrix, "labels": label_names}
         self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.file.flush()
 

@@ -115,6 +115,8 @@ class TrainingLoop:
 
     def fit(self, resume: str | Path | None = None):
         """Train; ``resume="auto"`` continues the newest checkpoint. Returns what :meth:`_finish` returns."""
+        # Before the lock (which creates the folder): a run never writes over, into or around what it reads.
+        outputs.check_not_input(self.output_dir, self.input_paths())
         created = not self.output_dir.exists()
         # One process writes a run folder at a time (a second one stops at once, naming this one's PID).
         with outputs.locked(self.output_dir) if self.runtime.is_main else contextlib.nullcontext():
@@ -450,6 +452,11 @@ class TrainingLoop:
 
     # ---- the run folder --------------------------------------------------------------------------------
 
+    def input_paths(self) -> dict[str, object]:
+        """What the run reads from disk, by the flag that names it (``{"--data": [paths]}``); the output folder may
+        not be, contain or lie inside any of them (:func:`textclf.outputs.check_not_input`)."""
+        return {}
+
     def _prepare_output_dir(self, resume) -> Path | None:
         """Refuse to mix runs; find the checkpoint to resume from; write the resolved config.
 
@@ -621,8 +628,8 @@ class TrainingLoop:
         self._close_loggers()
         if not self.runtime.is_main:
             return False
-        ckpt.recover_bundles(self.output_dir, self.saved_outputs)  # .tmp-best-PID and the like, from the failed write
-        for leftover in (self.output_dir / "checkpoints").glob(".tmp-*"):
+        ckpt.recover_bundles(self.output_dir, self.saved_outputs)  # scratch copies from the failed write
+        for leftover in outputs.scratch_glob(self.output_dir / "checkpoints", kind="tmp"):
             shutil.rmtree(leftover, ignore_errors=True)
         saved = any((self.output_dir / name).exists() for name in self.saved_outputs) or bool(
             ckpt.list_checkpoints(self.output_dir / "checkpoints"))

@@ -5,6 +5,11 @@ from tiny to huge, watch the loss, and suggest a rate a tenth of the one where i
 :func:`find_lr` runs the steps through the trainer's own ``training_step`` (so its objective, precision, custom
 loss and head take part) and optimizer groups, and leaves the trainer exactly as it found it: weights, random
 states and the data order of the run to come. ``Trainer.find_lr()`` and ``textclf lr-find`` call it.
+
+A loss that is not finite at the very first step (measured before any update, at the start rate) says nothing about
+learning rates: the model, the data or the precision is broken, and no range would help. That is a
+:class:`~textclf.errors.TrainingError`, not a curve. A loss that becomes non-finite later is the divergence the test
+looks for; ``lr_find.json`` records such a step as ``null`` (strict JSON has no ``NaN`` or ``Infinity``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, TrainingError
+from ..eval.calibration import draw_safely
 from ..runtime import rng_state, set_rng_state
 
 # Smoothing of the loss curve (an exponential moving average with bias correction, as fastai's): one noisy batch
@@ -48,6 +54,9 @@ class LRFindResult:
 
     def summary(self) -> str:
         """One line for the console."""
+        if self.suggestion is None and self.losses and not math.isfinite(self.losses[-1]):
+            return (f"lr-find: the loss became {self.losses[-1]} at lr {self.lrs[-1]:.1e} (step {len(self.lrs)}) "
+                    f"before it fell; start lower (--start-lr below {self.lrs[0]:.1e}) or lower --end-lr")
         if self.suggestion is None:
             return (f"lr-find: the loss did not fall between {self.lrs[0]:.1e} and {self.lrs[-1]:.1e}; try a wider "
                     "range (--start-lr, --end-lr) or more steps")
@@ -95,6 +104,8 @@ def find_lr(trainer, start_lr: float = 1e-7, end_lr: float = 1.0, steps: int = 1
                 raise TrainingError(f"lr-find ran out of {trainer.runtime.device.type} memory at batch size "
                                     f"{trainer.config.batch_size}; lower --batch-size (and raise --grad-accum to "
                                     "keep the effective batch)") from None
+            if not lrs and not math.isfinite(loss):
+                raise TrainingError(_first_step_message(trainer, lr, loss))
             lrs.append(lr)
             losses.append(loss)
             smoothed = _smooth(losses)
@@ -111,6 +122,22 @@ def find_lr(trainer, start_lr: float = 1e-7, end_lr: float = 1.0, steps: int = 1
     if output_dir is not None and trainer.runtime.is_main:
         result.files = write_outputs(result, Path(output_dir))
     return result
+
+
+def _first_step_message(trainer, lr: float, loss: float) -> str:
+    """Why a loss can be non-finite before any update, and what to try (a wider range of rates cannot help)."""
+    precision = trainer.runtime.precision
+    model = getattr(getattr(trainer, "model_config", None), "name", None) or "the model"
+    causes = [f"{model} already gives non-finite outputs (damaged or diverged weights: try its original checkpoint)",
+              "the data (look for unusual rows: the first batches of the training split)"]
+    if precision == "fp16":  # the most common cause where it applies
+        causes.insert(0, "fp16 overflow (retry with --precision bf16 or --precision fp32)")
+    else:
+        causes.append(f"the precision ({precision}; try --precision fp32)")
+    return (f"lr-find: the training loss was {loss} at the first step (start lr {lr:.1e}), measured before any "
+            "weight was updated, so the start lr cannot have caused it and no range of rates can give a curve; "
+            "likely causes: " + "; ".join(causes) + ". textclf train with the same settings stops at such a step "
+            "and saves its texts (nonfinite-step-*.jsonl) to look at")
 
 
 def _rates(start: float, end: float, steps: int):
@@ -181,10 +208,13 @@ def write_outputs(result: LRFindResult, folder: Path) -> list[Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / "lr_find.json"
-    data.write_text(json.dumps({"lrs": result.lrs, "losses": result.losses, "smoothed": result.smoothed,
-                                "suggestion": result.suggestion}, indent=1) + "\n", encoding="utf-8")
+    # a diverged step's loss is null: NaN and Infinity are not JSON, and strict readers (browsers, jq) refuse them
+    curve = {"lrs": result.lrs, "losses": [_finite_or_none(v) for v in result.losses],
+             "smoothed": [_finite_or_none(v) for v in result.smoothed], "suggestion": result.suggestion}
+    data.write_text(json.dumps(curve, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     picture = folder / "lr_find.png"
-    plot(result, picture)
+    # the curve is in lr_find.json already: a picture that fails is a warning
+    draw_safely(picture, lambda path: plot(result, path), numbers_in=data.name)
     writer = SummaryWriter(str(folder / "runs" / "lr_find"))
     try:
         for step, (lr, loss, smooth) in enumerate(zip(result.lrs, result.losses, result.smoothed)):
@@ -194,6 +224,10 @@ def write_outputs(result: LRFindResult, folder: Path) -> list[Path]:
     finally:
         writer.close()
     return [picture, data, folder / "runs" / "lr_find"]
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def plot(result: LRFindResult, path: Path) -> None:

@@ -402,6 +402,7 @@ class Pretrainer(TrainingLoop):
         self.pretrain_config = pcfg = pretrain_config or PretrainConfig()
         self.data_config = data_config or DataConfig()
         self.model_name = model
+        self._tokenizer_source = pcfg.tokenizer
 
         if (data is None) == (texts is None):
             raise ConfigError("Pretrainer: pass either data= (files or folders) or texts= (a list of strings)")
@@ -526,6 +527,9 @@ class Pretrainer(TrainingLoop):
         self.state.history.append({"step": self.state.global_step,
                                    "loss": logs["train/loss"], "masked_accuracy": logs["train/masked_accuracy"]})
         return logs
+
+    def input_paths(self) -> dict[str, object]:
+        return {"--data": self.sources, "--model": self.model_name, "--tokenizer": self._tokenizer_source}
 
     def resolved_config(self) -> dict:
         """What ``config.yaml`` holds: the sources, the model, the masking and the recipe."""

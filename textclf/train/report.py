@@ -11,7 +11,8 @@ from collections import Counter
 from pathlib import Path
 
 from ..eval.analysis import RunAnalysis, RunReport
-from ..eval.html_report import write_html_report
+from ..eval.calibration import draw_safely
+from ..eval.html_report import REPORT_FILE, write_html_report
 from ..model import bundle
 from ..model.card import CARD_FILE, language_of, model_card
 
@@ -34,10 +35,13 @@ def report_run(trainer) -> dict:
     metrics["truncated_rows"] = dict(trainer.truncated_rows)
     if trainer.runtime.is_main:
         best = out / "best"
-        metrics["calibration"] = analysis.finish(out, best if best.is_dir() else None)
-        run_report.write(out)
+        metrics["calibration"] = analysis.calibration
+        run_report.write(out)  # the numbers first: a picture that fails below must not cost them
+        analysis.finish(out, best if best.is_dir() else None)  # errors.csv, the temperature, the pictures
         write_model_cards(trainer, metrics)
-        write_html_report(out)  # report.html: the same, to look at
+        # report.html: the same, to look at; drawn last, and like every picture it may fail with a warning only
+        draw_safely(out / REPORT_FILE, lambda path: write_html_report(out, path), numbers_in="metrics.json, "
+                    "report.txt and the run's pictures")
     return metrics
 
 

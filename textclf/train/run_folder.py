@@ -7,9 +7,9 @@ import dataclasses
 import errno
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from .. import outputs
 from ..config import DataConfig, ModelConfig, PretrainConfig, TrainConfig
 from ..errors import OutputDirError, TrainingError
 from ..model import bundle
@@ -54,9 +54,7 @@ def truncate_log(path: Path, step: int) -> None:
                 kept.append(line)
         except (json.JSONDecodeError, AttributeError):  # a line torn by the kill
             continue
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    outputs.write_file_atomically(path, "".join(line + "\n" for line in kept))
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -74,12 +72,17 @@ def disk_full_error(exc: BaseException, output_dir: Path, step: int, keep_checkp
                          f"step {step}; free some space, or lower --keep-checkpoints (now {keep_checkpoints}); {then}")
 
 
-def rows_fingerprint(texts: list[str], labels: list | None, label_map) -> dict:
-    """What a fine-tuning checkpoint must agree with: the label set and the exact training rows (order included)."""
+def rows_digest(texts: list[str], labels: list | None) -> str:
+    """SHA-256 of rows, texts and labels, in order: a relabelled copy of the same texts has another digest."""
     digest = hashlib.sha256()
     for i, text in enumerate(texts):
         digest.update(f"{text}\x1f{labels[i] if labels is not None else ''}\x1e".encode())
-    return {"labels": label_map.to_dict(), "train_rows": len(texts), "train_sha256": digest.hexdigest()}
+    return digest.hexdigest()
+
+
+def rows_fingerprint(texts: list[str], labels: list | None, label_map) -> dict:
+    """What a fine-tuning checkpoint must agree with: the label set and the exact training rows (order included)."""
+    return {"labels": label_map.to_dict(), "train_rows": len(texts), "train_sha256": rows_digest(texts, labels)}
 
 
 def fingerprint_differences(saved: dict, now: dict) -> list[str]:

@@ -38,7 +38,7 @@ from ..eval.multilabel import (
 from ..eval.tasks import saved_task, task_for
 from ..model import bundle
 from ..model.classifier import TextClassifier, check_max_length, count_parameters, load_tokenizer
-from ..model.ensemble import load_model
+from ..model.ensemble import load_model, require_labels
 from ..model.losses import class_weight_vector
 from ..runtime import (
     broadcast_module,
@@ -185,6 +185,8 @@ class Trainer(TrainingLoop):
         ``max_length`` is the one the model was trained with; ``kwargs`` go to the constructor.
         """
         model = load_model(folder)  # a TextClassifier, or an EnsembleClassifier for an ensemble folder
+        if kwargs.get("data") is None:  # only labelled data could name the outputs of a folder without labels.json
+            require_labels(folder, model)
         config = TrainConfig.for_evaluation(bundle.read_meta(folder).get("train_config") or {}, device=device,
                                             precision=precision, eval_batch_size=eval_batch_size)
         kwargs.setdefault("progress", False)
@@ -417,6 +419,11 @@ class Trainer(TrainingLoop):
     def _row_record(self, row: int) -> dict:
         labels = self.data.train.labels if self.data is not None else None
         return {"text": self.train_dataset.texts[row], "label": labels[row] if labels is not None else None}
+
+    def input_paths(self) -> dict[str, object]:
+        splits = (self.data.train, self.data.dev, self.data.test) if self.data else ()
+        return {"--model": self.model_config.name,
+                "--data": [s.source for s in splits if s is not None and not s.source.startswith("<")]}
 
     def resolved_config(self) -> dict:
         return self.run_config.to_dict()
