@@ -1,6 +1,6 @@
-"""``python -m bench``: the training benchmark (textclf vs the Hugging Face Trainer), the deployment one, then the
-few-shot grid against SetFit (bench/few_shot_bench.py; it resumes into bench/results/few-shot.json, so runs already
-there are not repeated)."""
+"""``python -m bench``: the start-up time of the light commands (bench/startup_bench.py), the training benchmark
+(textclf vs the Hugging Face Trainer), the deployment one, then the few-shot grid against SetFit
+(bench/few_shot_bench.py; it resumes into bench/results/few-shot.json, so runs already there are not repeated)."""
 
 import sys
 
@@ -8,6 +8,9 @@ from bench import train_bench
 
 
 def main() -> int:
+    from bench import startup_bench
+
+    startup_bench.main([])
     status = train_bench.main(sys.argv[1:])
     try:
         from bench import deploy_bench

@@ -349,3 +349,37 @@ def test_evaluate_scores_an_exported_model(run_dir, tmp_path):
     assert exported["num_rows"] == 50 and exported["accuracy"] == pytest.approx(trained["accuracy"], abs=0.02)
     assert_usage_error(run_cli("evaluate", "--model", export, "--data", TINY / "test.csv", "--errors",
                                tmp_path / "e.csv"), "--errors needs the training model folder")
+
+
+def test_predict_shows_progress_on_a_terminal_and_keeps_stdout_clean(run_dir, tmp_path):
+    """As a user sees it: stderr is a real pseudo-terminal, so tqdm draws its bar there; stdout holds only JSON."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    (tmp_path / "texts.txt").write_text("\n".join(f"新闻 {i}" for i in range(600)) + "\n", encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    args = [sys.executable, "-m", "textclf", "predict", "--model", str(run_dir / "best"), "--input",
+            str(tmp_path / "texts.txt"), "--batch-size", "16"]
+    for quiet in (False, True):
+        controller, terminal = pty.openpty()
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))  # a window has a size
+        try:
+            run = subprocess.run(args + (["--quiet"] if quiet else []), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                 stderr=terminal, timeout=300)
+            os.close(terminal)
+            seen = b""
+            while True:
+                try:
+                    chunk = os.read(controller, 65536)
+                except OSError:  # the terminal's other end is closed: all read
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+        finally:
+            os.close(controller)
+        assert run.returncode == 0
+        assert len([line for line in run.stdout.decode().splitlines() if line.startswith("{")]) == 600
+        assert (b"600/600" in seen) is not quiet, seen.decode(errors="replace")

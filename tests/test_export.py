@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -140,12 +141,18 @@ def test_a_disagreeing_export_fails_and_leaves_nothing_loadable(bundle, tmp_path
     out = tmp_path / "bad"
     code = main(["export", "--model", str(bundle), "--format", "onnx", "--output", str(out)])
     assert code == 2
-    assert "max |logit diff|" in capsys.readouterr().err
-    assert [p.name for p in out.iterdir()] == ["parity.json"]
+    err = capsys.readouterr().err
+    # The report is textclf's, in a folder marked as textclf's: the next export into it may replace it.
+    assert sorted(p.name for p in out.iterdir()) == [".textclf", "parity.json"]
     report = json.loads((out / "parity.json").read_text())
     assert not report["passed"] and report["sample_source"].startswith("the built-in sample")
     # Off by exactly the skew: the two-input graph ran through the ONNX backend and is otherwise right.
     assert report["max_abs_logit_diff"] == pytest.approx(3.0, abs=1e-3)
+    # The message names the flag, its value, the measured value (rounded up) and a value that accepts it.
+    match = re.search(r"max \|logit diff\| ([\d.]+) is above --atol 0\.001: pass --atol ([\d.]+) to accept it", err)
+    assert match, err
+    assert float(match[2]) >= float(match[1]) >= report["max_abs_logit_diff"]
+    assert "--quantize" not in err  # an fp32 export has no quantization to leave out
     with pytest.raises(ModelLoadError):
         Predictor.from_pretrained(out)
     assert not list(tmp_path.glob(".textclf-partial-bad-*"))  # no staging folder left behind
@@ -164,6 +171,83 @@ def test_a_failed_export_leaves_the_previous_export_untouched(bundle, tmp_path, 
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not json.loads((tmp_path / "export.parity-failed.json").read_text())["passed"]
     Predictor.from_pretrained(out)  # still loads
+
+
+def _failed_int8_export(bundle, tiny_data_dir, out, capsys, *flags) -> tuple[str, dict]:
+    """Run an int8 export that fails its parity check; returns the error message and the report."""
+    code = main(["export", "--model", str(bundle), "--format", "onnx", "--quantize", "int8", "--output", str(out),
+                 "--data", str(tiny_data_dir / "test.csv"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    return err, json.loads((out / "parity.json").read_text())
+
+
+def test_a_failed_int8_check_names_its_flags_and_a_looser_rerun_reuses_the_folder(bundle, tiny_data_dir, tmp_path,
+                                                                                  capsys):
+    # int8 flips a few of the tiny model's guesses (see test_int8_export_through_the_cli): 100% agreement fails.
+    out = tmp_path / "int8"
+    err, report = _failed_int8_export(bundle, tiny_data_dir, out, capsys, "--min-agreement", "1.0")
+    match = re.search(r"label agreement ([\d.]+) is below --min-agreement 1: pass --min-agreement ([\d.]+) to "
+                      r"accept it", err)
+    assert match, err
+    # Measured and suggested values are rounded down, so neither seems to pass and the suggestion does pass.
+    assert float(match[2]) <= float(match[1]) <= report["label_agreement"] < 1
+    assert f"or export without --quantize. Nothing was exported; the report is in {out / 'parity.json'}" in err
+    accept = dict(re.findall(r"pass (--[a-z-]+) ([\d.]+) to accept it", err))
+    if report["accuracy"]["change"] < -0.01:  # the accuracy check names its flag the same way
+        assert "more than --max-accuracy-drop 0.01: pass --max-accuracy-drop" in err
+        assert float(accept["--max-accuracy-drop"]) >= -report["accuracy"]["change"]
+    assert sorted(p.name for p in out.iterdir()) == [".textclf", "parity.json"]
+    # Failing again (here with --overwrite) replaces the folder's own report instead of writing one beside it.
+    err, report = _failed_int8_export(bundle, tiny_data_dir, out, capsys, "--min-agreement", "0.999", "--overwrite")
+    assert report["min_agreement"] == 0.999 and not (tmp_path / "int8.parity-failed.json").exists()
+    assert sorted(p.name for p in out.iterdir()) == [".textclf", "parity.json"]
+    # The same export with the suggested thresholds, into the same folder and without --overwrite: the failure
+    # report was all it held, so it counts as empty.
+    flags = [word for flag, value in accept.items() for word in (flag, value)]
+    code = main(["export", "--model", str(bundle), "--format", "onnx", "--quantize", "int8", "--output", str(out),
+                 "--data", str(tiny_data_dir / "test.csv"), *flags])
+    captured = capsys.readouterr()
+    assert code == 0 and "parity check: passed" in captured.out, captured.err
+    assert json.loads((out / "parity.json").read_text())["passed"]
+    assert Predictor.from_pretrained(out, backend="onnx").backend.name == "onnx"
+
+
+def test_an_unmarked_failure_report_is_never_replaced(bundle, tmp_path, capsys):
+    # Written by a release that did not mark the folder: textclf cannot tell it from a user's parity.json.
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "parity.json").write_text(json.dumps({"passed": False, "failures": ["label agreement 0.9 ..."]}))
+    for overwrite in ([], ["--overwrite"]):
+        assert main(["export", "--model", str(bundle), "--format", "onnx", "--output", str(out), *overwrite]) == 2
+        err = capsys.readouterr().err
+        assert "holds only parity.json, the report of an export that failed its parity check" in err
+        assert f"rm {out / 'parity.json'}" in err and [p.name for p in out.iterdir()] == ["parity.json"]
+
+
+def test_a_failure_report_never_marks_a_folder_the_user_filled_meanwhile(bundle, tmp_path, monkeypatch):
+    out = tmp_path / "mine"
+    out.mkdir()
+    real_check = export_module.check_parity
+
+    def failing_check(*args, **kwargs):
+        (out / "notes.txt").write_text("mine")  # the user saves a file into the empty folder while the export runs
+        report = real_check(*args, **kwargs)
+        report.passed, report.failures = False, ["forced"]
+        return report
+
+    monkeypatch.setattr(export_module, "check_parity", failing_check)
+    with pytest.raises(ExportError, match=rf"Details: {re.escape(str(tmp_path / 'mine.parity-failed.json'))}"):
+        export_model(bundle, out, format="torchscript", log=quiet)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]  # no marker, no report: still only the user's folder
+
+
+@pytest.mark.parametrize(("value", "places", "up", "significant", "expected"), [
+    (0.94999, 4, False, False, "0.9499"), (0.9482758620689655, 2, False, False, "0.94"), (1.0, 2, False, False, "1"),
+    (0.019999999999999997, 2, True, False, "0.02"), (0.0201, 2, True, False, "0.03"),
+    (3.0000002, 2, True, True, "3.1"), (2.9999998, 3, True, True, "3"), (0.000123456, 2, True, True, "0.00013")])
+def test_failure_values_are_rounded_away_from_the_threshold(value, places, up, significant, expected):
+    assert export_module._rounded(value, places, up, significant) == expected
 
 
 @pytest.mark.parametrize("where", ["the model folder", "a folder holding it"])

@@ -18,7 +18,7 @@ def _config(**overrides) -> TrainConfig:
 
 
 def _rows(path):
-    with open(path, encoding="utf-8", newline="") as handle:
+    with open(path, encoding="utf-8-sig", newline="") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -76,3 +76,23 @@ def test_normalisation_and_frozen_layers_are_reported(tiny_model_dir, tiny_data,
     trainable, total = (int(n.replace(",", "")) for n in
                         printed.split("optimizer steps, ")[1].split(" parameters trainable")[0].split(" of "))
     assert 0 < trainable < total
+
+
+def test_a_gbk_run_evaluates_the_utf8_splits_it_wrote(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    # The model folder keeps the run's reading settings (encoding gbk), which evaluate applies to every file it reads;
+    # the held-out splits textclf wrote are UTF-8 with a byte order mark, which says so whatever the setting.
+    from textclf import cli
+
+    rows = (tiny_data_dir / "train.csv").read_text(encoding="utf-8").splitlines()
+    chinese = [rows[0]] + [f"新闻{i} {line}" for i, line in enumerate(rows[1:])]
+    (tmp_path / "gbk.csv").write_bytes("\n".join(chinese).encode("gbk") + b"\n")
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", str(tmp_path / "gbk.csv"), "--encoding", "gbk", "--model",
+                     str(tiny_model_dir), "--output", str(out), "--max-steps", "2", "--device", "cpu",
+                     "--precision", "fp32", "--recipe", "fine-tune", "--quiet"]) == 0
+    assert (out / "data" / "test.csv").read_bytes().startswith(b"\xef\xbb\xbf")
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model", str(out / "best"), "--data", str(out / "data" / "test.csv")]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    # and the training file itself is still read as GBK
+    assert cli.main(["evaluate", "--model", str(out / "best"), "--data", str(tmp_path / "gbk.csv")]) == 0

@@ -97,9 +97,31 @@ def test_describe_measures_rows_lengths_script_and_vocabulary():
     assert chinese.language == "zh" and chinese.multi_label and (chinese.min_rows_per_class, chinese.classes) == (2, 2)
 
 
-def test_unknown_tokens_warn_in_the_reason():
-    chosen = choose(shape(8, unknown_share=0.4, language="zh"), TrainConfig(recipe="auto"), ModelConfig())
-    assert "40% of the tokens are unknown" in chosen.reason and "Chinese" in chosen.reason
+@pytest.mark.parametrize("recipe", ["fine-tune", "auto"])
+def test_an_encoder_that_cannot_read_the_data_is_said_before_training_whatever_the_recipe(
+        recipe, tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    # The tiny model has minilm's English vocabulary: it reads two thirds of the Chinese headlines' tokens as [UNK].
+    from textclf.cli import main
+
+    code = main(["train", "--data", str(tiny_data_dir), "--model", str(tiny_model_dir), "--output",
+                 str(tmp_path / "run"), "--recipe", recipe, "--max-steps", "1", "--device", "cpu", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0
+    warning = next(line for line in out.splitlines() if "unknown to the vocabulary" in line)
+    assert "67% of the training tokens" in warning and "Chinese encoder" in warning
+    assert "textclf pretrain" in warning and "--baseline" in warning
+    assert out.index(warning) < out.index("training on cpu")  # before training starts
+
+
+def test_a_readable_vocabulary_says_nothing():
+    from transformers import AutoTokenizer
+
+    from textclf.model.classifier import resolve_model_name
+    from textclf.train.recipes import unreadable_warning
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_name("minilm"))
+    assert unreadable_warning(["what is the capital of china?", "who wrote hamlet?"], tokenizer, "minilm") is None
+    assert "this language" in unreadable_warning(["สวัสดีครับ ข่าววันนี้"], tokenizer, "minilm")
 
 
 def test_auto_end_to_end_from_the_command_line(tiny_sentence_encoder, tmp_path, capsys):

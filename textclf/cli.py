@@ -156,6 +156,8 @@ def build_parser() -> ArgumentParser:
     predict.add_argument("--batch-size", type=_number_in(int, 1, None), default=64,
                          help="texts per batch (default 64)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar (shown on a terminal when there are "
+                         "more than 8 batches of texts)")
     predict.set_defaults(handler=cmd_predict, paths=_paths_of_predict)
 
     info = commands.add_parser("info", help="describe a trained model",
@@ -539,13 +541,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError(f"textclf predict: --top-k must be between 1 and {len(predictor.label_map)} (the model's "
                          f"labels), got {args.top_k}")
     lines = [json.dumps({"text": text, **p.to_dict()}, ensure_ascii=False)
-             for text, p in zip(texts, predictor.predict(texts, top_k=args.top_k))]
+             for text, p in zip(texts, _predict_with_progress(predictor, texts, args))]
     if args.output:
         outputs.write_file_atomically(args.output, "\n".join(lines) + "\n")
         print(f"wrote {len(lines)} predictions to {args.output}")
     else:
         print("\n".join(lines))
     return 0
+
+
+def _predict_with_progress(predictor, texts: list[str], args: argparse.Namespace) -> list:
+    """Predictions in chunks of a few batches, with a bar on stderr when it is a terminal and the texts fill more
+    than one chunk (``--quiet``: none); stdout carries only the predictions."""
+    from tqdm.auto import tqdm
+
+    step = 8 * args.batch_size
+    quiet = args.quiet or len(texts) <= step
+    predictions = []
+    with tqdm(total=len(texts), desc="predict", unit="text", file=sys.stderr, disable=True if quiet else None,
+              dynamic_ncols=True) as bar:
+        for start in range(0, len(texts), step):
+            predictions += predictor.predict(texts[start:start + step], top_k=args.top_k)
+            bar.update(min(step, len(texts) - start))
+    return predictions
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -952,7 +970,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"textclf {args.command}"
     with warnings.catch_warnings():
         # Data warnings (rows dropped, conflicting duplicates) are messages to the user, not code locations.
-        from .data.readers import DataWarning
+        from .errors import DataWarning
 
         warnings.simplefilter("always", DataWarning)
         default_show = warnings.showwarning

@@ -28,3 +28,10 @@ class OutputDirError(TextclfError):
 
 class TrainingError(TextclfError):
     """Training cannot continue (non-finite loss, out of memory) and says which knob to turn."""
+
+
+class DataWarning(UserWarning):
+    """Data was usable but odd (rows dropped, conflicting duplicates, leakage between splits).
+
+    Defined here rather than in ``data.readers`` (which re-exports it) so the command line can route these
+    warnings without importing the readers, and torch with them, for commands that read no data."""

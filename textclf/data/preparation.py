@@ -32,7 +32,9 @@ def write_split(split: Split, path: Path, config, rows: range | None = None) -> 
     """Write ``split`` (or ``rows`` of it) as a CSV with the run's text and label columns and each row's source."""
     rows = range(len(split)) if rows is None else rows
     where = split.location_kind if split.locations is not None else "row"
-    with open(path, "w", encoding="utf-8", newline="") as handle:
+    # UTF-8 with a byte order mark: read back as UTF-8 whatever encoding the run's files had (a gbk run's saved
+    # reading settings apply to every file evaluate reads), and Excel opens Chinese text in it correctly.
+    with open(path, "w", encoding="utf-8-sig", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow([config.text_column, config.label_column, f"source_{where}"])
         for i in rows:

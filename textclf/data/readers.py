@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import DataConfig
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, DataWarning  # noqa: F401 -- DataWarning: imported from here too
 from .labels import LabelMap, canonical_label
 
 __all__ = [
@@ -58,10 +58,6 @@ SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".js
 # Accepted stems of the dev split's file or folder, in order of preference.
 DEV_NAMES = ("dev", "validation", "valid", "val")
 _SHOWN = 5  # how many line numbers a message lists before "..."
-
-
-class DataWarning(UserWarning):
-    """Data was usable but odd (rows dropped, conflicting duplicates, leakage between splits)."""
 
 
 @dataclass
@@ -613,6 +609,10 @@ def _decode(path: Path, config: DataConfig) -> str:
         _refuse_nul(path, data)
     if codecs.lookup(encoding).name == "utf-8":
         encoding = "utf-8-sig"  # Excel and Notepad write a BOM; it must not end up in the first column name
+    elif not wide and data.startswith(codecs.BOM_UTF8):
+        # A UTF-8 byte order mark says how the file is encoded, whatever the setting: a model trained on GBK files
+        # (whose saved reading settings say gbk) still reads the UTF-8 OUTPUT/data/*.csv its own run wrote.
+        encoding = "utf-8-sig"
     try:
         text = data.decode(encoding)
         if wide and "\x00" in text:  # a NUL character in UTF-16/32 text: the same damage, counted in characters

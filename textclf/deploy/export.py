@@ -23,7 +23,11 @@ The parity check: the exported model and the PyTorch fp32 original classify the 
 ``--data``, or a built-in set of English and Chinese sentences), once length-sorted in batches and once one text
 at a time, so that both dynamic axes are exercised. Max |logit difference| and label agreement must pass the
 thresholds; with a labelled ``--data`` file the accuracy change is measured too. A failed check raises
-:class:`ExportError` and leaves no loadable export behind (only ``DIR/parity.json`` explaining why).
+:class:`ExportError` naming, for each check, the flag that sets its threshold, its value, the measured value and
+the value that would accept it (``--min-agreement``, ``--atol``, ``--max-accuracy-drop``), and leaves no loadable
+export behind. Its report goes into a new or empty ``DIR`` as ``DIR/parity.json``, in a folder claimed with
+textclf's marker, so that the next export into ``DIR`` replaces it, with or without ``--overwrite``; anywhere else
+(an earlier export in ``DIR``) it goes beside, to ``DIR.parity-failed.json``, and ``DIR`` stays as it was.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from pathlib import Path
 
 import numpy as np
@@ -286,23 +291,26 @@ def export_model(model_dir: str | Path, output_dir: str | Path, format: str = "o
             if report.accuracy is None:
                 log(f"note: no label in {data} is one of the model's labels; accuracy was not compared")
             elif report.accuracy["change"] < -max_accuracy_drop:
-                report.failures.append(f"accuracy fell by {-report.accuracy['change'] * 100:.2f} points "
-                                       f"(allowed {max_accuracy_drop * 100:.2f})")
+                drop = -report.accuracy["change"]
+                report.failures.append(_failure(f"accuracy fell by {_rounded(drop, 4, up=True)} ({drop * 100:.2f} "
+                                                "points), more than", "--max-accuracy-drop", max_accuracy_drop,
+                                                _rounded(drop, 2, up=True)))
                 report.passed = False
         _write_json(staging / PARITY_FILE, report.to_dict())
         for line in report.format_lines():
             log(line)
         if not report.passed:
-            # Nothing loadable is written and a previous export stays as it was: the report goes into a new or
-            # empty --output folder, else next to it.
-            empty = not output_dir.exists() or (output_dir.is_dir() and not any(output_dir.iterdir()))
-            details = (output_dir / PARITY_FILE if empty
-                       else output_dir.with_name(f"{output_dir.name}.parity-failed.json"))
-            details.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(staging / PARITY_FILE, details)
-            kept = "" if empty else f"; the previous contents of {output_dir} are untouched"
-            raise ExportError(f"the exported model disagrees with PyTorch ({'; '.join(report.failures)}); "
-                              f"nothing was exported{kept}. Details: {details}")
+            existed = output_dir.exists() or output_dir.is_symlink()
+            details = _file_failure_report(staging, output_dir)
+            if details.parent == output_dir:
+                where = f"Nothing was exported; the report is in {details} (the next export into {output_dir} " \
+                        "replaces it)"
+            else:
+                kept = f"; the previous contents of {output_dir} are untouched" if existed else ""
+                where = f"Nothing was exported{kept}. Details: {details}"
+            instead = ", or export without --quantize" if quantize else ""
+            raise ExportError(f"the exported model disagrees with PyTorch: {'; '.join(report.failures)}{instead}. "
+                              f"{where}")
         outputs.claim(staging, outputs.EXPORT)
         outputs.replace(output_dir, outputs.EXPORT)  # checked before the work; checked again before it deletes
         output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -334,12 +342,17 @@ def check_parity(reference, exported, texts: list[str], source: str, format: str
     else:
         agreement = float((expected.argmax(1) == got.argmax(1)).mean())
     failures = []
+    largest = float(diff.max())
     if not np.isfinite(got).all():
-        failures.append("the exported model produced non-finite logits")
-    if atol is not None and float(diff.max()) > atol:
-        failures.append(f"max |logit diff| {float(diff.max()):.2e} exceeds {atol:.0e}")
+        failures.append("the exported model produced non-finite logits")  # no threshold accepts these
+    elif atol is not None and largest > atol:
+        # Rounded up, so that the printed number is above the limit and the suggested --atol passes.
+        failures.append(_failure(f"max |logit diff| {_rounded(largest, 3, up=True, significant=True)} is above",
+                                 "--atol", atol, _rounded(largest, 2, up=True, significant=True)))
     if agreement < min_agreement:
-        failures.append(f"label agreement {agreement:.2%} is below {min_agreement:.0%}")
+        # Rounded down: the printed agreement stays below the limit and the suggested --min-agreement passes.
+        failures.append(_failure(f"label agreement {_rounded(agreement, 4, up=False)} is below", "--min-agreement",
+                                 min_agreement, _rounded(agreement, 2, up=False)))
     return ParityReport(format, quantize, len(texts), source, float(diff.max()), float(diff.mean()), agreement,
                         atol, min_agreement, not failures, failures)
 
@@ -508,10 +521,97 @@ def _process_alive(pid: int) -> bool:
 def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputDirError(f"{output_dir} exists and is not a folder; choose another --output")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+    if output_dir.is_dir() and _holds_only_a_failure_report(output_dir):
+        if not _is_marked(output_dir):
+            # Earlier releases wrote the report into the folder without the marker; textclf cannot tell that
+            # parity.json from a user's, so it says what it is and leaves the deleting to the user.
+            raise OutputDirError(
+                f"output folder {output_dir} holds only {PARITY_FILE}, the report of an export that failed its parity "
+                f"check, written by a textclf that did not mark the folder as its own, so textclf will not replace "
+                f"it: remove the report (rm {output_dir / PARITY_FILE}) and run again, or choose another --output")
+        # Otherwise it is our own failed attempt at this export, holding nothing else: the folder counts as empty,
+        # and outputs.replace (marker and layout checked) removes the report before the new export moves in.
+    elif output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise OutputDirError(f"{output_dir} is not empty; pass --overwrite (overwrite=True) to replace it "
                              "or choose another --output")
     outputs.check_replaceable(output_dir, outputs.EXPORT)  # --overwrite replaces an earlier export and nothing else
+
+
+def _is_marked(folder: Path) -> bool:
+    marker = folder / outputs.MARKER
+    return marker.is_file() and not marker.is_symlink()  # a link named like the marker proves nothing
+
+
+def _holds_only_a_failure_report(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing but a failed parity check's ``parity.json`` (besides marker and lock)."""
+    names = {entry.name for entry in folder.iterdir()} - {outputs.MARKER, outputs.LOCK_FILE}
+    path = folder / PARITY_FILE
+    if names != {PARITY_FILE} or not path.is_file() or path.is_symlink():
+        return False
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and report.get("passed") is False and "failures" in report
+
+
+def _file_failure_report(staging: Path, output_dir: Path) -> Path:
+    """Put a failed check's report where the user looks, leaving nothing loadable; returns its path.
+
+    Into a new or empty ``output_dir`` (or one holding only an earlier failure report) it goes as
+    ``output_dir/parity.json``, in a folder claimed with textclf's marker: the folder is then what textclf wrote
+    and nothing else, so the next export into it replaces it like any export folder (outputs.py's rules), instead
+    of finding an unmarked folder it must refuse. The staged folder, stripped to the report and claimed, is moved
+    into place by one rename, which succeeds only onto a missing or empty folder: a folder the user has filled since
+    the check is never marked, and gets the report beside it instead, ``OUTPUT.parity-failed.json``, as an earlier
+    export in ``output_dir`` does.
+    """
+    for entry in staging.iterdir():  # our own staging folder: only the report stays
+        if entry.name == PARITY_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    outputs.claim(staging, outputs.EXPORT)
+    if output_dir.is_dir() and not output_dir.is_symlink() and _holds_only_a_failure_report(output_dir) \
+            and _is_marked(output_dir):
+        # An earlier failed attempt's report, superseded by this one. Changed meanwhile (files added): the rename
+        # below refuses the folder and the report goes beside it.
+        with contextlib.suppress(OutputDirError):
+            outputs.replace(output_dir, outputs.EXPORT)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(staging, output_dir)
+        return output_dir / PARITY_FILE
+    except OSError:  # not empty (an earlier export, the user's files), or not a folder
+        details = output_dir.with_name(f"{output_dir.name}.parity-failed.json")
+        shutil.copy2(staging / PARITY_FILE, details)
+        return details
+
+
+def _failure(description: str, flag: str, limit: float, accept: str) -> str:
+    """One failed check, naming the flag that sets its threshold, its value, and a value that accepts the result."""
+    return f"{description} {flag} {_plain(limit)}: pass {flag} {accept} to accept it"
+
+
+def _plain(value: float) -> str:
+    """A threshold as the user would type it (0.95, 1, 0.001), exact where ``g`` would round it."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
+def _rounded(value: float, places: int, up: bool, significant: bool = False) -> str:
+    """``value`` rounded up or down to ``places`` decimals (or significant digits), as a plain number.
+
+    Rounding is always away from the threshold the value failed, so the printed value never seems to pass
+    (0.94999 agreement is not shown as 0.95 against --min-agreement 0.95) and a suggested setting does pass.
+    """
+    exact = Decimal(repr(value))  # the shortest decimal that reads back as ``value``
+    if significant and exact != 0:
+        places = places - exact.adjusted() - 1
+    rounded = exact.quantize(Decimal(1).scaleb(-places), rounding=ROUND_CEILING if up else ROUND_FLOOR)
+    return f"{float(rounded):g}"
 
 
 def _sample_texts(data, reference, text_column: str, label_column: str, encoding: str):
@@ -552,8 +652,10 @@ def _accuracy_change(reference, exported, texts, labels, source: str, max_drop: 
         return float(np.mean([p.label == gold for p, gold in zip(predictions, labels)]))
 
     before, after = accuracy(reference), accuracy(exported)
+    # Rounded to 9 places: a difference of two ratios carries float noise (0.04 - 0.06 = -0.019999999999999997)
+    # that must not decide a check at its threshold, nor the value a failure message suggests.
     return {"file": source, "num_texts": len(texts), "reference": before, "exported": after,
-            "change": after - before, "max_drop": max_drop}
+            "change": round(after - before, 9), "max_drop": max_drop}
 
 
 def _export_metadata(model_dir: Path, reference, format: str, quantize: str | None, file_name: str,

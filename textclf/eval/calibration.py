@@ -286,7 +286,7 @@ def _draw_matrix(plt, path, counts: np.ndarray, label_names: list[str], title: s
     axis.set_xticks(ticks, names, rotation=45, ha="right", fontsize=8, fontproperties=labels.font)
     axis.set_yticks(ticks, names, fontsize=8, fontproperties=labels.font)
     if labels.note:
-        figure.text(0.01, 0.01, labels.note, fontsize=6, wrap=True)
+        _draw_key(axis, labels.note)
     if len(label_names) <= 30:
         for i in ticks:
             for j in ticks:
@@ -296,11 +296,18 @@ def _draw_matrix(plt, path, counts: np.ndarray, label_names: list[str], title: s
     _save(plt, figure, path)
 
 
+def _draw_key(axis, note: str) -> None:
+    """``note`` (the key to class numbers) under the x-axis label: an annotation of the axes, so tight_layout makes
+    room for it (a figure text at the bottom was drawn over the tick labels). Plain text: names may hold ``$``."""
+    axis.annotate(plain_text(note), xy=(0.5, 0), xycoords=axis.xaxis.label, xytext=(0, -6), textcoords="offset points",
+                  ha="center", va="top", fontsize=6, wrap=True)
+
+
 def _draw_top_confusions(plt, path, counts, label_names: list[str], title: str) -> None:
     """Horizontal bars, one per (true -> predicted) pair, the most frequent at the top."""
     top = top_confusions(counts, TOP_PLOTTED_CONFUSIONS)
     involved = sorted({i for t, p, _ in top for i in (t, p)})
-    labels = axis_labels([label_names[i] for i in involved])
+    labels = axis_labels([label_names[i] for i in involved], involved)  # numbered by class id, if numbered
     name = dict(zip(involved, (plain_text(n) for n in labels.names)))
     figure, axis = plt.subplots(figsize=(8, max(3.0, 0.3 * len(top) + 1.5)), dpi=100)
     axis.barh(range(len(top)), [n for _, _, n in top], color="#1f77b4")
@@ -308,7 +315,7 @@ def _draw_top_confusions(plt, path, counts, label_names: list[str], title: str) 
                     fontproperties=labels.font)
     axis.invert_yaxis()  # the most frequent first
     if labels.note:
-        figure.text(0.01, 0.01, labels.note, fontsize=6, wrap=True)
+        _draw_key(axis, labels.note)
     if not top:
         axis.text(0.5, 0.5, "no confusions", ha="center", va="center", transform=axis.transAxes)
     heading = (f"{title or 'confusion matrix'}\nthe {len(top)} most frequent confusions (true -> predicted) of "

@@ -51,7 +51,7 @@ from .loggers import HEADLINE_METRICS, log_evaluation
 from .loop import TrainingLoop, TrainState  # noqa: F401 (TrainState: part of the public API)
 from .objectives import objective_for
 from .optim import build_scheduler
-from .recipes import recipe_for_trainer
+from .recipes import recipe_for_trainer, unreadable_warning
 from .report import report_run
 from .run_folder import check_best_is_not_ahead, fingerprint_differences, rows_fingerprint
 
@@ -168,6 +168,10 @@ class Trainer(TrainingLoop):
             rows, self.data = len(self.data.train), augment_dataset(self.data, self.data_config, self.config.seed,
                                                                     log=self.print)
             self.augmented_rows = len(self.data.train) - rows
+        if self.data is not None:  # whatever the recipe: an encoder that reads mostly [UNK] cannot learn the data
+            warning = unreadable_warning(self.data.train.texts, self.tokenizer, self.model_config.name)
+            if warning:
+                self.print(warning)
         self.train_dataset = self._tokenize(self.data.train) if self.data else None
         self.dev_dataset = self._tokenize(self.data.dev) if self.data and self.data.dev else None
         if fresh_head and self.train_dataset is not None:
