@@ -153,7 +153,7 @@ CASES = [
          r"checkpoint file .*step-000002/model\.safetensors is damaged or truncated.*delete .*step-000002 to resume "
          r"from the previous checkpoint", setup="damaged-checkpoint"),
     case("resume-changed-settings", {}, ["--resume", "auto", "--lr", "1e-3"],
-         r"cannot resume from .*step-000002.*train\.lr: 5e-05 -> 0\.001", setup="checkpoint"),
+         r"cannot resume from .*step-000002.*train\.lr: 0\.0001 -> 0\.001", setup="checkpoint"),
     case("out-of-memory", {}, [], r"out of GPU memory at optimizer step 1 .*--batch-size \(now 8\).*--grad-accum "
          r"\(now 1\).*--max-length \(now 16\)", setup="oom"),
 ]

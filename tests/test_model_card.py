@@ -31,7 +31,7 @@ def test_best_and_last_get_a_card_the_hub_can_parse(run):
     assert scores[("test", "accuracy")] == pytest.approx(metrics["test"]["accuracy"], abs=1e-4)
     assert scores[("dev", "f1")] == pytest.approx(metrics["dev"]["macro_f1"], abs=1e-4)
     text = card.text
-    assert trainer._data_fingerprint()["train_sha256"] in text and "| lr | 5e-05 |" in text
+    assert trainer._data_fingerprint()["train_sha256"] in text and f"| lr | {trainer.config.lr} |" in text
     assert all(f"| {name} |" in text for name in trainer.label_map.names)  # per-class scores
     assert ModelCard.load(out / "last" / "README.md").data.pipeline_tag == "text-classification"
 

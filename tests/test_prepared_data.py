@@ -73,8 +73,9 @@ def test_normalisation_and_frozen_layers_are_reported(tiny_model_dir, tiny_data,
                     model_config=ModelConfig(freeze_layers_below=1)).fit()
     printed = capsys.readouterr().out
     assert f"train: normalisation ({table}) changed {changed} of {len(tiny_data.train)} texts" in printed
+    start = next(line for line in printed.splitlines() if line.startswith("training on"))
     trainable, total = (int(n.replace(",", "")) for n in
-                        printed.split("optimizer steps, ")[1].split(" parameters trainable")[0].split(" of "))
+                        start.split("optimizer steps, ")[1].split(" parameters trainable")[0].split(" of "))
     assert 0 < trainable < total
 
 

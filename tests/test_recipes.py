@@ -68,7 +68,8 @@ def test_explicit_settings_win():
 
 
 def test_explicit_fields_are_the_non_defaults():
-    assert explicit_fields(TrainConfig(recipe="auto", lr=1e-3)) == {"recipe", "lr"}
+    assert explicit_fields(TrainConfig(recipe="fine-tune", lr=1e-3)) == {"recipe", "lr"}
+    assert explicit_fields(TrainConfig(lr=1e-3)) == {"lr"}  # "auto" is the default: nothing given
     assert explicit_fields(ModelConfig()) == set()
 
 
@@ -182,3 +183,31 @@ def test_a_recipe_given_is_run_as_given():
     train, model = TrainConfig(recipe="few-shot", lr=3e-5), ModelConfig()
     recipe = recipe_for_trainer(None, None, "minilm", model, train, said.append)  # nothing measured, nothing said
     assert (recipe.train, recipe.model, recipe.reason, said) == (train, model, None, [])
+
+
+def test_the_command_line_the_trainer_and_tune_resolve_the_default_recipe_alike(tiny_model_dir, tiny_data_dir,
+                                                                               tmp_path):
+    """No recipe flag: auto is the default on all three entry points, and each keeps the settings given (lr,
+    batch size) and fills in the rest identically."""
+    import yaml
+
+    import textclf
+    from textclf.cli import main
+    from textclf.tools.tune import _Search
+
+    given = {"lr": 3e-4, "batch_size": 8, "max_steps": 1, "device": "cpu", "precision": "fp32"}
+    assert main(["train", "--data", str(tiny_data_dir), "--model", str(tiny_model_dir), "--output",
+                 str(tmp_path / "cli"), "--lr", "3e-4", "--batch-size", "8", "--max-steps", "1", "--device", "cpu",
+                 "--precision", "fp32", "--quiet"]) == 0
+    from_cli = yaml.safe_load((tmp_path / "cli" / "config.yaml").read_text())["train"]
+
+    data = textclf.load_dataset(str(tiny_data_dir))
+    trainer = textclf.Trainer(str(tiny_model_dir), data, tmp_path / "api", TrainConfig(**given), progress=False)
+    search = _Search(data, tmp_path / "tune", ModelConfig(name=str(tiny_model_dir)), TrainConfig(**given), None,
+                     set(given), set(), 3, None, None)
+    fields = ("recipe", "epochs", "lr", "batch_size", "max_length", "warmup_ratio", "max_steps")
+    resolved = [{f: from_cli[f] for f in fields}, {f: getattr(trainer.config, f) for f in fields},
+                {f: getattr(search.base_train, f) for f in fields}]
+    assert resolved[0] == resolved[1] == resolved[2], resolved
+    assert resolved[0]["recipe"] == "fine-tune" and resolved[0]["lr"] == 3e-4 and resolved[0]["batch_size"] == 8
+    assert resolved[0]["max_length"] != TrainConfig().max_length  # filled in by auto, not the plain default

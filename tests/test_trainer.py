@@ -26,7 +26,9 @@ from textclf.train.optim import lr_factor
 
 
 def _config(**overrides) -> textclf.TrainConfig:
-    values = dict(max_length=32, batch_size=16, lr=1e-3, precision="fp32", device="cpu", seed=0, log_steps=1)
+    # recipe fine-tune: these tests check the loop with exactly these settings (the default, auto, would pick its own)
+    values = dict(recipe="fine-tune", max_length=32, batch_size=16, lr=1e-3, precision="fp32", device="cpu", seed=0,
+                  log_steps=1)
     values.update(overrides)
     return textclf.TrainConfig(**values)
 

@@ -127,6 +127,96 @@ def test_cross_validation_keeps_time_back_for_the_final_training(tiny_model_dir,
     assert (out / "best" / "config.json").is_file()
 
 
+def _budget_ends_in(monkeypatch, run: int, step: int) -> None:
+    """The budget runs out at optimizer step ``step`` of the ``run``-th training run of the search's trials (a fold
+    is a run; the probe is not): as if the model were slower than measured. The search's clock is moved on rather
+    than the steps slowed, so where the trial is cut does not depend on the machine's load."""
+    runs = []
+
+    class BudgetRunsOut(textclf.Callback):
+        def __init__(self, clock):
+            self.clock, self.run = clock, len(runs)
+
+        def on_step_end(self, trainer):
+            if self.run == run and trainer.state.global_step == step:
+                self.clock.before += self.clock.budget  # the time of earlier sessions: the whole budget is gone
+
+    class LateTrainer(tune_module.SearchTrainer):
+        def __init__(self, **kwargs):
+            deadlines = [c for c in kwargs.get("callbacks") or () if isinstance(c, tune_module._Deadline)]
+            if deadlines:  # a trial's run (not the probe, nor the final training on all rows)
+                runs.append(1)
+                kwargs["callbacks"] = [BudgetRunsOut(deadlines[0].clock), *kwargs["callbacks"]]  # seen at this step
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(tune_module, "SearchTrainer", LateTrainer)
+
+
+def test_a_budget_that_cuts_the_only_trial_still_ends_with_its_best_model(tiny_model_dir, tiny_data_dir, tmp_path,
+                                                                          capsys, monkeypatch):
+    # The user's first hour: the first trial (12 epochs) was cut by the budget and the search ended with "no trial
+    # finished" and no model. A cut trial was evaluated on dev at each epoch's end: its best checkpoint is a model.
+    _budget_ends_in(monkeypatch, run=1, step=10)  # in epoch 2 of 12 (7 steps an epoch), one evaluation behind it
+    out = tmp_path / "search"
+    assert main(["tune", "--data", str(tiny_data_dir), "--model", str(tiny_model_dir), "--output", str(out),
+                 "--device", "cpu", "--max-length", "32", "--no-calibrate", "--batch-size", "32", "--recipe",
+                 "fine-tune", "--epochs", "12", "--budget", "10m"]) == 0
+    printed = capsys.readouterr().out
+    assert f"best model: {out / 'best'}" in printed and "no trial finished" not in printed, printed
+    assert "trial 0 was cut by the budget at epoch 1.4 of 12 (step 10 of 84); its best model (dev macro_f1 " \
+           in printed and f"at step 7) is {out / 'best'}" in printed, printed
+    predictor = textclf.Predictor.from_pretrained(out / "best")
+    assert len(predictor.predict(["体育新闻"])) == 1
+    summary = json.loads((out / "tune.json").read_text())
+    trial = summary["trials"][0]
+    assert trial["how"] == "cut" and trial["cut"]["model"] == "best" and trial["cut"]["model_step"] == 7
+    assert summary["best_trial"] == 0 and summary["best_value"] == trial["value"] == trial["cut"]["value"]
+    assert summary["best_note"].startswith("trial 0 was cut by the budget at epoch 1.4 of 12")
+    best_dev = json.loads((out / "trials" / "trial-000" / "metrics.json").read_text())["dev"]["macro_f1"]
+    assert summary["best_value"] == pytest.approx(best_dev)  # the score of the model in best/, on dev
+
+
+def test_a_cross_validated_trial_cut_by_the_budget_leaves_its_first_fold_model(tiny_model_dir, tiny_data, tmp_path,
+                                                                               monkeypatch):
+    # No dev split: the settings are not trained again on all rows (the budget is spent); fold 1's model, scored on
+    # its held-out rows, is what the search has seen.
+    _budget_ends_in(monkeypatch, run=2, step=3)  # in fold 2 of 2
+    data = textclf.data.readers.DatasetSplits(tiny_data.train, None, None, tiny_data.label_map)
+    out = tmp_path / "cv"
+    result = _search(data, out, model=str(tiny_model_dir), folds=2, train={"epochs": 12, "recipe": "fine-tune"})
+    assert len(result.trials) == 1 and result.best_params is not None and (out / "best").is_dir()
+    assert result.best_trial == 0
+    cut = result.trials[0]["cut"]
+    assert result.trials[0]["how"] == "cut" and cut["fold"] == 2 and cut["finished_folds"] == 1
+    assert result.best_value == cut["value"] == cut["model_score"]  # the mean over the one finished fold: fold 1's
+    assert "in fold 2 of 2" in result.best_note and f"{out / 'best'} is its fold-1 model (trained on 100 of 200 " \
+        "rows" in result.best_note and "mean over its 1 finished fold" in result.best_note, result.best_note
+    assert not (out / "final").exists()  # no training on all rows past the budget
+    assert not (out / "trials" / "trial-000" / "fold-2" / "last").exists()  # the cut fold's weights are dropped
+    assert len(textclf.Predictor.from_pretrained(out / "best").predict(["体育新闻"])) == 1
+
+
+def test_the_first_trial_is_planned_to_fit_the_budget(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    # Every step takes at least 0.2 s (the probe that times the steps runs them too), so an epoch of 7 steps takes
+    # at least 1.4 s; the epochs' range goes to 20 (40 s at least) and the budget is 20 s. The first trial must be
+    # planned within half the budget: at most 7 epochs, whatever the machine's load (a load only lowers the cap).
+    class SlowTrainer(tune_module.SearchTrainer):
+        def training_step(self, batch):
+            time.sleep(0.2)
+            return super().training_step(batch)
+
+    monkeypatch.setattr(tune_module, "SearchTrainer", SlowTrainer)
+    said, out = [], tmp_path / "s"
+    result = _search(tiny_data, out, model=str(tiny_model_dir), budget=20, max_trials=1, printer=said.append,
+                     train={"recipe": "fine-tune"})
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{out / DB_FILE}")
+    planned = study.trials[0].distributions["epochs"].high  # the most epochs the first trial could draw
+    assert 1 <= result.trials[0]["params"]["epochs"] <= planned <= 7
+    assert result.trials[0]["how"] == "complete" and result.best_trial == 0 and (out / "best").is_dir()
+    lines = [line for line in said if line.startswith("budget: trial 0 gets at most ")]
+    assert len(lines) == 1 and f"at most {planned} epochs (the search goes up to " in lines[0], said
+
+
 def test_few_shot_is_searched_for_a_sentence_encoder(tiny_sentence_encoder, tiny_data, tmp_path):
     result = _search(tiny_data, tmp_path / "s", model=str(tiny_sentence_encoder), max_trials=2)
     assert all("recipe" in t["params"] for t in result.trials)

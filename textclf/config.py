@@ -199,11 +199,11 @@ WINDOW_AGGREGATIONS = ("mean", "max", "attention")
 class TrainConfig:
     """The optimisation recipe."""
 
-    # How the model learns: "fine-tune" (rows -> logits -> cross-entropy, every layer), "few-shot" (contrastive
-    # pairs of rows tune a sentence encoder, then the head is fitted on its embeddings; SetFit's method) or "auto"
-    # (look at the data and the encoder, pick one of them and scale epochs, lr, warmup, batch size and max_length;
-    # settings given explicitly are kept; see docs/small-data.md).
-    recipe: str = "fine-tune"
+    # How the model learns: "auto" (the default: look at the data and the encoder, pick one of the two below and
+    # scale epochs, lr, warmup, batch size and max_length; settings given explicitly are kept; see
+    # docs/small-data.md), "fine-tune" (rows -> logits -> cross-entropy, every layer, with the settings as given) or
+    # "few-shot" (contrastive pairs of rows tune a sentence encoder, then the head is fitted on its embeddings).
+    recipe: str = "auto"
     # Few-shot: same-label partners drawn per training row and epoch, and as many different-label partners.
     pairs_per_row: int = 20
     # Few-shot: the head fitted on the tuned embeddings: "logistic" (scikit-learn logistic regression) or "linear"

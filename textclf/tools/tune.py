@@ -14,8 +14,13 @@ layers that train and, when few-shot training can run on the data, the recipe. S
   weights are removed to save disk. The best model is copied to ``OUTPUT/best``, the search written to
   ``OUTPUT/tune.json``.
 * **Budget.** No trial starts unless the time left covers the shortest trial (measured before the search: a few
-  optimizer steps, timed); a trial still running when the budget ends stops at its next step and is scored as it
-  stands. A budget too small for one trial is an error that says how much one needs.
+  optimizer steps, timed). Until a trial has finished, a trial's epochs are capped so that it ends within half of
+  the time left, from the same measurement (a line says so when the cap is below the search space's). A trial
+  still running when the budget ends stops at its next step: it is *cut*. A search always ends with the best model
+  it has seen: with a dev split a cut trial's best checkpoint (it was evaluated on dev as it trained) competes with
+  the finished trials on its dev score; cross-validated, a cut trial stands in only while no trial finished, with
+  the model of its first fold (see :meth:`_Search._cross_validate`). A budget too small for one trial is an error
+  that says how much one needs.
 * **Resume.** The study lives in ``OUTPUT/tune.db`` (SQLite). Running the same command again continues it: the
   time already spent counts against the budget, and a trial cut short by a signal or a crash is tried again. The
   study records the settings and a fingerprint of the rows (texts and labels, in order) of every split; a search
@@ -73,9 +78,13 @@ class TuneResult:
         best_params: the settings of the best trial (``recipe``, ``lr``, ``epochs``, ``freeze_layers_below``...).
         best_value: its score (``metric`` on dev, or the cross-validated mean).
         metric: the selection metric.
-        trials: one dict per trial: number, state, params, value, seconds, folder.
+        trials: one dict per trial: number, state, how (complete, pruned, cut, interrupted, failed), params, value,
+            seconds, folder, and for a trial the budget cut, ``cut``: where it stopped and the model it left.
         spent_seconds: time spent over every session of this search.
         interrupted: a signal stopped the search; running the same command again continues it.
+        best_trial: the number of the trial whose model ``OUTPUT/best`` holds.
+        best_note: when that trial was cut by the budget, a line saying so: where it was cut, which of its models
+            is ``OUTPUT/best`` and on what its score was measured (None for a trial that finished).
     """
 
     output_dir: Path
@@ -85,16 +94,21 @@ class TuneResult:
     trials: list[dict]
     spent_seconds: float
     interrupted: bool = False
+    best_trial: int | None = None
+    best_note: str | None = None
 
     def format(self) -> str:
         lines = [f"{'trial':>5}  {'state':<9} {self.metric:>9} {'s':>6}  settings"]
         for t in self.trials:
             value = "" if t["value"] is None else f"{t['value']:.4f}"
-            lines.append(f"{t['number']:>5}  {t['state']:<9} {value:>9} {t['seconds']:>6.0f}  "
+            state = "cut" if t.get("how") == "cut" else t["state"]  # Optuna files a cut trial as pruned
+            lines.append(f"{t['number']:>5}  {state:<9} {value:>9} {t['seconds']:>6.0f}  "
                          + ", ".join(f"{k}={_show(v)}" for k, v in t["params"].items()))
         if self.best_params is not None:
             lines.append(f"best: {self.metric} {self.best_value:.4f} with "
                          + ", ".join(f"{k}={_show(v)}" for k, v in self.best_params.items()))
+        if self.best_note:
+            lines.append(self.best_note)
         return "\n".join(lines)
 
 
@@ -150,16 +164,22 @@ class _ClockKeeper(Callback):
 
 
 class _Deadline(_ClockKeeper):
-    """Keeps the search's clock and stops training at the next optimizer step once the budget is spent."""
+    """Keeps the search's clock and stops training at the next optimizer step once the budget is spent; ``cut`` then
+    says where (step and epoch reached, of those planned). A run whose last step ends as the budget does is complete,
+    not cut."""
 
     def __init__(self, clock: _Clock):
         super().__init__(clock)
-        self.cut = False
+        self.cut: dict | None = None
 
     def on_step_end(self, trainer) -> None:
         super().on_step_end(trainer)
-        if self.clock.left <= 0:
-            self.cut = trainer.should_stop = True
+        state = trainer.state
+        if self.clock.left <= 0 and state.global_step < trainer.total_steps:
+            trainer.should_stop = True
+            epoch = state.epoch + state.batch_in_epoch / max(1, trainer.batches_per_epoch)
+            self.cut = {"step": state.global_step, "steps": trainer.total_steps, "epoch": round(epoch, 1),
+                        "epochs": trainer.config.epochs}
 
 
 class _Rungs(_Deadline):
@@ -202,11 +222,13 @@ class _Search:
             check_folds(data.train, folds)
         self.few_shot_possible = _few_shot_possible(data, model_config.name, self.base_train)
         self.layers = _encoder_layers(model_config.name)
+        self.cost: _TrialCost | None = None  # measured by tune() before the first trial (_measure_trial)
 
     # ---- the search space ------------------------------------------------------------------------------------------
 
-    def configs(self, trial) -> tuple[TrainConfig, ModelConfig]:
-        """The settings of ``trial``: the base with the searched fields replaced (explicit fields never are)."""
+    def configs(self, trial, most_epochs: int | None = None) -> tuple[TrainConfig, ModelConfig]:
+        """The settings of ``trial``: the base with the searched fields replaced (explicit fields never are);
+        ``most_epochs`` lowers the top of the epochs' range (:meth:`epochs_cap`)."""
         train, model = {}, {}
         if "recipe" not in self.explicit_train and self.few_shot_possible:
             train["recipe"] = trial.suggest_categorical("recipe", ["few-shot", "fine-tune"])
@@ -217,45 +239,110 @@ class _Search:
         if "lr" not in self.explicit_train:
             train["lr"] = trial.suggest_float("lr", 5e-6 if few else 1e-5, 1e-4 if few else 3e-4, log=True)
         if "epochs" not in self.explicit_train:
-            most = 3 if few else max(4, min(20, 2 * math.ceil(self.base_train.epochs)))
-            train["epochs"] = trial.suggest_int("epochs", 1, most)
+            most = self.most_epochs(recipe)
+            train["epochs"] = trial.suggest_int("epochs", 1, min(most, most_epochs or most))
         if "freeze_layers_below" not in self.explicit_model and self.layers > 1:
             frozen = trial.suggest_int("freeze_layers_below", 0, self.layers - 1)
             model["freeze_layers_below"] = frozen or None
         return dataclasses.replace(self.base_train, **train), dataclasses.replace(self.base_model, **model)
 
+    def most_epochs(self, recipe: str) -> int:
+        """The top of the epochs' range: few-shot training needs few epochs; fine-tuning up to twice the base's."""
+        return 3 if recipe == "few-shot" else max(4, min(20, 2 * math.ceil(self.base_train.epochs)))
+
+    def epochs_cap(self, study, clock: _Clock, number: int) -> int | None:
+        """While no trial has a model (the first trial, or after failures), the most epochs that fit half of the
+        time left, from the measured cost: a first trial drawn at the top of the range would otherwise run past the
+        budget and leave nothing finished. Later trials are not capped (a cut trial leaves its model, and TPE
+        should be free to try long runs once there is a model to fall back on). Says so when the cap binds, or
+        when held-fixed epochs will not fit."""
+        if self.cost is None or _best(study, self) is not None:
+            return None
+        left = clock.left
+        if "epochs" in self.explicit_train:
+            needed = self.cost.seconds(self.base_train.epochs)
+            if needed > left:
+                self.print(f"budget: trial {number} trains the {self.base_train.epochs:g} epochs you gave, about "
+                           f"{_duration(needed)}, and {_duration(left)} is left: the budget will cut it, and the "
+                           "model it has reached by then is kept")
+            return None
+        cap = self.cost.epochs_within(left / 2)
+        searched = self.few_shot_possible and "recipe" not in self.explicit_train
+        most = max(map(self.most_epochs, ("few-shot", "fine-tune") if searched else (self.base_train.recipe,)))
+        if cap < most:
+            per = " per fold" if self.cross_validate else ""
+            self.print(f"budget: trial {number} gets at most {cap} epochs (the search goes up to {most}), so that it "
+                       f"ends within half of the {_duration(left)} left (measured: about "
+                       f"{_duration(self.cost.build + self.cost.epoch)} for one epoch{per}, building the model "
+                       "included)")
+        return cap
+
     # ---- one trial --------------------------------------------------------------------------------------------------
 
     def run_trial(self, trial, clock: _Clock) -> tuple[float | None, str]:
-        """Train (and score) one trial; returns ``(value, how)`` with how one of complete, pruned, cut, interrupted."""
-        train, model = self.configs(trial)
+        """Train (and score) one trial; returns ``(value, how)`` with how one of complete, pruned, cut, interrupted.
+        A cut trial's value is that of the model it leaves, described in its ``cut`` user attribute."""
+        train, model = self.configs(trial, self.epochs_cap(trial.study, clock, trial.number))
         folder = self.out / "trials" / f"trial-{trial.number:03d}"
         if not self.cross_validate:
             rungs = _Rungs(trial, self.metric, clock)
             result, _ = self._train(folder, self.data, train, model, [rungs])
             if result.interrupted:
                 return None, "interrupted"
-            value = result.best_metric
-            return value, "pruned" if rungs.pruned else "cut" if rungs.cut else "complete"
+            if rungs.pruned:
+                return result.best_metric, "pruned"
+            if rungs.cut:
+                return self._cut_on_dev(trial, folder, rungs.cut, result), "cut"
+            return result.best_metric, "complete"
         return self._cross_validate(trial, folder, train, model, clock)
 
+    def _cut_on_dev(self, trial, folder: Path, cut: dict, result) -> float | None:
+        """What a trial the budget cut leaves: it was evaluated on dev as it trained, so its best checkpoint
+        (``best/``) is a model scored like any finished trial's. Cut before its first evaluation, it has none; its
+        final weights (``last/``) were scored on dev as the run ended, and are what it leaves."""
+        if result.best_step is not None and result.best_metric is not None and (folder / "best").is_dir():
+            model, value, step = "best", result.best_metric, result.best_step
+        elif result.dev and result.dev.get(self.metric) is not None and (folder / "last").is_dir():
+            model, value, step = "last", float(result.dev[self.metric]), result.global_step
+        else:  # no model and no score (a run that failed to score): where it was cut is still recorded
+            model, value, step = None, None, None
+        trial.set_user_attr("cut", {**cut, "model": model, "value": value, "model_step": step})
+        return value
+
     def _cross_validate(self, trial, folder: Path, train: TrainConfig, model: ModelConfig, clock: _Clock):
+        """One run per fold, scored on its held-out fold; the pruner may stop after any fold.
+
+        A trial the budget cuts is scored by the mean over its finished folds (the cut fold's weights are not these
+        settings' model: they stopped early), or by the cut fold's own score when none finished. Its settings are
+        not trained on all rows: that takes about a fold run's time again, and the budget is spent. What it leaves
+        is the model of fold 1, kept until the trial ends for this: trained on (folds - 1) / folds of the rows and
+        scored on the rest, an honest model with an honest score."""
         scores = []
         for k, (train_rows, held_out) in enumerate(self.fold_splits, 1):
             deadline = _Deadline(clock)  # the only callback: a fold reports once, below, with the running mean
             # No dev split in the fold run: its final weights are scored on the held-out fold (as crossval.py does),
             # so no held-out row picks a checkpoint.
             fold = DatasetSplits(train_rows, None, None, self.data.label_map)
-            result, score = self._train(folder / f"fold-{k}", fold, train, model, [deadline], score_on=held_out)
+            result, score = self._train(folder / f"fold-{k}", fold, train, model, [deadline], score_on=held_out,
+                                        keep=k == 1)
             if result.interrupted:
                 return None, "interrupted"
+            if deadline.cut:
+                value = sum(scores) / len(scores) if scores else score
+                first_train, first_held_out = self.fold_splits[0]
+                trial.set_user_attr("cut", {**deadline.cut, "fold": k, "folds": self.folds, "value": value,
+                                            "finished_folds": len(scores), "model": "fold-1/last",
+                                            "model_score": scores[0] if scores else score,
+                                            "model_rows": len(first_train), "held_out_rows": len(first_held_out)})
+                trial.report(value, k)
+                return value, "cut"
             scores.append(score)
             mean = sum(scores) / len(scores)
             trial.report(mean, k)
-            if deadline.cut:
-                return mean, "cut"
             if k < self.folds and trial.should_prune():
+                drop_weights(folder)
                 return mean, "pruned"
+        drop_weights(folder)  # fold 1's model: the best settings are trained again on all rows
         return sum(scores) / len(scores), "complete"
 
     @property
@@ -264,9 +351,10 @@ class _Search:
             self._folds = stratified_folds(self.data.train, self.folds, self.base_train.seed, ("train", "dev"))
         return self._folds
 
-    def _train(self, folder: Path, data, train: TrainConfig, model: ModelConfig, callbacks, score_on=None):
+    def _train(self, folder: Path, data, train: TrainConfig, model: ModelConfig, callbacks, score_on=None,
+               keep: bool = False):
         """One training run in ``folder``; with ``score_on`` (a labelled split) also its final weights' ``metric``
-        there, after which the run's model folders are removed (only the score is needed)."""
+        there, after which the run's model folders are removed (only the score is needed) unless ``keep``."""
         # One line per trial is said by the search; the data's notes were said once, by the probe.
         trainer = SearchTrainer(printer=None, model=model.name, data=data, output_dir=folder, config=train,
                                 model_config=model, data_config=self.data_config, callbacks=callbacks)
@@ -277,7 +365,7 @@ class _Search:
         finally:
             del trainer
             release_memory()
-            if score_on is not None:
+            if score_on is not None and not keep:
                 drop_weights(folder)
 
 
@@ -304,9 +392,10 @@ def release_memory() -> None:
 
 
 def drop_weights(folder: Path) -> None:
-    """Keep a trial's config, metrics, logs and curves; remove its model folders and checkpoints."""
-    for name in ("best", "last", "checkpoints"):
-        shutil.rmtree(Path(folder) / name, ignore_errors=True)
+    """Keep a trial's config, metrics, logs and curves; remove its model folders and checkpoints (its folds' too)."""
+    for run in (Path(folder), *sorted(Path(folder).glob("fold-*"))):
+        for name in ("best", "last", "checkpoints"):
+            shutil.rmtree(run / name, ignore_errors=True)
 
 
 def check_folds(split, k: int) -> None:
@@ -390,19 +479,20 @@ def tune(data, output_dir: str | Path, budget: float | str, model_config: ModelC
         search = _Search(data, out, model_config, train_config, data_config, explicit_train,
                          explicit_model, folds, max_trials, printer)
         study = _open_study(out, search, train_config.seed, settings, rows)
-        shortest = _shortest_trial_seconds(search)
+        search.cost = _measure_trial(search)
+        shortest = search.cost.seconds(1)
         clock = _Clock(study, seconds, started)
         try:
             clock.reserved = _final_training_seconds(search, study)
             spent = clock.spent
-            if clock.left < shortest and not _has_best(study):
+            if clock.left < shortest and _best(study, search) is None:
                 raise ConfigError(
                     f"--budget {_duration(seconds)}: one trial takes about {_duration(shortest)} here (measured: "
                     f"building the model and timing a few optimizer steps)"
                     + (f", and {_duration(spent)} of the budget is spent already" if spent > 0.5 * seconds else "")
                     + f"; give --budget {_duration(math.ceil(spent + 1.5 * shortest))} or more")
             interrupted = _run_trials(search, study, clock, shortest)
-            if _has_best(study):
+            if _best(study, search) is not None:
                 interrupted = _install_best(search, study, out, clock) or interrupted
         finally:  # an error or a signal: the time spent still counts when the search continues
             clock.save()
@@ -477,23 +567,24 @@ def _run_trials(search: _Search, study, clock: _Clock, shortest: float) -> bool:
             return True
         if how == "complete" and value is not None and math.isfinite(value):
             study.tell(trial, value)
-        elif how in ("pruned", "cut"):  # stopped early: a lower bound, never the best model
+        elif how in ("pruned", "cut"):  # stopped early: a lower bound for the sampler (a cut one's model: _best)
             study.tell(trial, state=states.PRUNED)
         else:
             study.tell(trial, state=states.FAIL)
         if how != "failed":
             _say_trial(search, study, trial.number, value, how)
-        _keep_weights_of_best(study, search.out)
+        _keep_weights_of_best(study, search)
         clock.reserved = _final_training_seconds(search, study)
 
 
 def _final_training_seconds(search: _Search, study) -> float:
     """The time to keep for training the best settings on all rows after a cross-validated search: a trial trains
     ``folds`` runs on (folds - 1) / folds of the rows each, about (folds - 1) runs on all of them."""
-    if not search.cross_validate or not _has_best(study) or study.user_attrs.get("installed") == \
-            study.best_trial.number:
+    best = _best(study, search)
+    # A cut trial is never trained again (its model is a fold's; see _Search._cross_validate): nothing to keep.
+    if not search.cross_validate or best is None or best.cut or study.user_attrs.get("installed") == best.number:
         return 0.0
-    return float(study.best_trial.user_attrs.get("seconds", 0.0)) / (search.folds - 1)
+    return float(study.trials[best.number].user_attrs.get("seconds", 0.0)) / (search.folds - 1)
 
 
 def _duration(seconds: float) -> str:
@@ -586,9 +677,26 @@ def _prepare_folder(out: Path, settings: str, rows: dict, overwrite: bool) -> No
                           "the data changed since (relabelled rows), pass --overwrite to start afresh", stacklevel=2)
 
 
-def _shortest_trial_seconds(search: _Search) -> float:
-    """Time one trial at the base settings needs, from a measurement: build the model, time a few optimizer steps
-    (:meth:`Trainer.find_lr` at a harmless rate; it restores everything), scale to the trial's steps."""
+@dataclass
+class _TrialCost:
+    """What a trial costs at the base settings, measured: ``runs`` trainings (one, or one per fold), each building
+    its model in ``build`` seconds and training ``epoch`` seconds an epoch (evaluation and saving included)."""
+
+    build: float
+    epoch: float
+    runs: int
+
+    def seconds(self, epochs: float) -> float:
+        return self.runs * (self.build + epochs * self.epoch)
+
+    def epochs_within(self, seconds: float) -> int:
+        """The most whole epochs a trial can train in ``seconds`` (at least one: the shortest trial)."""
+        return max(1, math.floor((seconds / self.runs - self.build) / max(self.epoch, 1e-9)))
+
+
+def _measure_trial(search: _Search) -> _TrialCost:
+    """The cost of a trial at the base settings, from a measurement: build the model, time a few optimizer steps
+    (:meth:`Trainer.find_lr` at a harmless rate; it restores everything), scale to an epoch's steps."""
     # The probe is built first, at the base settings and on the user's splits: it says the data's notes (truncation,
     # ...) for the whole search. A cross-validated trial trains on (folds - 1) / folds of the rows, k times.
     data, share = search.data, 1.0
@@ -609,41 +717,75 @@ def _shortest_trial_seconds(search: _Search) -> float:
     steps = trainer.total_steps * share  # one epoch at the base settings: the shortest trial the space holds
     del trainer
     release_memory()
-    runs = search.folds if search.cross_validate else 1
-    return runs * (built + steps * per_step * 1.2)  # 20% for evaluation and saving
+    return _TrialCost(build=built, epoch=steps * per_step * 1.2,  # 20% for evaluation and saving
+                      runs=search.folds if search.cross_validate else 1)
 
 
 def _say_trial(search: _Search, study, number: int, value, how: str) -> None:
     trial = study.trials[number]
-    best = study.best_trial if _has_best(study) else None
+    best = _best(study, search)
     shown = "-" if value is None else f"{value:.4f}"
-    search.print(f"trial {number}: {how}, {search.metric} {shown} "
+    cut = trial.user_attrs.get("cut") if how == "cut" else None
+    where = f" at epoch {cut['epoch']:g} of {cut['epochs']:g}" if cut else ""
+    where += f" in fold {cut['fold']} of {cut['folds']}" if cut and "fold" in cut else ""
+    search.print(f"trial {number}: {how}{where}, {search.metric} {shown} "
                  f"({', '.join(f'{k}={_show(v)}' for k, v in trial.params.items())})"
                  + (f"; best so far trial {best.number} ({best.value:.4f})" if best is not None else ""))
 
 
-def _has_best(study) -> bool:
+@dataclass
+class _Best:
+    """The trial whose model ``OUTPUT/best`` holds (or will): its number, score and settings, and for a trial the
+    budget cut, its ``cut`` record (where it stopped, which model it left, on what that was scored)."""
+
+    number: int
+    value: float
+    params: dict
+    cut: dict | None = None
+
+
+def _best(study, search: _Search) -> _Best | None:
+    """The best model the search has seen. Finished trials compete on their score. With a dev split a trial the
+    budget cut competes too, on its best checkpoint's dev score: the same evaluation on the same rows as a finished
+    trial's best checkpoint, so choosing it is as fair; a tie goes to the finished trial. Cross-validated, a cut
+    trial stands in only while no trial finished: its score is over fewer folds, its model saw part of the rows,
+    and a finished trial's settings are trained on all of them."""
     import optuna
 
-    return bool(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+    states = optuna.trial.TrialState
+    ranked = [(t.value, 1, t, None) for t in study.get_trials(deepcopy=False, states=(states.COMPLETE,))]
+    if not search.cross_validate or not ranked:
+        for t in study.get_trials(deepcopy=False, states=(states.PRUNED,)):
+            cut = t.user_attrs.get("cut") if t.user_attrs.get("how") == "cut" else None
+            if cut and cut.get("model") and cut.get("value") is not None and math.isfinite(cut["value"]):
+                ranked.append((cut["value"], 0, t, cut))
+    if not ranked:
+        return None
+    sign = -1.0 if search.direction == "minimize" else 1.0
+    value, _, trial, cut = max(ranked, key=lambda r: (sign * r[0], r[1], -r[2].number))
+    return _Best(trial.number, value, dict(trial.params), cut)
 
 
-def _keep_weights_of_best(study, out: Path) -> None:
-    """Only the best complete trial keeps its model folders (each is the encoder's size)."""
-    keep = f"trial-{study.best_trial.number:03d}" if _has_best(study) else None
-    for folder in sorted((out / "trials").glob("trial-*")):
+def _keep_weights_of_best(study, search: _Search) -> None:
+    """Only the best trial keeps its model folders (each is the encoder's size)."""
+    best = _best(study, search)
+    keep = f"trial-{best.number:03d}" if best is not None else None
+    for folder in sorted((search.out / "trials").glob("trial-*")):
         if folder.name != keep:
             drop_weights(folder)
 
 
 def _install_best(search: _Search, study, out: Path, clock: _Clock) -> bool:
-    """``OUTPUT/best``: the best trial's model (with a dev split), or the best settings trained on all rows
-    (cross-validation, whose fold models each saw only part of the data). Nothing to do when it holds that trial
-    already; returns True when a signal interrupted the final training."""
-    best = study.best_trial
+    """``OUTPUT/best``: the best trial's model (with a dev split, or a trial the budget cut: the model it left), or
+    the best settings trained on all rows (cross-validation, whose fold models each saw only part of the data).
+    Nothing to do when it holds that trial already; returns True when a signal interrupted the final training."""
+    best = _best(study, search)
     if study.user_attrs.get("installed") == best.number and (out / "best").is_dir():
         return False
-    if search.cross_validate:
+    trial_folder = out / "trials" / f"trial-{best.number:03d}"
+    if best.cut:
+        source = trial_folder / best.cut["model"]
+    elif search.cross_validate:
         import optuna
 
         train, model = search.configs(optuna.trial.FixedTrial(best.params))  # the best trial's settings again
@@ -655,7 +797,7 @@ def _install_best(search: _Search, study, out: Path, clock: _Clock) -> bool:
             return True
         source = final / "last"  # no dev split to choose a checkpoint on: the final weights
     else:
-        source = out / "trials" / f"trial-{best.number:03d}" / "best"
+        source = trial_folder / "best"
     staging = outputs.scratch(out / "best", "tmp")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(source, staging)
@@ -665,11 +807,41 @@ def _install_best(search: _Search, study, out: Path, clock: _Clock) -> bool:
     return False
 
 
+def _cut_note(search: _Search, best: _Best) -> str:
+    """The line that says ``OUTPUT/best`` comes from a trial the budget cut: where, which model, scored on what."""
+    cut, metric, where = best.cut, search.metric, search.out / "best"
+    line = f"trial {best.number} was cut by the budget at epoch {cut['epoch']:g} of {cut['epochs']:g} "
+    if "fold" not in cut:
+        line += f"(step {cut['step']} of {cut['steps']}); "
+        if cut["model"] == "best":
+            line += f"its best model (dev {metric} {cut['value']:.4f} at step {cut['model_step']}) is {where}"
+        else:  # cut before its first evaluation
+            line += (f"it had not been evaluated yet, so its weights at the cut (dev {metric} {cut['value']:.4f}, "
+                     f"step {cut['model_step']}) are {where}")
+    else:
+        held_out = f"{cut['model_score']:.4f} on its {cut['held_out_rows']} held-out rows"
+        line += (f"in fold {cut['fold']} of {cut['folds']}; no time was left to train its settings on all rows, so "
+                 f"{where} is its fold-1 model{' as cut' if cut['fold'] == 1 else ''} (trained on "
+                 f"{cut['model_rows']} of {len(search.data.train)} rows; {metric} {held_out})")
+        if cut["finished_folds"]:
+            line += f"; the trial's {metric} {cut['value']:.4f} is the mean over its {cut['finished_folds']} " \
+                    f"finished fold{'s' if cut['finished_folds'] > 1 else ''}"
+    return line + "; a larger --budget continues the search"
+
+
 def _summarise(study, search: _Search, spent: float, interrupted: bool) -> TuneResult:
-    trials = [{"number": t.number, "state": t.state.name.lower(), "params": t.params, "value": t.value if t.value
-               is not None else (list(t.intermediate_values.values())[-1] if t.intermediate_values else None),
+    def value(t):
+        cut = t.user_attrs.get("cut") if t.user_attrs.get("how") == "cut" else None
+        if cut and cut.get("value") is not None:  # the score of the model it left, not its last rung
+            return cut["value"]
+        return t.value if t.value is not None else (list(t.intermediate_values.values())[-1] if
+                                                    t.intermediate_values else None)
+
+    trials = [{"number": t.number, "state": t.state.name.lower(), "params": t.params, "value": value(t),
                "seconds": float(t.user_attrs.get("seconds", 0.0)), "how": t.user_attrs.get("how"),
-               "folder": f"trials/trial-{t.number:03d}"} for t in study.trials]
-    best = study.best_trial if _has_best(study) else None
+               "folder": f"trials/trial-{t.number:03d}", "cut": t.user_attrs.get("cut")} for t in study.trials]
+    best = _best(study, search)
+    installed = best is not None and study.user_attrs.get("installed") == best.number
+    note = _cut_note(search, best) if installed and best.cut else None
     return TuneResult(search.out, best.params if best else None, best.value if best else None, search.metric, trials,
-                      spent, interrupted)
+                      spent, interrupted, best.number if best else None, note)

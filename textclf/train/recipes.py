@@ -271,10 +271,8 @@ def recipe_for_trainer(data, tokenizer, model, model_config: ModelConfig, train:
     """The settings a Trainer runs: ``train`` and ``model_config`` as given (reason None), or for ``recipe="auto"``
     :func:`resolve_auto` with the fields away from their defaults kept, its line passed to ``say``. ``model`` is a
     name or a ready module (whose encoder config is used)."""
-    if train.recipe != "auto":
+    if train.recipe != "auto" or data is None:  # no data: a Trainer that evaluates or predicts, and trains nothing
         return Recipe(train, model_config, None)
-    if data is None:
-        raise ConfigError("train.recipe auto looks at the training data; pass data= to the Trainer")
     encoder = getattr(model, "encoder", None)
     recipe = resolve_auto(data, tokenizer, model_config, train, encoder.config if encoder is not None else None)
     say(recipe.reason)

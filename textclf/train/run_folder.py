@@ -37,6 +37,9 @@ def setting_changes(now: dict, saved: dict | None, resumable: tuple[str, ...]) -
 
 _DEFAULTS = flatten({section: dataclasses.asdict(klass()) for section, klass in (
     ("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig), ("pretrain", PretrainConfig))})
+# What a run written before a setting existed did, where that differs from the setting's default today: runs before
+# train.recipe fine-tuned (the default became "auto", which a run resolves to a recipe before it is saved).
+_DEFAULTS["train.recipe"] = "fine-tune"
 
 
 def truncate_log(path: Path, step: int) -> None:
