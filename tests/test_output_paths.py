@@ -323,3 +323,58 @@ def test_random_outputs_exit_0_or_2_and_never_change_an_input(workspace, tiny_mo
 
 def test_the_path_property_test_ran_some_commands_and_refused_others():
     assert 0 in OUTCOMES and 2 in OUTCOMES, OUTCOMES
+
+
+# ---- found by review: the rules where they had gaps ---------------------------------------------------------------
+
+def test_baseline_never_writes_over_a_training_run(workspace, capsys, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(workspace / "run", run)
+    before = _snapshot(run)
+    code, err = _run(["baseline", "--data", workspace / "data", "--output", run], capsys)
+    assert code == 2 and "Traceback" not in err and "best" in err
+    assert _snapshot(run) == before  # the run's metrics.json and report.txt are its own still
+    fresh = tmp_path / "baseline"
+    assert _run(["baseline", "--data", workspace / "data", "--output", fresh], capsys)[0] == 0
+    assert _run(["baseline", "--data", workspace / "data", "--output", fresh], capsys)[0] == 0  # its own: replaced
+    assert (fresh / outputs.MARKER).is_file() and (fresh / "metrics.json").is_file()
+
+
+def test_a_lock_on_a_removed_lock_file_is_never_taken_for_the_lock(tmp_path, monkeypatch):
+    import fcntl
+    import threading
+
+    monkeypatch.setattr(outputs, "LOCK_WAIT_SECONDS", 1.0)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    first = open(folder / outputs.LOCK_FILE, "a+")  # the holder a second process waits for
+    fcntl.flock(first, fcntl.LOCK_EX)
+    outcome = {}
+
+    def second():
+        try:
+            with outputs.locked(folder):
+                outcome["got"] = True
+        except OutputDirError as exc:
+            outcome["refused"] = str(exc)
+
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    import time
+
+    time.sleep(0.3)  # the waiter has opened the old file and retries
+    (folder / outputs.LOCK_FILE).unlink()  # the holder exits, removing its lock file ...
+    third = open(folder / outputs.LOCK_FILE, "a+")  # ... and a newcomer takes a fresh one at once
+    fcntl.flock(third, fcntl.LOCK_EX)
+    first.close()
+    waiter.join(5)
+    third.close()
+    assert outcome.get("refused") and "in use" in outcome["refused"], outcome
+
+
+def test_an_atomic_write_keeps_the_files_permissions(tmp_path):
+    path = tmp_path / "private.jsonl"
+    path.write_text("old")
+    path.chmod(0o600)
+    outputs.write_file_atomically(path, "new")
+    assert path.read_text() == "new" and (path.stat().st_mode & 0o777) == 0o600

@@ -211,3 +211,29 @@ def test_the_command_line_the_trainer_and_tune_resolve_the_default_recipe_alike(
     assert resolved[0] == resolved[1] == resolved[2], resolved
     assert resolved[0]["recipe"] == "fine-tune" and resolved[0]["lr"] == 3e-4 and resolved[0]["batch_size"] == 8
     assert resolved[0]["max_length"] != TrainConfig().max_length  # filled in by auto, not the plain default
+
+
+def test_a_run_started_before_auto_was_the_default_resumes_with_its_own_settings(tiny_model_dir, tiny_data_dir,
+                                                                                 tmp_path, capsys):
+    # A run of the plain recipe (what every run was before auto became the default), resumed by the command it
+    # printed (no --recipe): it goes on with its saved settings instead of choosing new ones and being refused.
+    from textclf.cli import main
+
+    base = ["train", "--data", str(tiny_data_dir), "--model", str(tiny_model_dir), "--output", str(tmp_path / "run"),
+            "--device", "cpu", "--precision", "fp32", "--quiet"]
+    assert main(base + ["--recipe", "fine-tune", "--max-steps", "2", "--save-steps", "1"]) == 0
+    capsys.readouterr()
+    code = main(base + ["--max-steps", "3", "--resume", "auto"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "resuming from" in out and "recipe auto" not in out
+
+
+def test_a_trained_model_trains_on_with_its_settings_never_rechosen(tiny_model_dir, tiny_data_dir, tmp_path):
+    import textclf
+
+    textclf.Trainer(str(tiny_model_dir), str(tiny_data_dir), tmp_path / "run", progress=False,
+                    config=TrainConfig(max_steps=1, device="cpu", precision="fp32")).fit()
+    again = textclf.Trainer.from_pretrained(tmp_path / "run" / "best", data=textclf.load_dataset(str(tiny_data_dir)),
+                                            device="cpu")
+    assert again.config.recipe == "fine-tune" and again.recipe_reason is None

@@ -442,10 +442,36 @@ def _choose_recipe(args: argparse.Namespace, config: RunConfig, data) -> RunConf
     from .train.recipes import resolve_auto
 
     given = given_settings(args)
+    saved = _settings_to_resume(args, config) if getattr(args, "resume", None) else None
+    if saved is not None and "recipe" not in given["train"]:
+        # A resumed run goes on with the settings it started with, whatever recipe chose them (or none: runs from
+        # before auto was the default); flags given now still win, and the resume check judges them.
+        from .config import section_from_dict
+
+        try:
+            train = section_from_dict(TrainConfig, {**saved["train"], **given["train"]}, "train")
+            model = section_from_dict(ModelConfig, {**saved["model"], **given["model"]}, "model")
+            return dataclasses.replace(config, train=train, model=model)
+        except ConfigError:  # a config.yaml of another release: choose as for a new run; the resume check says more
+            pass
     recipe = resolve_auto(data, load_tokenizer(config.model.name), config.model, config.train,
                           explicit_train=set(given["train"]), explicit_model=set(given["model"]))
     print(recipe.reason)
     return dataclasses.replace(config, train=recipe.train, model=recipe.model)
+
+
+def _settings_to_resume(args: argparse.Namespace, config: RunConfig) -> dict | None:
+    """The train and model sections of the run being resumed (``OUTPUT/config.yaml``, or the config beside the
+    checkpoint folder given to --resume); None when there is none or it cannot be read (the resume says why)."""
+    folder = Path(config.run.output) if args.resume == "auto" else Path(args.resume).parent.parent
+    try:
+        saved = load_mapping(folder / "config.yaml") if (folder / "config.yaml").is_file() else None
+    except (OSError, ValueError, TextclfError):
+        return None
+    if not isinstance(saved, dict) or not isinstance(saved.get("train"), dict) or \
+            saved["train"].get("recipe", "fine-tune") == "auto":
+        return None
+    return {"train": saved["train"], "model": saved.get("model") if isinstance(saved.get("model"), dict) else {}}
 
 
 def _train_ensemble(args: argparse.Namespace, config: RunConfig, data) -> int:
@@ -719,7 +745,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
     train_config = None
     if args.method == "transformer":
-        train_config = TrainConfig(epochs=args.epochs, max_length=args.max_length, batch_size=args.batch_size,
+        # recipe fine-tune: audit's own flags (and their defaults) are the settings of every fold, not re-chosen
+        train_config = TrainConfig(recipe="fine-tune", epochs=args.epochs, max_length=args.max_length,
+                                   batch_size=args.batch_size,
                                    lr=args.lr, device=args.device)
     result = audit(_toolbox_data(args), args.method, args.folds, splits=splits,
                    near_threshold=args.near_threshold or None, model=args.model, train_config=train_config,

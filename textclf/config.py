@@ -305,9 +305,12 @@ class TrainConfig:
     @classmethod
     def for_evaluation(cls, trained: dict, **overrides) -> TrainConfig:
         """A config that reads texts as a saved model was trained to (``trained``: its ``train_config``): the same
-        ``max_length`` and long-text handling; ``overrides`` set the rest (device, precision, batch size)."""
+        ``max_length`` and long-text handling; ``overrides`` set the rest (device, precision, batch size).
+
+        The recipe is ``fine-tune``: a trained model trains on (``Trainer.from_pretrained(..., data=...).fit()``)
+        with the settings given, never re-chosen by auto, which could switch it to few-shot and refit its head."""
         reading = ("max_length", "long_texts", "window_overlap", "window_aggregation", "max_windows")
-        return cls(**{**{k: trained[k] for k in reading if k in trained}, **overrides})
+        return cls(**{"recipe": "fine-tune", **{k: trained[k] for k in reading if k in trained}, **overrides})
 
     def __post_init__(self) -> None:
         _check_types(self, "train")

@@ -70,6 +70,8 @@ RUN = Layout("run", frozenset({
 PRETRAIN_RUN = Layout("pretraining run", frozenset({
     "config.yaml", "log.jsonl", "checkpoints", "runs", "model", "mlm",
 }), sign="config.yaml")
+BASELINE = Layout("baseline", frozenset({"metrics.json", "report.txt", "report.html", "baseline.pkl",
+                                        "confusion.png"}), sign="baseline.pkl")
 LR_FIND = Layout("learning-rate range test", frozenset({"lr_find.png", "lr_find.json", "runs"}), sign="lr_find.json")
 TUNE = Layout("search", frozenset({"tune.db", "tune.json", "trials", "best", "final"}), sign="tune.db",
               patterns=("tune.db-*",))  # SQLite's journal, left by a killed search
@@ -143,8 +145,12 @@ def write_file_atomically(path: str | Path, data: str | bytes) -> Path:
         tmp.unlink()  # this process's own leftover from an earlier attempt (the name carries our PID)
     fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, what="temporary file")
     try:
+        with contextlib.suppress(OSError):  # a file the user made private stays private
+            os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode))
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the rename makes it the file: a crash leaves old or new
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -301,7 +307,14 @@ def locked(folder: Path):
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                if _same_inode(handle, path):
+                    break
+                # The holder we waited for removed the lock file on exit, and a newcomer may already hold a fresh
+                # one at the same name: a lock on the removed file guards nothing. Open the current file again.
+                handle.close()
+                handle = os.fdopen(open_nofollow(path, os.O_RDWR | os.O_CREAT, what="run lock"), "r+",
+                                   encoding="utf-8")
+                continue
             except BlockingIOError:
                 if time.monotonic() < deadline:  # a killed holder may still be exiting (a scheduler's restart)
                     time.sleep(0.1)
@@ -322,6 +335,13 @@ def locked(folder: Path):
                 folder.rmdir()  # the run wrote nothing: leave no empty folder behind
     finally:
         handle.close()
+
+
+def _same_inode(handle, path: Path) -> bool:
+    try:
+        return os.fstat(handle.fileno()).st_ino == os.lstat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def check_output_file(path: str | Path, flag: str = "--output") -> Path:

@@ -326,6 +326,10 @@ def run_baseline(data, output_dir: str | Path | None = None, *, save_model: bool
     """
     from ..data.readers import DatasetSplits, load_dataset
 
+    if output_dir is not None:  # before the fit: a folder holding anything but an earlier baseline is never touched
+        outputs.check_output_folder(output_dir)
+        if outputs.has_content(Path(output_dir)):
+            outputs.check_replaceable(Path(output_dir), outputs.BASELINE)
     if not isinstance(data, DatasetSplits):
         data = load_dataset(data)
     start_cpu = time.process_time()
@@ -341,10 +345,9 @@ def run_baseline(data, output_dir: str | Path | None = None, *, save_model: bool
         sections.append(f"== {name} ({report.num_rows} rows, TF-IDF baseline: {clf.resolved_analyzer} n-grams) ==\n"
                         f"{report.format()}")
     if output_dir is not None:
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        (out / "report.txt").write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+        out = outputs.claim(Path(output_dir), outputs.BASELINE)
+        outputs.write_file_atomically(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+        outputs.write_file_atomically(out / "report.txt", "\n\n".join(sections) + "\n")
         if save_model:
             clf.save(out / MODEL_FILE)
         write_html_report(out)

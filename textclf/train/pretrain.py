@@ -387,8 +387,10 @@ class Pretrainer(TrainingLoop):
     saved_outputs = (MODEL_DIR, MLM_DIR)
     # A resumed run may change where things are, the device and precision, logging and checkpoint cadence, and how
     # long it goes on; anything else would make the checkpoint's data position or optimizer state mean another thing.
+    # train.recipe means nothing to pretraining (its default became "auto"; runs before saved "fine-tune").
     RESUMABLE_SETTINGS = ("run.output", "train.device", "train.precision", "train.num_workers", "train.log_steps",
-                          "train.epochs", "train.max_steps", "train.save_steps", "train.keep_checkpoints")
+                          "train.epochs", "train.max_steps", "train.save_steps", "train.keep_checkpoints",
+                          "train.recipe")
 
     def __init__(self, model: str | None = None, data=None, output_dir: str | Path = "runs/pretrain",
                  config: TrainConfig | None = None, pretrain_config: PretrainConfig | None = None, *,
