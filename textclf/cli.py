@@ -348,8 +348,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if getattr(args, "seeds", None) and getattr(args, "cv", None) is not None:
         raise UsageError("textclf train: --seeds (a seed ensemble) and --cv (cross-validation) are separate runs; "
                          "give one of them")
-    config = _config_with_data_and_output(args, "train")
-    outputs.check_output_folder(config.run.output)
+    config = _config_with_data_and_output(args, "train")  # the output folder passed check_paths already
     data = load_dataset(config.run.data, dev=config.run.dev, test=config.run.test, config=config.data)
     if config.train.recipe == "auto":
         config = _choose_recipe(args, config, data)
@@ -384,8 +383,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     config = _config_with_data_and_output(args, "lr-find")
     if args.start_lr >= args.end_lr:
         raise UsageError(f"textclf lr-find: --start-lr ({args.start_lr:g}) must be below --end-lr ({args.end_lr:g})")
-    out = outputs.check_output_folder(config.run.output)
-    if outputs.has_content(out):  # checked before any model or data is loaded
+    out = Path(config.run.output)  # checked by check_paths, before anything was loaded
+    if outputs.has_content(out):  # an earlier lr-find is replaced only with --overwrite
         outputs.check_replaceable(out, outputs.LR_FIND)
         if not args.overwrite:
             raise OutputDirError(f"output folder {out} holds an earlier lr-find; pass --overwrite to replace it, "
@@ -412,7 +411,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     config = _config_with_data_and_output(args, "tune")
     budget = parse_budget(args.budget)  # a malformed budget is refused before anything is loaded
-    outputs.check_output_folder(config.run.output)
     data = load_dataset(config.run.data, dev=config.run.dev, test=config.run.test, config=config.data)
     given = given_settings(args)
     try:
@@ -502,9 +500,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.output and Path(args.output).suffix.lower() == ".html":
         raise UsageError(f"--output {args.output}: name the JSON file (e.g. eval.json); the page is written beside it "
                          "with the suffix .html")
-    for path in (args.output, args.output and Path(args.output).with_suffix(".html"), getattr(args, "errors", None)):
-        if path:
-            outputs.check_output_file(path, "--errors" if path == getattr(args, "errors", None) else "--output")
     meta = bundle.read_meta(args.model)  # a clear error for a folder that is no model
     # The test file is read as the training files were (columns, separator, encoding); flags given now win.
     given = {"text_column": args.text_column, "label_column": args.label_column, "encoding": args.encoding}
@@ -558,8 +553,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         except UnicodeEncodeError as exc:  # the shell passed bytes that are not UTF-8 (a lone surrogate here)
             raise UsageError(f"textclf predict: text {i} is not valid UTF-8 (at character {exc.start + 1}); pass "
                              "UTF-8 text, or put the texts in a file and use --input FILE --encoding ...") from None
-    if args.output:
-        outputs.check_output_file(args.output)
     texts = read_texts(args.input, DataConfig(text_column=args.text_column, encoding=args.encoding)) \
         if args.input else args.texts
     predictor = Predictor.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
@@ -598,8 +591,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not (Path(args.run) / "metrics.json").is_file():
         raise UsageError(f"{args.run} holds no metrics.json: pass the output folder of a finished textclf train or "
                          "textclf baseline run")
-    if args.output:
-        outputs.check_output_file(args.output, "--output")
     print(f"wrote {write_html_report(args.run, args.output)} (open it in any browser; it needs no network)")
     return 0
 

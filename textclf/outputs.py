@@ -164,16 +164,17 @@ def claim(folder: Path, layout: Layout) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / MARKER
-    if not _is_marker(marker):
+    if not is_marked(folder):
         if marker.is_symlink() or marker.is_dir():
             open_nofollow(marker, os.O_WRONLY, what="marker")  # raises, naming the link or folder
         write_file_atomically(marker, json.dumps({"kind": layout.kind}) + "\n")
     return folder
 
 
-def _is_marker(path: Path) -> bool:
-    """A marker textclf wrote: a regular file (a link named like one proves nothing)."""
-    return path.is_file() and not path.is_symlink()
+def is_marked(folder: Path) -> bool:
+    """Whether ``folder`` carries the marker textclf writes: a regular file (a link named like one proves nothing)."""
+    marker = Path(folder) / MARKER
+    return marker.is_file() and not marker.is_symlink()
 
 
 def check_replaceable(folder: Path, layout: Layout) -> None:
@@ -189,7 +190,7 @@ def check_replaceable(folder: Path, layout: Layout) -> None:
     if not has_content(folder):
         return
     foreign = layout.foreign(folder)
-    if not _is_marker(folder / MARKER):
+    if not is_marked(folder):
         held = sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE)
         legacy = (f" If it is a {layout.kind} written before textclf marked its folders, delete it yourself"
                   if (folder / layout.sign).is_file() else "")
@@ -219,10 +220,17 @@ def replace(folder: Path, layout: Layout) -> None:
     The run lock stays: the process replacing the folder holds it.
     """
     check_replaceable(folder, layout)
-    if not Path(folder).is_dir():
-        return
+    if Path(folder).is_dir():
+        clear(folder, keep={LOCK_FILE})
+
+
+def clear(folder: Path, keep: tuple[str, ...] | set[str] = ()) -> None:
+    """Remove every entry of ``folder`` but those named in ``keep`` (links themselves, never what they point to).
+
+    Only for a folder :func:`check_replaceable` passed (:func:`replace`) or one this process made for itself (a
+    staging folder)."""
     for entry in Path(folder).iterdir():
-        if entry.name == LOCK_FILE:
+        if entry.name in keep:
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)

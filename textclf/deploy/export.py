@@ -353,7 +353,7 @@ def check_parity(reference, exported, texts: list[str], source: str, format: str
         # Rounded down: the printed agreement stays below the limit and the suggested --min-agreement passes.
         failures.append(_failure(f"label agreement {_rounded(agreement, 4, up=False)} is below", "--min-agreement",
                                  min_agreement, _rounded(agreement, 2, up=False)))
-    return ParityReport(format, quantize, len(texts), source, float(diff.max()), float(diff.mean()), agreement,
+    return ParityReport(format, quantize, len(texts), source, largest, float(diff.mean()), agreement,
                         atol, min_agreement, not failures, failures)
 
 
@@ -522,7 +522,7 @@ def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputDirError(f"{output_dir} exists and is not a folder; choose another --output")
     if output_dir.is_dir() and _holds_only_a_failure_report(output_dir):
-        if not _is_marked(output_dir):
+        if not outputs.is_marked(output_dir):
             # Earlier releases wrote the report into the folder without the marker; textclf cannot tell that
             # parity.json from a user's, so it says what it is and leaves the deleting to the user.
             raise OutputDirError(
@@ -535,11 +535,6 @@ def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
         raise OutputDirError(f"{output_dir} is not empty; pass --overwrite (overwrite=True) to replace it "
                              "or choose another --output")
     outputs.check_replaceable(output_dir, outputs.EXPORT)  # --overwrite replaces an earlier export and nothing else
-
-
-def _is_marked(folder: Path) -> bool:
-    marker = folder / outputs.MARKER
-    return marker.is_file() and not marker.is_symlink()  # a link named like the marker proves nothing
 
 
 def _holds_only_a_failure_report(folder: Path) -> bool:
@@ -566,16 +561,10 @@ def _file_failure_report(staging: Path, output_dir: Path) -> Path:
     the check is never marked, and gets the report beside it instead, ``OUTPUT.parity-failed.json``, as an earlier
     export in ``output_dir`` does.
     """
-    for entry in staging.iterdir():  # our own staging folder: only the report stays
-        if entry.name == PARITY_FILE:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+    outputs.clear(staging, keep={PARITY_FILE})  # our own staging folder: only the report stays
     outputs.claim(staging, outputs.EXPORT)
     if output_dir.is_dir() and not output_dir.is_symlink() and _holds_only_a_failure_report(output_dir) \
-            and _is_marked(output_dir):
+            and outputs.is_marked(output_dir):
         # An earlier failed attempt's report, superseded by this one. Changed meanwhile (files added): the rename
         # below refuses the folder and the report goes beside it.
         with contextlib.suppress(OutputDirError):

@@ -338,12 +338,16 @@ def _trim(prediction: Prediction, k: int) -> Prediction:
 # ==================================================================================================== app
 
 
-class _BodyLimit:
-    """ASGI middleware: 413 for request bodies over ``max_bytes`` (declared length or bytes actually sent)."""
+class _BodyRules:
+    """ASGI middleware for request bodies: 413 for a body over ``max_bytes`` (declared length, or bytes actually
+    sent: chunked bodies declare none), and 408 with the connection closed for one that has not arrived within
+    ``seconds`` of its headers (uvicorn has no body timeout: a half-sent body would hold its connection and task for
+    ever). Both are raised as ``HTTPException``, so the app's error handler answers in its usual JSON."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, seconds: float):
         self.app = app
         self.max_bytes = max_bytes
+        self.seconds = seconds
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -355,54 +359,30 @@ class _BodyLimit:
                 f"{self.max_bytes} bytes (max_body_bytes)", "body_too_large"))
         from fastapi import HTTPException
 
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:  # chunked bodies declare no length
-                    raise HTTPException(413, f"request body is over the limit of {self.max_bytes} bytes "
-                                             "(max_body_bytes)")
-            return message
-
-        return await self.app(scope, limited_receive, send)
-
-
-class _BodyDeadline:
-    """ASGI middleware: a request's body must arrive within ``seconds`` of its headers, else 408 and the connection
-    is closed (uvicorn has no body timeout: a half-sent body would hold its connection and task for ever)."""
-
-    def __init__(self, app, seconds: float):
-        self.app = app
-        self.seconds = seconds
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        from fastapi import HTTPException
-
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.seconds  # the app is called as soon as the headers are in
-        body_done = False
+        received, body_done = 0, False
 
-        async def receive_in_time():
-            nonlocal body_done
+        async def checked_receive():
+            nonlocal received, body_done
             if body_done:  # later calls wait for the client to disconnect, which is no reading and has no deadline
                 return await receive()
             try:
                 message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
             except asyncio.TimeoutError:
-                # Raised like _BodyLimit's 413, so that the app's error handler answers in its usual JSON;
                 # "Connection: close" makes uvicorn close the connection instead of waiting for the rest.
                 raise HTTPException(408, f"the request body did not arrive within {self.seconds:g} seconds "
                                          "(read_timeout); send the whole body at once",
                                     headers={"Connection": "close"}) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, f"request body is over the limit of {self.max_bytes} bytes "
+                                             "(max_body_bytes)")
             body_done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
-        return await self.app(scope, receive_in_time, send)
+        return await self.app(scope, checked_receive, send)
 
 
 def _http_protocol(read_timeout: float, max_header_bytes: int = MAX_HEADER_BYTES):
@@ -411,7 +391,7 @@ def _http_protocol(read_timeout: float, max_header_bytes: int = MAX_HEADER_BYTES
     uvicorn bounds only the idle time between requests on a kept-alive connection (``timeout_keep_alive``): a
     connection that sends nothing, or half a header, is held for ever and counts against ``limit_concurrency``.
     Here a new connection has ``read_timeout`` seconds until its first request's headers are complete (then
-    :class:`_BodyDeadline` takes over), and so has a kept-alive one from each answer on, else 408 (or, when not a
+    :class:`_BodyRules` takes over), and so has a kept-alive one from each answer on, else 408 (or, when not a
     byte came, no answer) and the connection is closed; headers over ``max_header_bytes`` get 431. "Headers
     complete" is uvicorn's own mark for both parsers: the request's ``cycle`` exists and has not answered yet.
     """
@@ -454,7 +434,7 @@ def _http_protocol(read_timeout: float, max_header_bytes: int = MAX_HEADER_BYTES
             if self.transport.get_protocol() is not self:  # upgraded to a WebSocket: no longer HTTP requests
                 self._stop_header_timer()
             elif not self._between_requests():
-                self._stop_header_timer()  # headers complete: the app's _BodyDeadline takes over
+                self._stop_header_timer()  # headers complete: the app's _BodyRules take over
             elif self._in_head():  # the chunk went wholly into headers that are still unfinished
                 self._header_bytes += len(data)
                 if self._header_bytes > max_header_bytes:
@@ -653,8 +633,7 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None):
     app.state.batcher = batcher
     app.state.predictor = predictor
     app.state.config = config
-    app.add_middleware(_BodyLimit, max_bytes=config.max_body_bytes)
-    app.add_middleware(_BodyDeadline, seconds=config.read_timeout)
+    app.add_middleware(_BodyRules, max_bytes=config.max_body_bytes, seconds=config.read_timeout)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):

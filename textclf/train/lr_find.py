@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import outputs
 from ..errors import ConfigError, TrainingError
 from ..eval.calibration import draw_safely
 from ..runtime import rng_state, set_rng_state
@@ -211,7 +212,7 @@ def write_outputs(result: LRFindResult, folder: Path) -> list[Path]:
     # a diverged step's loss is null: NaN and Infinity are not JSON, and strict readers (browsers, jq) refuse them
     curve = {"lrs": result.lrs, "losses": [_finite_or_none(v) for v in result.losses],
              "smoothed": [_finite_or_none(v) for v in result.smoothed], "suggestion": result.suggestion}
-    data.write_text(json.dumps(curve, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    outputs.write_file_atomically(data, json.dumps(curve, indent=1, allow_nan=False) + "\n")
     picture = folder / "lr_find.png"
     # the curve is in lr_find.json already: a picture that fails is a warning
     draw_safely(picture, lambda path: plot(result, path), numbers_in=data.name)
