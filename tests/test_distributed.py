@@ -82,14 +82,19 @@ def run_torchrun(args: list[str], timeout: float = 240) -> subprocess.CompletedP
 
 
 def run_two_nodes(args: list[str], timeout: float = 240) -> str:
-    """The same job as two "nodes" of one process each, as on two machines: ``--nnodes 2``, c10d rendezvous."""
+    """The same job as two "nodes" of one process each, as on two machines: ``--nnodes 2``, one ``--node-rank`` each.
+
+    Static rendezvous (a master address and a node rank), as a cluster scheduler launches it. The dynamic c10d
+    rendezvous is not used: with it, the agent that hosts the store may exit as soon as the job ends while the
+    other agent still polls that store, and the polling agent then fails a finished job (a teardown race in
+    torch.distributed.elastic, not in the training)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-              "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"textclf-test-{port}"]
-    nodes = [subprocess.Popen([*launch, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=_env(), cwd=ROOT) for _ in range(2)]
+              "--master-addr", "127.0.0.1", "--master-port", str(port)]
+    nodes = [subprocess.Popen([*launch, "--node-rank", str(rank), *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT) for rank in range(2)]
     results = [node.communicate(timeout=timeout) for node in nodes]
     for node, (stdout, stderr) in zip(nodes, results):
         assert node.returncode == 0, f"a node failed ({node.returncode}):\n{stdout}\n{stderr[-6000:]}"
