@@ -7,10 +7,21 @@
   warmup + linear schedule).
 
 A model with a custom head is saved in the usual folder layout, but its weights no longer match the Hugging Face
-``...ForSequenceClassification`` layout, so load it back with the subclass: ``MLPClassifier.from_pretrained``.
+``...ForSequenceClassification`` layout, so it loads only with the class that built it. ``textclf.json`` records
+that class (``"model_class": "/abs/path/examples/custom_head.py:MLPClassifier"``: this script runs as ``__main__``,
+so by its file), and loading the folder asks you to name it, since that imports and runs this file:
 
     python examples/custom_head.py                       # MiniLM on TREC, ~2 epochs
     python examples/custom_head.py --data tests/data/tiny --max-steps 10
+
+    textclf predict  --model runs/custom_head/best --model-class examples/custom_head.py:MLPClassifier "What is DNA?"
+    textclf evaluate --model runs/custom_head/best --model-class examples/custom_head.py:MLPClassifier --data test.csv
+    textclf serve    --model runs/custom_head/best --model-class examples/custom_head.py:MLPClassifier
+    textclf export   --model runs/custom_head/best --model-class examples/custom_head.py:MLPClassifier --output onnx/
+    textclf serve    --model onnx/                   # an export holds the whole graph: no class needed
+
+In Python: ``textclf.Predictor.from_pretrained(folder, model_class=MLPClassifier)`` (or the same
+``"file.py:Class"`` / ``"module:Class"`` string), ``MLPClassifier.from_pretrained(folder)`` for the bare model.
 """
 
 from __future__ import annotations
@@ -86,10 +97,9 @@ def main(argv: list[str] | None = None) -> textclf.EvalReport:
     report = trainer.evaluate(data.test)
     print(f"\n== test ({report.num_rows} rows), MLP head ==\n{report.format()}")
 
-    # Reload with the subclass, which rebuilds the same head, then predict.
+    # Reload naming the subclass (it rebuilds the same head; without it the folder refuses to load), then predict.
     best = Path(args.output) / "best"
-    reloaded = MLPClassifier.from_pretrained(best)
-    predictor = textclf.Predictor(reloaded, load_tokenizer(str(best)), max_length=args.max_length)
+    predictor = textclf.Predictor.from_pretrained(best, model_class=MLPClassifier, max_length=args.max_length)
     texts = data.test.texts[:3]
     for text, prediction in zip(texts, predictor.predict(texts)):
         print(f"{prediction.label:>13} {prediction.score:.2f}  {text}")

@@ -178,7 +178,7 @@ BASE = ["train", "--output", "{out}", "--model", "{model}", "--device", "cpu", "
 
 @pytest.fixture(scope="module")
 def checkpointed_run(tmp_path_factory, tiny_model_dir) -> Path:
-    """An interrupted-looking run of GOOD: checkpoints at steps 1 and 2 (3 was the last step)."""
+    """An interrupted-looking run of GOOD: its checkpoint at step 2 (3 was the last step; 1 was rotated away)."""
     work = tmp_path_factory.mktemp("checkpointed")
     (work / "a.csv").write_text(GOOD, encoding="utf-8")
     args = fill(BASE, work, work / "out", tiny_model_dir) + ["--data", str(work / "a.csv"), "--max-steps", "3",

@@ -42,15 +42,20 @@ def test_analyzer_auto_picks_words_for_english():
 
 def test_save_load_round_trip(tiny_data, tmp_path):
     clf = TfidfBaseline().fit(tiny_data.train.texts, tiny_data.train.labels)
-    path = clf.save(tmp_path / "b.pkl")
-    again = TfidfBaseline.load(path)
-    np.testing.assert_array_equal(again.predict_proba(tiny_data.dev.texts), clf.predict_proba(tiny_data.dev.texts))
-    assert again.label_map.names == clf.label_map.names
-    (tmp_path / "junk.pkl").write_bytes(b"not a pickle")
-    with pytest.raises(ModelLoadError, match="not a textclf baseline"):
-        TfidfBaseline.load(tmp_path / "junk.pkl")
+    folder = clf.save(tmp_path / "b")
+    assert not list(folder.glob("*.pkl"))  # arrays and JSON only: loading runs no code
+    again = TfidfBaseline.load(folder)
+    np.testing.assert_allclose(again.predict_proba(tiny_data.dev.texts), clf.predict_proba(tiny_data.dev.texts),
+                               atol=1e-5)  # the weights are stored as float32
+    assert again.predict(tiny_data.dev.texts) == clf.predict(tiny_data.dev.texts)
+    assert again.label_map.names == clf.label_map.names and again.resolved_analyzer == "char"
+    (tmp_path / "old.pkl").write_bytes(b"not read")
+    with pytest.raises(ModelLoadError, match="pickled baseline of an earlier textclf release"):
+        TfidfBaseline.load(tmp_path / "old.pkl")
     with pytest.raises(ModelLoadError, match="does not exist"):
-        TfidfBaseline.load(tmp_path / "missing.pkl")
+        TfidfBaseline.load(tmp_path / "missing")
+    with pytest.raises(ModelLoadError, match="not a TF-IDF baseline folder"):
+        TfidfBaseline.load(tmp_path)
 
 
 def test_bad_settings_name_the_field():
@@ -115,7 +120,7 @@ def test_cli_baseline(tiny_data_dir, tmp_path, capsys):
     assert cli.main(["baseline", "--data", str(tiny_data_dir), "--output", str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
     assert "== test (50 rows" in out and "char n-grams" in out
-    assert (tmp_path / "b" / "baseline.pkl").is_file()
+    assert (tmp_path / "b" / "tfidf.safetensors").is_file() and not (tmp_path / "b" / "baseline.pkl").exists()
     assert cli.main(["baseline", "--data", str(tmp_path / "missing")]) == 2
 
 

@@ -79,6 +79,7 @@ BAD_TYPES = [
     (ModelConfig, "freeze_layers_below", 1.5),
     (ModelConfig, "normalize", "yes"),
     (DataConfig, "synonyms", 3),
+    (DataConfig, "label_names", 3),
     (DataConfig, "fold_width", "yes"),
     (DataConfig, "augment", "shuffle"),
     (DataConfig, "augment_copies", 0),

@@ -15,8 +15,9 @@ TINY_RECIPE = dict(max_steps=2, batch_size=16, precision="fp32", device="cpu", e
 
 
 def test_cross_validate_tiny(tiny_data, tiny_model_dir, tmp_path):
-    result = cross_validate(tiny_data, 3, str(tiny_model_dir), tmp_path / "cv", TrainConfig(**TINY_RECIPE),
-                            baseline=True, progress=False, printer=None)
+    # save_steps=1: every fold writes a checkpoint (at step 1), which must be gone once the fold is scored
+    result = cross_validate(tiny_data, 3, str(tiny_model_dir), tmp_path / "cv",
+                            TrainConfig(**TINY_RECIPE, save_steps=1), baseline=True, progress=False, printer=None)
     assert len(result.folds) == 3
     # the held-out folds partition the 200 train + 50 dev rows; each fold trains on the rest
     assert sum(f["held_out_rows"] for f in result.folds) == 250
@@ -24,6 +25,9 @@ def test_cross_validate_tiny(tiny_data, tiny_model_dir, tmp_path):
     for k, fold in enumerate(result.folds, start=1):
         assert (tmp_path / "cv" / f"fold-{k}" / "last").is_dir()
         assert not (tmp_path / "cv" / f"fold-{k}" / "best").exists()  # no held-out row picks a checkpoint
+        # a fold is never resumed: its checkpoints (3x the weights each) would only take disk
+        assert not (tmp_path / "cv" / f"fold-{k}" / "checkpoints").exists()
+        assert not list((tmp_path / "cv" / f"fold-{k}").glob(".textclf-*"))
         assert fold["held_out"]["num_rows"] == fold["held_out_rows"] and fold["test"]["num_rows"] == 50
     saved = json.loads((tmp_path / "cv" / "cv.json").read_text(encoding="utf-8"))
     for part in ("held_out", "test", "baseline held_out", "baseline test"):

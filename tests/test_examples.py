@@ -85,6 +85,16 @@ def test_custom_head_subclasses(tmp_path, tiny_model_dir):
     assert meta["custom_head"] is True and meta["hf_compatible"] is False and meta["pooling"] == "mean"
     model = custom_head.MLPClassifier.from_pretrained(out / "best")
     assert isinstance(model.head, nn.Sequential) and isinstance(model.head[0], nn.Linear) and len(model.head) == 4
+    # Imported here by file (as a script is run), so the folder names the class by its file, which the CLI takes.
+    spec = f"{(EXAMPLES / 'custom_head.py').resolve()}:MLPClassifier"
+    assert meta["model_class"] == spec
+    card = (out / "best" / "README.md").read_text(encoding="utf-8")  # its snippet names the class, and no HF load
+    assert f"model_class={json.dumps(spec)}" in card and "AutoModelForSequenceClassification" not in card
+    from textclf import cli
+
+    assert cli.main(["predict", "--model", str(out / "best"), "--device", "cpu", "What is DNA?"]) == 2
+    assert cli.main(["predict", "--model", str(out / "best"), "--model-class", spec, "--device", "cpu",
+                     "What is DNA?"]) == 0
 
 
 def test_custom_head_learning_rates(tiny_model_dir, tiny_data, tmp_path):

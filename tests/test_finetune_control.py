@@ -113,9 +113,10 @@ def test_gradual_unfreezing_resumes_exactly(tiny_model_dir, tiny_data, tmp_path)
     def run(out, resume=None):
         trainer = textclf.Trainer(
             str(tiny_model_dir), data=tiny_data, output_dir=out,
-            config=textclf.TrainConfig(max_steps=10, unfreeze_every=3, save_steps=4, lr=5e-3, max_length=32,
-                                       batch_size=16, device="cpu", precision="fp32", layer_lr_decay=0.8,
-                                       head_lr=1e-2),
+            # keep_checkpoints=2: the resume below starts from step 4, which step 8's checkpoint would rotate away
+            config=textclf.TrainConfig(max_steps=10, unfreeze_every=3, save_steps=4, keep_checkpoints=2, lr=5e-3,
+                                       max_length=32, batch_size=16, device="cpu", precision="fp32",
+                                       layer_lr_decay=0.8, head_lr=1e-2),
             model_config=textclf.ModelConfig(freeze_layers_below=2), progress=False)
         trainer.fit(resume=resume)
         return trainer, load_file(str(out / "last" / "model.safetensors"))

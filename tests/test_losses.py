@@ -146,7 +146,7 @@ def test_resume_with_the_balanced_sampler_is_exact(tiny_model_dir, tiny_data, tm
     def run(out, resume=None):
         config = textclf.TrainConfig(epochs=2, batch_size=16, lr=5e-3, max_length=32, device="cpu",
                                      precision="fp32", sampler="balanced", class_weights="balanced", save_steps=9,
-                                     seed=5)
+                                     keep_checkpoints=2, seed=5)  # resumed from both checkpoints below
         trainer = textclf.Trainer(str(tiny_model_dir), data=tiny_data, output_dir=out, config=config,
                                   progress=False)
         trainer.fit(resume=resume)

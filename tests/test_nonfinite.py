@@ -83,9 +83,10 @@ def test_nan_loss_in_fp32_stops_with_the_step_the_batch_and_its_texts(tmp_path, 
     flagged = [r for r in records if r["non_finite"]]
     assert {r["micro_batch"] for r in flagged} == {2} and {r["batch_in_epoch"] for r in flagged} == {7}
     assert all(r["text"] == trainer.data.train.texts[r["row"]] and r["label"] for r in records)
-    # Nothing NaN was kept: the weights, the checkpoints (steps 1-2) and best/ all predate the bad step.
+    # Nothing NaN was kept: the weights, the checkpoint (step 2, the newest before the bad step) and best/ all
+    # predate the bad step.
     assert finite(trainer.model)
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000002"]
     assert not (tmp_path / "run" / "last").exists()
     assert json.loads((tmp_path / "run" / "best" / "textclf.json").read_text())["step"] <= 2
 

@@ -67,10 +67,19 @@ def test_explicit_settings_win():
     assert (chosen.train.epochs, chosen.model.freeze_layers_below) == (3, None)
 
 
-def test_explicit_fields_are_the_non_defaults():
+def test_explicit_fields_are_the_fields_given():
+    import dataclasses
+
+    from textclf.config import RunConfig, replaced
+
     assert explicit_fields(TrainConfig(recipe="fine-tune", lr=1e-3)) == {"recipe", "lr"}
-    assert explicit_fields(TrainConfig(lr=1e-3)) == {"lr"}  # "auto" is the default: nothing given
+    assert explicit_fields(TrainConfig(lr=1e-3)) == {"lr"}
+    assert explicit_fields(TrainConfig(epochs=3)) == {"epochs"}  # the default value, but given
     assert explicit_fields(ModelConfig()) == set()
+    assert explicit_fields(RunConfig.from_dict({"train": {"epochs": 3}}).train) == {"epochs"}  # a config file
+    assert explicit_fields(replaced(TrainConfig(epochs=3), seed=1)) == {"epochs", "seed"}
+    # dataclasses.replace hands the constructor every field: then only what differs from the default counts
+    assert explicit_fields(dataclasses.replace(TrainConfig(epochs=3), lr=1e-3)) == {"lr"}
 
 
 class _Tokenizer:
@@ -195,21 +204,23 @@ def test_the_command_line_the_trainer_and_tune_resolve_the_default_recipe_alike(
     from textclf.cli import main
     from textclf.tools.tune import _Search
 
-    given = {"lr": 3e-4, "batch_size": 8, "max_steps": 1, "device": "cpu", "precision": "fp32"}
+    # epochs 3 is the default value, given on purpose: given is given, whether or not it equals the default
+    given = {"lr": 3e-4, "batch_size": 8, "epochs": 3, "max_steps": 1, "device": "cpu", "precision": "fp32"}
     assert main(["train", "--data", str(tiny_data_dir), "--model", str(tiny_model_dir), "--output",
-                 str(tmp_path / "cli"), "--lr", "3e-4", "--batch-size", "8", "--max-steps", "1", "--device", "cpu",
-                 "--precision", "fp32", "--quiet"]) == 0
+                 str(tmp_path / "cli"), "--lr", "3e-4", "--batch-size", "8", "--epochs", "3", "--max-steps", "1",
+                 "--device", "cpu", "--precision", "fp32", "--quiet"]) == 0
     from_cli = yaml.safe_load((tmp_path / "cli" / "config.yaml").read_text())["train"]
 
     data = textclf.load_dataset(str(tiny_data_dir))
     trainer = textclf.Trainer(str(tiny_model_dir), data, tmp_path / "api", TrainConfig(**given), progress=False)
     search = _Search(data, tmp_path / "tune", ModelConfig(name=str(tiny_model_dir)), TrainConfig(**given), None,
-                     set(given), set(), 3, None, None)
+                     explicit_fields(TrainConfig(**given)), set(), 3, None, None)
     fields = ("recipe", "epochs", "lr", "batch_size", "max_length", "warmup_ratio", "max_steps")
     resolved = [{f: from_cli[f] for f in fields}, {f: getattr(trainer.config, f) for f in fields},
                 {f: getattr(search.base_train, f) for f in fields}]
     assert resolved[0] == resolved[1] == resolved[2], resolved
     assert resolved[0]["recipe"] == "fine-tune" and resolved[0]["lr"] == 3e-4 and resolved[0]["batch_size"] == 8
+    assert resolved[0]["epochs"] == 3
     assert resolved[0]["max_length"] != TrainConfig().max_length  # filled in by auto, not the plain default
 
 

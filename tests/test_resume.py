@@ -203,16 +203,22 @@ def test_crash_during_write_leaves_previous_checkpoint_and_auto_skips_it(saved):
     (folder.parent / "step-000003").mkdir()
     (folder.parent / "step-000003" / "model.safetensors").write_bytes(b"x")
     assert ckpt.latest_checkpoint(folder.parent) == folder
-    ckpt.rotate_checkpoints(folder.parent, keep=2, protect_step=None)
+    ckpt.rotate_checkpoints(folder.parent, keep=2)
     assert not list(folder.parent.glob(".textclf-*"))
 
 
-def test_rotation_keeps_the_last_n_and_never_the_best(tmp_path):
+def test_rotation_keeps_only_the_newest_n(tmp_path):
+    from textclf import TrainConfig
+
     for step in range(1, 7):
         ckpt.write_atomically(tmp_path / ckpt.checkpoint_name(step),
                               lambda tmp: (tmp / ckpt.STATE_FILE).write_text('{"complete": true}'))
-    ckpt.rotate_checkpoints(tmp_path, keep=2, protect_step=2)
-    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000002", "step-000005", "step-000006"]
+    ckpt.rotate_checkpoints(tmp_path, keep=2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000005", "step-000006"]
+    # The default keeps what resuming needs, the newest one: a checkpoint is about 3x the weights (AdamW's two
+    # moments), and the best weights are in best/ already, so no older or best step's checkpoint is kept.
+    ckpt.rotate_checkpoints(tmp_path, keep=TrainConfig().keep_checkpoints)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000006"]
     assert not list(tmp_path.glob(".*"))
 
 
@@ -440,8 +446,10 @@ def test_the_run_lock_of_a_killed_process_is_released(tmp_path, monkeypatch):
 def test_a_resume_that_would_end_before_the_saved_best_model_is_refused(tmp_path, tiny_model_dir, tiny_data_dir):
     # The run was killed right after best/ was written at step 6, before any checkpoint after step 4.
     out = tmp_path / "run"
-    _trainer(tiny_model_dir, tiny_data_dir, out, patience=None).fit()  # 6 steps, checkpoints at 2 and 4
-    assert ckpt.latest_checkpoint(out / "checkpoints").name == "step-000004"
+    result = _trainer(tiny_model_dir, tiny_data_dir, out, patience=None).fit()  # 6 steps, checkpoints at 2 and 4
+    # By default only the newest checkpoint is kept, not the best step's (step 2 here): best/ holds those weights.
+    assert result.best_step == 2
+    assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["step-000004"]
     meta = json.loads((out / "best" / "textclf.json").read_text())
     meta["step"] = 6
     (out / "best" / "textclf.json").write_text(json.dumps(meta))

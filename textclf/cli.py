@@ -131,6 +131,7 @@ def build_parser() -> ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="score a trained model on a labelled file",
                                    description="Score a trained model on a labelled file.")
     evaluate.add_argument("--model", required=True, metavar="DIR", help="model folder (e.g. OUTPUT/best)")
+    _add_model_class_flag(evaluate)
     evaluate.add_argument("--data", required=True, metavar="FILE", help="labelled CSV/TSV/JSONL file or class folder")
     evaluate.add_argument("--output", metavar="FILE", help="also write the report as JSON to FILE, and as a page to "
                           "look at beside it (FILE with the suffix .html)")
@@ -145,6 +146,7 @@ def build_parser() -> ArgumentParser:
     predict = commands.add_parser("predict", help="classify texts with a trained model",
                                   description="Classify texts given as arguments or in a file.")
     predict.add_argument("--model", required=True, metavar="DIR", help="model folder (e.g. OUTPUT/best)")
+    _add_model_class_flag(predict)
     predict.add_argument("--input", metavar="FILE",
                          help=".txt (one text per line) or CSV/TSV/JSONL with a text column")
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify (instead of --input)")
@@ -179,6 +181,7 @@ def build_parser() -> ArgumentParser:
                                  "against PyTorch (max |logit diff|, label agreement, accuracy change on --data); "
                                  "a failed check fails the export.")
     export.add_argument("--model", required=True, metavar="DIR", help="model folder (e.g. OUTPUT/best)")
+    _add_model_class_flag(export)
     export.add_argument("--output", required=True, metavar="DIR", help="export folder to create")
     export.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "torch-export"],
                         help="onnx (default), torchscript (torch.jit.trace, deprecated upstream; falls back to "
@@ -209,6 +212,7 @@ def build_parser() -> ArgumentParser:
                                 "Concurrent requests are batched server-side. Set the environment variable named by "
                                 "--api-key-env to require an X-API-Key header.")
     serve.add_argument("--model", required=True, metavar="DIR", help="model folder or export folder")
+    _add_model_class_flag(serve)
     serve.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
                        help="auto (what the folder holds), torch or onnx")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)")
@@ -245,8 +249,16 @@ def build_parser() -> ArgumentParser:
                        help="seconds to finish in-flight requests after SIGTERM/SIGINT (default 30)")
     serve.set_defaults(handler=cmd_serve, paths=_writes_nothing)
     _add_baseline_and_audit_commands(commands)
+    _add_select_command(commands)
     _add_pretrain_commands(commands)
     return parser
+
+
+def _add_model_class_flag(parser: argparse.ArgumentParser) -> None:
+    """--model-class: the opt-in to load a model saved from a TextClassifier subclass (textclf.model.custom)."""
+    parser.add_argument("--model-class", metavar="MODULE:CLASS", help="the TextClassifier subclass the model was "
+                        "saved from (a custom head), as MODULE:CLASS (importable) or FILE.py:CLASS; this imports and "
+                        "runs that code, so only for code you trust (an export folder needs none)")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, config_help: str) -> None:
@@ -349,7 +361,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("textclf train: --seeds (a seed ensemble) and --cv (cross-validation) are separate runs; "
                          "give one of them")
     config = _config_with_data_and_output(args, "train")  # the output folder passed check_paths already
-    data = load_dataset(config.run.data, dev=config.run.dev, test=config.run.test, config=config.data)
+    data = _training_data(config, load_dataset)
     if config.train.recipe == "auto":
         config = _choose_recipe(args, config, data)
     if getattr(args, "seeds", None):
@@ -366,7 +378,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(config.run.output)
     report = (out / "report.txt").read_text(encoding="utf-8") if (out / "report.txt").is_file() else ""
     print(report)
-    print(f"best model: {out / 'best'} (step {result.best_step}); last model: {out / 'last'}")
+    if (out / "best").is_dir():
+        print(f"best model: {out / 'best'} (step {result.best_step}); last model: {out / 'last'}")
+    else:  # no dev split: nothing chose a best step
+        print(f"model: {out / 'last'} (no dev split, so the final weights; there is no best/)")
     print(f"TensorBoard: tensorboard --logdir {out / 'runs'}")
     if getattr(args, "baseline", False):
         from .tools.baseline import compare_with_baseline
@@ -374,6 +389,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("\nTF-IDF baseline on the same splits (also in metrics.json under \"baseline\"):\n"
               + compare_with_baseline(out, data))
     return 0
+
+
+def _training_data(config: RunConfig, load_dataset):
+    """The data set a run trains on: the labelled files, or (``--label-names``) rows made from the label names and
+    the unlabelled pool in ``--data``."""
+    if not config.data.label_names:
+        return load_dataset(config.run.data, dev=config.run.dev, test=config.run.test, config=config.data)
+    from .data.label_names import read_label_names
+    from .tools.zero_shot import dataset_from_label_names
+
+    if config.run.dev:
+        raise UsageError("textclf train --label-names: a dev file means labelled rows; train on them (without "
+                         "--label-names), or give them as --test to score the zero-shot model")
+    return dataset_from_label_names(config.run.data, read_label_names(config.data.label_names), config.model.name,
+                                    test=config.run.test, data_config=config.data, device=config.train.device)
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
@@ -504,15 +534,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # The test file is read as the training files were (columns, separator, encoding); flags given now win.
     given = {"text_column": args.text_column, "label_column": args.label_column, "encoding": args.encoding}
     reading = {**(meta.get("data_reading") or {}), **{k: v for k, v in given.items() if v is not None}}
-    if meta.get("export"):  # an exported (ONNX, int8, TorchScript) model: scored through its own backend
+    if meta.get("export") or meta.get("kind") == "tfidf":  # an export or the TF-IDF baseline: its own backend
         from .deploy.predict import Predictor
 
         if getattr(args, "errors", None):
-            raise UsageError(f"--errors needs the training model folder (e.g. OUTPUT/best); {args.model} is an export")
+            kind = "an export" if meta.get("export") else "a TF-IDF baseline"
+            raise UsageError(f"--errors needs the training model folder (e.g. OUTPUT/best); {args.model} is {kind}")
         predictor = Predictor.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
         split = read_split(args.data, "test", DataConfig(**reading, multi_label=predictor.label_map.multi_label))
         return _print_report(predictor.evaluate(split), args)
-    trainer = Trainer.from_pretrained(args.model, device=args.device, eval_batch_size=args.batch_size)
+    trainer = Trainer.from_pretrained(args.model, device=args.device, eval_batch_size=args.batch_size,
+                                      model_class=args.model_class)
     split = read_split(args.data, "test", DataConfig(**reading, multi_label=trainer.label_map.multi_label))
     if getattr(args, "errors", None):
         from .eval.analysis import evaluate_with_errors, saved_temperature
@@ -555,7 +587,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                              "UTF-8 text, or put the texts in a file and use --input FILE --encoding ...") from None
     texts = read_texts(args.input, DataConfig(text_column=args.text_column, encoding=args.encoding)) \
         if args.input else args.texts
-    predictor = Predictor.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
+    predictor = Predictor.from_pretrained(args.model, device=args.device, batch_size=args.batch_size,
+                                          model_class=args.model_class)
     if args.top_k > len(predictor.label_map):
         raise UsageError(f"textclf predict: --top-k must be between 1 and {len(predictor.label_map)} (the model's "
                          f"labels), got {args.top_k}")
@@ -614,6 +647,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         "train_config": meta.get("train_config"),
         "dev": {k: v for k, v in (meta.get("dev") or {}).items() if k in ("accuracy", "macro_f1", "micro_f1", "loss")},
     }
+    if meta.get("model_class"):  # what --model-class predict, evaluate, serve and export need for this folder
+        summary["model_class"] = meta["model_class"]
     if labels is None and meta.get("num_labels"):
         print(f"textclf info: warning: {folder / LABELS_FILE} is missing: the names of the model's "
               f"{meta['num_labels']} outputs are unknown, so predict, evaluate, export and serve refuse this folder; "
@@ -639,7 +674,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     export_model(args.model, args.output, format=args.format, quantize=args.quantize, data=args.data,
                  text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
                  num_samples=args.num_samples, atol=args.atol, min_agreement=args.min_agreement,
-                 max_accuracy_drop=args.max_accuracy_drop, opset=args.opset, overwrite=args.overwrite)
+                 max_accuracy_drop=args.max_accuracy_drop, opset=args.opset, overwrite=args.overwrite,
+                 model_class=args.model_class)
     return 0
 
 
@@ -659,13 +695,70 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          read_timeout=args.read_timeout, max_connections=args.max_connections)
     predictor = Predictor.from_pretrained(args.model, backend=args.backend, device=args.device,
                                           batch_size=max(args.max_batch_size, args.max_texts_per_request),
-                                          threads=args.threads)
+                                          threads=args.threads, model_class=args.model_class)
     print(f"serving {args.model} ({predictor.backend.name}) on http://{args.host}:{args.port} "
           f"(docs at /docs; batching {'on' if args.batching else 'off'}"
           f"{'; API key required' if config.api_key else ''})", flush=True)
     serve(predictor, args.host, args.port, config, log_level=args.log_level, access_log=args.access_log,
           timeout_graceful_shutdown=args.graceful_timeout, drain_seconds=args.drain_seconds)
     return 0
+
+
+# ---- the rows to label next (textclf.tools.select) ----------------------------------------------------------------
+
+
+def _add_select_command(commands) -> None:
+    from .tools.strategies import DEFAULT_STRATEGY, STRATEGIES
+
+    select = commands.add_parser(
+        "select", help="choose the unlabelled rows an annotator should label next",
+        description="Score an unlabelled pool with a trained model and write the BUDGET rows most worth labelling, "
+        "best first, as a CSV that textclf train reads once its label column is filled in. Round 0 (no labels yet): "
+        "give an encoder (--model minilm) and, ideally, --label-names; the first batch then covers every class.")
+    select.add_argument("--model", required=True, metavar="RUN_OR_MODEL", help="a training run (its best/ model), a "
+                        "model folder, or in round 0 an encoder (minilm, a folder or hub name)")
+    select.add_argument("--pool", required=True, metavar="FILE", help="the unlabelled texts (CSV/TSV/JSONL with a "
+                        "text column, or a .txt file with one text per line); any label column is ignored")
+    select.add_argument("--budget", required=True, type=_number_in(int, 1, None), metavar="N",
+                        help="how many rows to choose")
+    select.add_argument("--output", required=True, metavar="FILE.csv",
+                        help="the rows to label: text, label (empty), guess, confidence, pool_line")
+    select.add_argument("--strategy", choices=sorted(STRATEGIES), help=f"how to choose (default {DEFAULT_STRATEGY}: "
+                        "uncertain and diverse rows at once; margin/entropy: the most uncertain; kcenter: the most "
+                        "diverse; random); round 0 without a trained model: the first-batch rule")
+    select.add_argument("--labelled", nargs="+", default=[], metavar="FILE", help="files of rows already labelled "
+                        "(or already sent to an annotator): their texts are never chosen")
+    select.add_argument("--label-names", metavar="FILE", help="round 0: one label per line (optionally "
+                        "label<TAB>description); the first batch shares the budget across these classes")
+    select.add_argument("--seed", type=int, default=0, help="the same pool, model and seed choose the same rows")
+    select.add_argument("--text-column", default="text", help="the pool's text column (default text)")
+    select.add_argument("--encoding", default="utf-8", help="the pool's encoding (default utf-8)")
+    select.add_argument("--batch-size", type=_number_in(int, 1, None), default=64, help="texts per forward pass")
+    select.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    select.add_argument("--cache-dir", metavar="DIR", help="where the pool's scores are kept between runs (default "
+                        "$TEXTCLF_CACHE or ~/.cache/textclf; TEXTCLF_CACHE=off keeps none)")
+    _add_model_class_flag(select)
+    select.set_defaults(handler=cmd_select, paths=_paths_of_select)
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from .data.label_names import read_label_names
+    from .tools.select import select_rows
+
+    model = Path(args.model) / "best" if (Path(args.model) / "best").is_dir() else args.model
+    names = read_label_names(args.label_names) if args.label_names else None
+    config = DataConfig(text_column=args.text_column, encoding=args.encoding)
+    selection = select_rows(model, args.pool, args.budget, args.output, args.strategy, args.seed, args.labelled,
+                            names, config, args.batch_size, args.device, args.cache_dir, args.model_class)
+    print(f"wrote {len(selection.rows)} rows to label to {args.output} (strategy: {selection.strategy}); fill in "
+          f"the label column, then train on them: textclf train --data {args.output} ...")
+    return 0
+
+
+def _paths_of_select(args: argparse.Namespace):
+    inputs = {"--model": _local(args.model), "--pool": args.pool, "--label-names": args.label_names,
+              **{f"--labelled {file}": file for file in args.labelled}, **_model_class_input(args)}
+    return inputs, [("--output", args.output, "file")]
 
 
 # ---- TF-IDF baseline, label audit, cross-validation (textclf.tools) -----------------------------------------------
@@ -688,7 +781,8 @@ def _add_baseline_and_audit_commands(commands) -> None:
         sub.add_argument("--multi-label", action="store_true", help="labels are sets joined by | (or a JSON list)")
         sub.add_argument("--analyzer", default="auto", choices=["auto", "word", "char"], help="n-grams of words, "
                          "or of characters (auto: characters when most text is Chinese/Japanese)")
-    baseline.add_argument("--output", metavar="DIR", help="write report.txt, metrics.json and baseline.pkl here")
+    baseline.add_argument("--output", metavar="DIR", help="write report.txt, metrics.json and the model "
+                          "here (a model folder: textclf predict/evaluate/serve --model DIR)")
     baseline.set_defaults(handler=cmd_baseline, paths=_paths_of_toolbox)
 
     audit.add_argument("--output", metavar="DIR", help="write audit.csv and audit.json here (default: print the top "
@@ -710,23 +804,28 @@ def _add_baseline_and_audit_commands(commands) -> None:
     audit.set_defaults(handler=cmd_audit, paths=_paths_of_toolbox)
 
 
+def _toolbox_data_config(args: argparse.Namespace) -> DataConfig:
+    return DataConfig(text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
+                      multi_label=args.multi_label)
+
+
 def _toolbox_data(args: argparse.Namespace):
     from .data.readers import load_dataset
 
-    config = DataConfig(text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
-                        multi_label=args.multi_label)
-    return load_dataset(args.data, dev=args.dev, test=args.test, config=config)
+    return load_dataset(args.data, dev=args.dev, test=args.test, config=_toolbox_data_config(args))
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     from .tools.baseline import run_baseline
 
-    result = run_baseline(_toolbox_data(args), args.output, analyzer=args.analyzer)
+    data = _toolbox_data(args)
+    result = run_baseline(data, args.output, analyzer=args.analyzer, data_config=_toolbox_data_config(args))
     print(result["report"])
     info = result["baseline"]
     print(f"TF-IDF {info['analyzer']} n-grams ({info['num_features']} features) + {info['model']}: fit on "
           f"{info['train_rows']} rows in {info['fit_seconds']:.1f} s"
-          + (f"; report, metrics.json and baseline.pkl in {args.output}" if args.output else ""))
+          + (f"; report, metrics.json and the model in {args.output} (textclf predict --model {args.output})"
+             if args.output else ""))
     return 0
 
 
@@ -933,6 +1032,7 @@ def _paths_of_training(args: argparse.Namespace):
     inputs = {"--data": config.run.data, "--dev": config.run.dev, "--test": config.run.test,
               "--model": _local(model.name), "--config": getattr(args, "config", None),
               "--synonyms": data.synonyms, "--augment-synonyms": data.augment_synonyms, "--entities": data.entities,
+              "--label-names": data.label_names,
               "--class-weights": _local(config.train.class_weights)}
     return inputs, [("--output", config.run.output, "folder")]
 
@@ -942,11 +1042,19 @@ def _paths_of_evaluate(args: argparse.Namespace):
     if args.output:
         written += [("--output", args.output, "file"), ("--output", str(Path(args.output).with_suffix(".html")),
                                                        "file")]
-    return {"--model": args.model, "--data": args.data}, written
+    return {"--model": args.model, "--data": args.data, **_model_class_input(args)}, written
 
 
 def _paths_of_predict(args: argparse.Namespace):
-    return {"--model": args.model, "--input": args.input}, [("--output", args.output, "file")]
+    return {"--model": args.model, "--input": args.input, **_model_class_input(args)}, [("--output", args.output,
+                                                                                          "file")]
+
+
+def _model_class_input(args: argparse.Namespace) -> dict:
+    """--model-class FILE.py:CLASS reads FILE.py: never written over (an export --overwrite could remove it)."""
+    from .model.custom import spec_file
+
+    return {"--model-class": spec_file(getattr(args, "model_class", None))}
 
 
 def _paths_of_report(args: argparse.Namespace):
@@ -957,7 +1065,8 @@ def _paths_of_report(args: argparse.Namespace):
 
 
 def _paths_of_export(args: argparse.Namespace):
-    return {"--model": args.model, "--data": args.data}, [("--output", args.output, "folder")]
+    return {"--model": args.model, "--data": args.data, **_model_class_input(args)}, [("--output", args.output,
+                                                                                       "folder")]
 
 
 def _paths_of_toolbox(args: argparse.Namespace):

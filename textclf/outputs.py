@@ -70,8 +70,9 @@ RUN = Layout("run", frozenset({
 PRETRAIN_RUN = Layout("pretraining run", frozenset({
     "config.yaml", "log.jsonl", "checkpoints", "runs", "model", "mlm",
 }), sign="config.yaml")
-BASELINE = Layout("baseline", frozenset({"metrics.json", "report.txt", "report.html", "baseline.pkl",
-                                        "confusion.png"}), sign="baseline.pkl")
+BASELINE = Layout("baseline", frozenset({"metrics.json", "report.txt", "report.html", "confusion.png", "baseline.pkl",
+                                        "textclf.json", "labels.json", "tfidf.json", "tfidf.safetensors"}),
+                  sign="tfidf.json")
 LR_FIND = Layout("learning-rate range test", frozenset({"lr_find.png", "lr_find.json", "runs"}), sign="lr_find.json")
 TUNE = Layout("search", frozenset({"tune.db", "tune.json", "trials", "best", "final"}), sign="tune.db",
               patterns=("tune.db-*",))  # SQLite's journal, left by a killed search
@@ -133,6 +134,14 @@ def open_nofollow(path: str | Path, flags: int = os.O_RDWR | os.O_CREAT, what: s
                              f"{what}; remove it, or choose another --output")
     os.set_blocking(fd, True)
     return fd
+
+
+def open_permissions(path: str | Path) -> None:
+    """Give a file the permissions ``open()`` would have (0666 less the umask). safetensors writes its files 0600,
+    so a model folder written by one user could not be read by the service account that deploys it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def write_file_atomically(path: str | Path, data: str | bytes) -> Path:

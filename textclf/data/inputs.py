@@ -143,6 +143,34 @@ class SlidingWindows(Truncation):
         return out, needed > num_windows
 
 
+class WholeTexts:
+    """The backend reads raw texts itself (a TF-IDF model cuts its own n-grams): no tokenizer, nothing truncated.
+
+    Only a prediction backend with ``read(texts) -> logits`` can read texts this way; it is never trained by the
+    Trainer, so only the prediction half of a strategy is here."""
+
+    spec = None
+    max_length = 0  # no token limit: a text is read whole
+
+    def collate(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        return None  # nothing to pad: batches are lists of texts
+
+    def to_dict(self) -> dict | None:
+        return None
+
+    def check_backend(self, backend: Any) -> None:
+        if not callable(getattr(backend, "read", None)):
+            raise ModelLoadError(f"the {getattr(backend, 'name', type(backend).__name__)} backend reads token ids, "
+                                 "not raw texts; only a backend with read(texts) can be given whole texts")
+
+    def logits(self, backend: Any, tokenizer: Any, texts: list[str], batch_size: int,
+               num_labels: int) -> tuple[np.ndarray, np.ndarray]:
+        out = np.empty((len(texts), num_labels), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            out[start:start + batch_size] = backend.read(texts[start:start + batch_size])
+        return out, np.zeros(len(texts), dtype=bool)
+
+
 def input_strategy_for(windows: WindowSpec | None, max_length: int) -> Truncation:
     """Sliding windows when a :class:`~textclf.data.windows.WindowSpec` is given (its length wins), else truncation
     at ``max_length``."""

@@ -181,7 +181,7 @@ def export_model(model_dir: str | Path, output_dir: str | Path, format: str = "o
                  encoding: str = "utf-8", num_samples: int = 512, atol: float | None = None,
                  min_agreement: float | None = None, max_accuracy_drop: float = MAX_ACCURACY_DROP,
                  opset: int | None = None, batch_size: int = 64, overwrite: bool = False,
-                 log=print) -> ExportResult:
+                 log=print, model_class: type | str | None = None) -> ExportResult:
     """Export ``model_dir`` (a training bundle) to ``output_dir`` and check it against PyTorch.
 
     Args:
@@ -200,6 +200,9 @@ def export_model(model_dir: str | Path, output_dir: str | Path, format: str = "o
         batch_size: texts per forward pass in the check.
         overwrite: replace a non-empty ``output_dir``.
         log: where progress lines go (``print``, or ``lambda *_: None`` for silence).
+        model_class: the ``TextClassifier`` subclass ``model_dir`` was saved from, when it was (a custom head): the
+            class, ``"module:Class"`` or ``"file.py:Class"`` (imported and run). The export holds the whole graph, so
+            loading it needs the class no more.
 
     Raises:
         ExportError: the export failed or the parity check failed (the message says which number).
@@ -226,7 +229,14 @@ def export_model(model_dir: str | Path, output_dir: str | Path, format: str = "o
     outputs.check_not_input(output_dir, {"--model": model_dir})
     _check_output_dir(output_dir, overwrite)
     from ..model.ensemble import is_ensemble
+    from ..model.tfidf import is_tfidf_folder
 
+    if is_tfidf_folder(model_dir):
+        raise ConfigError(f"{model_dir} is a TF-IDF model folder (textclf baseline): it needs no export, it is "
+                          "already the deployable form (a few MB of arrays and JSON, read by numpy and scikit-learn): "
+                          f"serve it as it is (textclf serve --model {model_dir}) or copy the folder. (ONNX's "
+                          "TfIdfVectorizer operator counts n-grams of token ids: the text would still be split "
+                          "outside the graph)")
     if is_ensemble(model_dir):
         raise ConfigError(f"{model_dir} is a seed ensemble; export is for single models: export one member "
                           f"({model_dir}/members/...), or serve the ensemble folder itself with PyTorch")
@@ -236,7 +246,7 @@ def export_model(model_dir: str | Path, output_dir: str | Path, format: str = "o
                                                                     else FP32_MIN_AGREEMENT)
 
     reference = Predictor.from_pretrained(model_dir, backend="torch", device="cpu", precision="fp32",
-                                          batch_size=batch_size)
+                                          batch_size=batch_size, model_class=model_class)
     if reference.windows is not None and reference.windows.aggregation == "attention":
         # The exported graph maps one window to logits; attention needs the scores of all a text's windows.
         raise ConfigError(f"{model_dir} combines its sliding windows with attention (train.window_aggregation), "

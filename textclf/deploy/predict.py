@@ -11,8 +11,12 @@ Backends (both map ``input_ids``/``attention_mask`` ``[B, T]`` to float32 logits
   module written by ``textclf export``.
 * :class:`OnnxBackend` -- an ONNX Runtime session on ``model.onnx`` / ``model.int8.onnx`` from ``textclf export``.
 
+One backend reads raw texts instead (``read(texts) -> logits``, :class:`~textclf.data.inputs.WholeTexts`):
+:class:`TfidfBackend`, the TF-IDF baseline's model folder (``textclf baseline --output DIR``).
+
 ``Predictor.from_pretrained(folder)`` picks the backend from what the folder holds (``backend="auto"``): a training
-bundle (``OUTPUT/best``) runs in PyTorch, an export folder in the format it was exported to.
+bundle (``OUTPUT/best``) runs in PyTorch, an export folder in the format it was exported to, a baseline folder in
+numpy.
 """
 
 from __future__ import annotations
@@ -25,8 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.collate import make_collate
-from ..data.inputs import input_strategy_for
+from ..data.inputs import WholeTexts, input_strategy_for
 from ..data.labels import LabelMap
 from ..data.normalize import TextNormalizer
 from ..data.windows import WindowSpec
@@ -37,6 +40,8 @@ from ..eval.tasks import saved_task, task_for
 from ..model import bundle
 from ..model.classifier import LABELS_FILE, WEIGHTS_FILE, TextClassifier, load_tokenizer
 from ..model.ensemble import load_model, require_labels
+from ..model.tfidf import KIND as TFIDF
+from ..model.tfidf import TfidfModel
 from ..runtime import resolve_device, resolve_precision, setup_runtime
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -178,6 +183,25 @@ class OnnxBackend:
         return {"backend": self.name, "file": self.path.name, "providers": self.session.get_providers()}
 
 
+class TfidfBackend:
+    """A TF-IDF + linear model (:class:`~textclf.model.tfidf.TfidfModel`, the baseline's model folder): it reads raw
+    texts (:class:`~textclf.data.inputs.WholeTexts`), with numpy and scikit-learn's n-gram cutter, no torch."""
+
+    name = "tfidf"
+    pad_to_multiple_of = None
+
+    def __init__(self, model: TfidfModel):
+        self.model = model
+
+    def read(self, texts: list[str]) -> np.ndarray:
+        """Logits whose softmax (or per-label sigmoid) are the model's own probabilities."""
+        return self.model.logits(texts)
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "features": len(self.model.vocabulary),
+                "analyzer": self.model.vectorizer.get("analyzer")}
+
+
 # ==================================================================================================== predictor
 
 
@@ -204,12 +228,14 @@ class Predictor:
             synonym table and width folding of training); ``from_pretrained`` loads the model's own.
         temperature: calibration temperature: probabilities are those of ``logits / temperature`` (labels do not
             change; :meth:`logits` stays raw); ``from_pretrained`` reads the one fitted on dev after training.
+        inputs: how texts become the backend's inputs (:mod:`textclf.data.inputs`); default: from ``windows`` and
+            ``max_length``. ``from_pretrained`` gives a TF-IDF folder :class:`~textclf.data.inputs.WholeTexts`.
     """
 
     def __init__(self, model, tokenizer, label_map: LabelMap | None = None,
                  device: str | torch.device = "auto", max_length: int = 128, precision: str = "auto",
                  batch_size: int = 64, metadata: dict | None = None, thresholds=None, windows=None,
-                 normalizer: TextNormalizer | None = None, temperature: float = 1.0):
+                 normalizer: TextNormalizer | None = None, temperature: float = 1.0, inputs=None):
         if isinstance(model, torch.nn.Module):
             self.backend = TorchBackend(model, device, precision)
             label_map = label_map or getattr(model, "label_map", None)
@@ -226,9 +252,11 @@ class Predictor:
         self.metadata = dict(metadata or {})
         self.normalizer = normalizer
         self.temperature = float(temperature)
-        self.collate = make_collate(tokenizer.pad_token_id or 0, self.backend.pad_to_multiple_of)
-        self.inputs = input_strategy_for(windows, max_length)  # truncation or sliding windows (textclf.data.inputs)
+        # truncation or sliding windows, or whole texts for a backend that reads them itself (textclf.data.inputs)
+        self.inputs = inputs or input_strategy_for(windows, max_length)
         self.inputs.check_backend(self.backend)
+        self.collate = self.inputs.collate(getattr(tokenizer, "pad_token_id", None) or 0,
+                                           self.backend.pad_to_multiple_of)
         self.max_length = self.inputs.max_length
 
     @property
@@ -260,7 +288,7 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, folder: str | Path, backend: str = "auto", device: str = "auto",
                         precision: str = "auto", batch_size: int = 64, max_length: int | None = None,
-                        threads: int | None = None) -> Predictor:
+                        threads: int | None = None, model_class: type | str | None = None) -> Predictor:
         """Load a model folder: a training bundle (``OUTPUT/best``, ``OUTPUT/last``) or a ``textclf export`` folder.
 
         Args:
@@ -272,17 +300,28 @@ class Predictor:
             max_length: tokens per text (default: the length the model was trained or exported with).
             threads: intra-op threads: ONNX Runtime's for this session or, for PyTorch, ``torch.set_num_threads``
                 (which applies to the whole process). Default: the library's own choice, one per core.
+            model_class: for a training bundle saved from a ``TextClassifier`` subclass (a custom head): that class,
+                or ``"module:Class"`` / ``"file.py:Class"``, imported and run here, so only for code you trust (see
+                :func:`textclf.model.ensemble.load_model`). Exports hold the whole graph and ignore it.
         """
         folder = Path(folder)
         if backend not in BACKENDS:
             raise ModelLoadError(f"backend must be one of {BACKENDS}, got {backend!r}")
         meta = bundle.read_meta(folder)
         export = meta.get("export")
+        if meta.get("kind") == TFIDF:  # the TF-IDF baseline's folder: arrays and JSON, read without torch
+            if backend not in ("auto", TFIDF):
+                raise ModelLoadError(f"{folder} is a TF-IDF model folder (textclf baseline); load it with "
+                                     "backend='auto'")
+            model = TfidfModel.load(folder)
+            info = {"model": str(folder), "base_model": None, "format": TFIDF}
+            return cls(TfidfBackend(model), None, model.label_map, batch_size=batch_size, metadata=info,
+                       inputs=WholeTexts())
         if export is None:  # a training bundle: PyTorch weights
             if backend == "onnx":
                 raise ModelLoadError(f"{folder} holds PyTorch weights ({WEIGHTS_FILE}), not an ONNX model; run "
                                      f"`textclf export --model {folder} --format onnx --output DIR` and load DIR")
-            model = load_model(folder)  # an EnsembleClassifier for an ensemble folder (soft voting)
+            model = load_model(folder, model_class)  # an EnsembleClassifier for an ensemble folder (soft voting)
             require_labels(folder, model)
             if threads:
                 torch.set_num_threads(threads)

@@ -77,6 +77,15 @@ def model_card(name: str, meta: dict[str, Any], metrics: dict[str, Any], data: d
     front.append("---")
 
     kind = "multi-label" if data.get("multi_label") else "single-label"
+    # A custom model class loads only when named (it runs the user's code); the HF layout only without a custom head.
+    model_class = meta.get("model_class")
+    opt_in = f", model_class={json.dumps(model_class, ensure_ascii=False)}" if model_class else ""
+    loads_with = ([f"It was trained with the custom model class `{model_class}`: name it to load the folder "
+                   f"(`textclf predict --model-class {model_class} ...`), only if you trust that code.", ""]
+                  if model_class else [])
+    if meta.get("hf_compatible", True):
+        loads_with += ["The weights also load with `transformers.AutoModelForSequenceClassification` (same "
+                       "logits).", ""]
     labels = data.get("label_counts") or {}
     lines = [f"# {name}", "",
              f"A {kind} text classifier over {len(labels)} labels, fine-tuned with "
@@ -85,9 +94,10 @@ def model_card(name: str, meta: dict[str, Any], metrics: dict[str, Any], data: d
              f"Classifying {language} texts like the training data below into its labels. It has "
              "seen only that data: texts from another domain, another language or with labels it does not know will "
              "get one of its labels anyway, with a confidence that means little.", "",
-             "```python", "import textclf", "", "clf = textclf.Predictor.from_pretrained(\"PATH/TO/THIS/FOLDER\")",
+             "```python", "import textclf", "",
+             f"clf = textclf.Predictor.from_pretrained(\"PATH/TO/THIS/FOLDER\"{opt_in})",
              "clf.predict([\"a text to classify\"], top_k=3)", "```", "",
-             "The weights also load with `transformers.AutoModelForSequenceClassification` (same logits).", "",
+             *loads_with,
              "## Training data", "",
              f"- source: `{data.get('source')}`",
              f"- training rows: {data.get('train_rows')} (SHA-256 of the rows in order: `{data.get('train_sha256')}`)",

@@ -8,7 +8,9 @@ the tokenizer, ``labels.json`` and ``textclf.json`` (pooling, dropout, head). Wi
 weights are written under the Hugging Face names, so the folder also loads in plain
 ``transformers.AutoModelForSequenceClassification.from_pretrained(folder)`` with the same logits.
 
-Custom heads: subclass and override :meth:`TextClassifier.build_head`, or pass ``head=nn.Module``.
+Custom heads: subclass and override :meth:`TextClassifier.build_head`, or pass ``head=nn.Module``. A subclass's
+folder records where the class lives (``model_class``, :mod:`textclf.model.custom`), and loading it through the base
+class needs the user's opt-in (``model_class=``, ``--model-class``), since that imports and runs their code.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from .. import outputs
 from ..data.aggregation import aggregate_window_logits, attention_over_windows
 from ..data.labels import LabelMap
 from ..errors import ConfigError, ModelLoadError, TrainingError
-from . import bundle
+from . import bundle, custom
 from .weight_file import WeightFileError, read_entries, read_into
 
 WEIGHTS_FILE = "model.safetensors"
@@ -380,6 +383,7 @@ class TextClassifier(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         # safetensors refuses tensors that share memory (tied embeddings); contiguous copies are safe to save.
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / WEIGHTS_FILE))
+        outputs.open_permissions(folder / WEIGHTS_FILE)
         config = self.config.to_dict()
         config.update(num_labels=self.num_labels, architectures=[self._hf_architecture()])
         if self.label_map is not None:
@@ -396,6 +400,10 @@ class TextClassifier(nn.Module):
                 "hf_compatible": self.hf_compatible, "custom_head": self.custom_head,
                 "head_class": type(self.head).__name__, "window_aggregation": self.window_aggregation,
                 **(extra or {})}
+        if type(self) is not TextClassifier:  # only this class can rebuild the model: loading it must name it
+            meta[custom.META_KEY] = custom.class_spec(type(self))
+        else:
+            meta.pop(custom.META_KEY, None)  # an ``extra`` copied from a subclass's folder must not name its class
         bundle.write_meta(folder, meta)
         if self.label_map is not None:
             self.label_map.save(folder / LABELS_FILE)
@@ -407,7 +415,12 @@ class TextClassifier(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, head: nn.Module | None = None) -> TextClassifier:
-        """Load a folder written by :meth:`save_pretrained` (pass ``head`` if a custom module was used)."""
+        """Load a folder written by :meth:`save_pretrained` (pass ``head`` if a custom module was used).
+
+        A folder saved from a subclass loads through that subclass (``MLPClassifier.from_pretrained(folder)``) or
+        :func:`textclf.model.ensemble.load_model` with ``model_class=``; through ``TextClassifier`` itself it is a
+        :class:`ModelLoadError` naming the class (only ``head=`` overrides that: the caller built the head).
+        """
         from transformers import AutoConfig, AutoModel
 
         folder = Path(folder)
@@ -418,6 +431,9 @@ class TextClassifier(nn.Module):
                     "(use the best/ or last/ folder inside a training output folder)"
                 )
         meta = bundle.read_meta(folder)
+        recorded = meta.get(custom.META_KEY)
+        if recorded and cls is TextClassifier and head is None:  # the subclass may change more than the weights show
+            raise custom.opt_in_error(folder, str(recorded))
         num_labels, pooling, dropout = _model_settings(folder / TEXTCLF_FILE, meta)
         label_map = LabelMap.load(folder / LABELS_FILE) if (folder / LABELS_FILE).is_file() else None
         try:
@@ -455,6 +471,9 @@ class TextClassifier(nn.Module):
         unexpected = [file_names[k] for k in file_names if k not in own]
         if missing or unexpected:
             hint = " (pass the custom head with head=...)" if meta.get("custom_head") else ""
+            if meta.get(custom.META_KEY) and type(self) is not TextClassifier:
+                hint = (f" (it was saved from {meta[custom.META_KEY]}, and {type(self).__qualname__} builds "
+                        "different layers: load it with the class it was saved from)")
             raise ModelLoadError(f"{path} does not match the model described in {folder}: "
                                  f"missing {missing[:5]}, unexpected {unexpected[:5]}{hint}")
         wrong_shape = [f"{file_names[k]} is {list(entries[file_names[k]].shape)}, the model's {list(own[k].shape)}"
@@ -476,6 +495,13 @@ class TextClassifier(nn.Module):
         if file_name.startswith(prefix):
             return "encoder." + file_name[len(prefix):]
         return file_name.replace("classifier.", "head.", 1)
+
+
+def resolve_model_class(value: type | str | None) -> type[TextClassifier]:
+    """The model class to load a folder with: ``TextClassifier`` for None, else the class ``value`` names (a class,
+    ``"module:Class"`` or ``"file.py:Class"``), which must subclass ``TextClassifier``. A string imports and runs that
+    code: the caller's opt-in (:mod:`textclf.model.custom`)."""
+    return TextClassifier if value is None else custom.resolve_class(value, TextClassifier)
 
 
 def _model_settings(path: Path, meta: dict) -> tuple[int, str, float]:

@@ -33,7 +33,7 @@ from .. import outputs
 from ..data.labels import LabelMap
 from ..errors import ConfigError, ModelLoadError
 from . import bundle
-from .classifier import LABELS_FILE, TEXTCLF_FILE, TextClassifier
+from .classifier import LABELS_FILE, TEXTCLF_FILE, resolve_model_class
 
 MEMBERS_DIR = "members"
 ENSEMBLE_DIR = "ensemble"
@@ -88,9 +88,11 @@ class EnsembleClassifier(nn.Module):
         return torch.log(mean.clamp_min(eps))
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> EnsembleClassifier:
-        """Load an ensemble folder written by :func:`save_ensemble`."""
+    def from_pretrained(cls, folder: str | Path, model_class: type | str | None = None) -> EnsembleClassifier:
+        """Load an ensemble folder written by :func:`save_ensemble` (``model_class``: the members' class when they
+        were saved from a ``TextClassifier`` subclass, as for :func:`load_model`)."""
         folder = Path(folder)
+        member_class = resolve_model_class(model_class)
         meta = bundle.read_meta(folder)
         spec = meta.get("ensemble") or {}
         members, temperatures = [], []
@@ -99,7 +101,7 @@ class EnsembleClassifier(nn.Module):
             if not (member_dir / TEXTCLF_FILE).is_file():
                 raise ModelLoadError(f"{folder}: ensemble member {relative} is missing ({member_dir}); the ensemble "
                                      "folder is incomplete, rebuild it with textclf train --seeds")
-            members.append(TextClassifier.from_pretrained(member_dir))
+            members.append(member_class.from_pretrained(member_dir))
             member_meta = bundle.read_meta(member_dir)
             temperatures.append(float((member_meta.get("calibration") or {}).get("temperature", 1.0)))
         label_map = LabelMap.load(folder / LABELS_FILE)
@@ -116,11 +118,19 @@ def is_ensemble(folder: str | Path) -> bool:
     return bundle.has_meta(folder) and "ensemble" in bundle.read_meta(folder)
 
 
-def load_model(folder: str | Path) -> nn.Module:
-    """A training bundle's model: :class:`TextClassifier`, or :class:`EnsembleClassifier` for an ensemble folder."""
+def load_model(folder: str | Path, model_class: type | str | None = None) -> nn.Module:
+    """A training bundle's model: :class:`TextClassifier`, or :class:`EnsembleClassifier` for an ensemble folder.
+
+    Args:
+        folder: the model folder.
+        model_class: the ``TextClassifier`` subclass to load it with: the class, or ``"module:Class"`` /
+            ``"file.py:Class"`` (imported here: the caller's opt-in to run that code). A folder saved from a subclass
+            (``textclf.json`` names it in ``model_class``) needs it; the message of the error without it says what
+            to pass. A class other than the recorded one is accepted (the weights must still fit it).
+    """
     if is_ensemble(folder):
-        return EnsembleClassifier.from_pretrained(folder)
-    return TextClassifier.from_pretrained(folder)
+        return EnsembleClassifier.from_pretrained(folder, model_class)
+    return resolve_model_class(model_class).from_pretrained(folder)
 
 
 def require_labels(folder: str | Path, model: nn.Module) -> LabelMap:

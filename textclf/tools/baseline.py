@@ -13,14 +13,15 @@ Choices, measured on the data in ``docs/baseline-and-audit.md``:
   (``CalibratedClassifierCV(ensemble=False)``): as accurate as logistic regression and 2-5x faster to fit
   (THUCNews titles: 0.904 accuracy in about 5 s of CPU). Multi-label data is one-vs-rest logistic regression
   (liblinear) with a 0.5 threshold per label.
-* Saved with :mod:`pickle` (``save``/``load``); the file records the textclf and scikit-learn versions, and
-  ``load`` warns when scikit-learn differs (pickles of scikit-learn models are only reliable within a version).
+* Saved as a model folder (:class:`~textclf.model.tfidf.TfidfModel`: the vocabulary, idf and linear weights in
+  safetensors and JSON, no pickle), which ``Predictor``, ``textclf predict``, ``evaluate`` and ``serve`` load like
+  any model folder. Probabilities are computed from those arrays after ``fit`` too, so a fitted and a loaded
+  baseline answer identically.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
 import time
 import warnings
 from collections.abc import Sequence
@@ -34,12 +35,13 @@ from ..data.labels import LabelMap
 from ..errors import ConfigError, DataError, ModelLoadError
 from ..eval.html_report import write_html_report
 from ..eval.metrics import EvalReport, class_scores, report_from_confusion, weighted_mean
+from ..model import bundle
+from ..model.tfidf import TfidfModel, is_tfidf_folder
 
 __all__ = ["TfidfBaseline", "is_mostly_cjk", "multilabel_report", "run_baseline", "compare_with_baseline"]
 
 ANALYZERS = ("auto", "word", "char")
-MODEL_FILE = "baseline.pkl"
-_FORMAT_VERSION = 1  # bump when the pickled layout changes
+_CONSTANT = 30.0  # the score of a multi-label column every (or no) training row has: a probability of 1 (or 0)
 
 # Unicode blocks written without spaces between words: CJK ideographs (and extension A, compatibility), kana.
 _CJK_RANGES = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x31F0, 0x31FF))
@@ -98,6 +100,7 @@ class TfidfBaseline:
         self.resolved_analyzer: str | None = None
         self.vectorizer = None
         self.model = None
+        self.fitted: TfidfModel | None = None  # the arrays every prediction is computed from
         self.fit_seconds: float | None = None
 
     # ---- fitting -------------------------------------------------------------------------------------------
@@ -147,8 +150,40 @@ class TfidfBaseline:
             self.model = self._fit_multi_label(features, labels)
         else:
             self.model = self._fit_single_label(features, labels)
+        self.fitted = self._as_arrays()
         self.fit_seconds = time.perf_counter() - start
         return self
+
+    def _as_arrays(self) -> TfidfModel:
+        """The fitted vectorizer and linear model as a :class:`TfidfModel` (plain arrays, no scikit-learn objects)."""
+        vectorizer = self.vectorizer
+        settings = {"analyzer": vectorizer.analyzer, "ngram_range": list(vectorizer.ngram_range),
+                    "lowercase": vectorizer.lowercase, "token_pattern": vectorizer.token_pattern}
+        vocabulary = [""] * len(vectorizer.vocabulary_)
+        for term, index in vectorizer.vocabulary_.items():
+            vocabulary[index] = term
+        if self.label_map.multi_label:  # one logistic regression per label, or a constant for a label all/no rows have
+            weight = np.zeros((len(self.label_map), len(vocabulary)))
+            bias = np.zeros(len(self.label_map))
+            for k, estimator in enumerate(self.model.estimators_):
+                if hasattr(estimator, "coef_"):
+                    weight[k], bias[k] = estimator.coef_[0], estimator.intercept_[0]
+                else:
+                    bias[k] = _CONSTANT if float(np.ravel(estimator.y_)[0]) >= 0.5 else -_CONSTANT
+            columns, output, slope, offset = list(range(len(self.label_map))), "sigmoid", None, None
+        elif hasattr(self.model, "calibrated_classifiers_"):
+            calibrated = self.model.calibrated_classifiers_[0]
+            svm, output = calibrated.estimator, "calibrated"
+            weight, bias, columns = svm.coef_, svm.intercept_, [int(c) for c in self.model.classes_]
+            slope = np.asarray([c.a_ for c in calibrated.calibrators], dtype=np.float64)
+            offset = np.asarray([c.b_ for c in calibrated.calibrators], dtype=np.float64)
+        else:  # an SVM too small to calibrate: a softmax over its margins
+            weight, bias, columns = self.model.coef_, self.model.intercept_, [int(c) for c in self.model.classes_]
+            output, slope, offset = "softmax", None, None
+        zeros = np.zeros(len(bias))
+        return TfidfModel(settings, vocabulary, np.asarray(vectorizer.idf_), np.asarray(weight), np.asarray(bias),
+                          columns, output, zeros if slope is None else slope, zeros if offset is None else offset,
+                          self.label_map)
 
     def _fit_single_label(self, features, labels):
         from sklearn.calibration import CalibratedClassifierCV
@@ -187,21 +222,7 @@ class TfidfBaseline:
         """Probabilities ``[N, num_labels]`` (float64) in ``label_map`` order: softmax-like for single-label data
         (rows sum to 1), independent per-label probabilities for multi-label data."""
         self._check_fitted()
-        features = self.vectorizer.transform(list(texts))
-        n = len(self.label_map)
-        if self.label_map.multi_label:
-            return np.asarray(self.model.predict_proba(features), dtype=np.float64)
-        out = np.zeros((features.shape[0], n))
-        classes = self.model.classes_
-        if hasattr(self.model, "predict_proba"):
-            out[:, classes] = self.model.predict_proba(features)
-        else:  # uncalibrated SVM (tiny classes): softmax over margins
-            margins = self.model.decision_function(features)
-            if margins.ndim == 1:
-                margins = np.stack([-margins, margins], axis=1)
-            margins = np.exp(margins - margins.max(axis=1, keepdims=True))
-            out[:, classes] = margins / margins.sum(axis=1, keepdims=True)
-        return out
+        return self.fitted.predict_proba(list(texts))
 
     def predict(self, texts: Sequence[str], threshold: float = 0.5) -> list[str] | list[list[str]]:
         """Label names: the most likely class per text, or every label with probability >= ``threshold``
@@ -228,41 +249,36 @@ class TfidfBaseline:
 
     # ---- persistence -------------------------------------------------------------------------------------------
 
-    def save(self, path: str | Path) -> Path:
-        """Pickle the fitted baseline to ``path`` (a file; ``.pkl`` by convention), with a version note."""
-        import sklearn
-
-        from .. import __version__
-
+    def save(self, folder: str | Path, data_reading: dict | None = None) -> Path:
+        """Write the fitted baseline as a model folder (``textclf.json``, ``labels.json``, ``tfidf.json``,
+        ``tfidf.safetensors``) that :meth:`load`, ``Predictor.from_pretrained`` and ``textclf predict`` read;
+        ``data_reading`` (columns, encoding) is what ``textclf evaluate`` reads a test file with."""
         self._check_fitted()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"format": _FORMAT_VERSION, "textclf": __version__, "sklearn": sklearn.__version__,
-                   "labels": self.label_map.to_dict(), "baseline": self}
-        outputs.write_file_atomically(path, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
-        return path
+        extra = {"baseline": self.describe(), **({"data_reading": data_reading} if data_reading else {})}
+        return self.fitted.save(folder, extra=extra)
 
     @classmethod
-    def load(cls, path: str | Path) -> TfidfBaseline:
-        """Load a baseline written by :meth:`save`. Only load files you trust: this unpickles them."""
-        import sklearn
-
-        path = Path(path)
-        if path.is_dir():
-            path = path / MODEL_FILE
-        if not path.is_file():
-            raise ModelLoadError(f"{path} does not exist; write one with `textclf baseline --data DIR --output DIR`")
-        with open(path, "rb") as handle:
-            try:
-                payload = pickle.load(handle)
-            except Exception as exc:  # a truncated or foreign file raises anything from EOFError to ImportError
-                raise ModelLoadError(f"{path} is not a textclf baseline ({type(exc).__name__}: {exc})") from None
-        if not isinstance(payload, dict) or payload.get("format") != _FORMAT_VERSION:
-            raise ModelLoadError(f"{path} is not a textclf baseline of format {_FORMAT_VERSION}; refit it")
-        if payload["sklearn"] != sklearn.__version__:
-            warnings.warn(f"{path} was saved with scikit-learn {payload['sklearn']} and is loaded with "
-                          f"{sklearn.__version__}; if predictions look wrong, refit it", UserWarning, stacklevel=2)
-        return payload["baseline"]
+    def load(cls, folder: str | Path) -> TfidfBaseline:
+        """Load a baseline written by :meth:`save` (or a ``textclf baseline --output`` folder). Nothing is unpickled:
+        the folder holds arrays and JSON only."""
+        folder = Path(folder)
+        if folder.suffix == ".pkl" or (folder / "baseline.pkl").is_file():
+            raise ModelLoadError(f"{folder} is a pickled baseline of an earlier textclf release, which is no "
+                                 "longer read (unpickling runs code); fit it again: textclf baseline --data DATA "
+                                 "--output DIR")
+        if not folder.is_dir():
+            raise ModelLoadError(f"{folder} does not exist; write one with `textclf baseline --data DIR --output DIR`")
+        if not is_tfidf_folder(folder):
+            raise ModelLoadError(f"{folder} is not a TF-IDF baseline folder (no textclf.json with \"kind\": "
+                                 "\"tfidf\"); write one with `textclf baseline --data DIR --output DIR`")
+        fitted = TfidfModel.load(folder)
+        settings = bundle.read_meta(folder).get("baseline") or {}
+        analyzer = "char" if fitted.vectorizer.get("analyzer") == "char_wb" else "word"
+        clf = cls(analyzer=analyzer, lowercase=bool(fitted.vectorizer.get("lowercase", True)),
+                  C=float(settings.get("C") or 0.5))
+        clf.label_map, clf.resolved_analyzer, clf.fitted = fitted.label_map, analyzer, fitted
+        clf.fit_seconds = settings.get("fit_seconds")
+        return clf
 
     def describe(self) -> dict:
         """The settings as fitted, for ``metrics.json``."""
@@ -271,11 +287,11 @@ class TfidfBaseline:
                 "max_features": self.max_features, "C": self.C,
                 "model": ("one-vs-rest logistic regression" if self.label_map and self.label_map.multi_label
                           else "LinearSVC + sigmoid calibration"),
-                "num_features": len(self.vectorizer.vocabulary_) if self.vectorizer is not None else None,
+                "num_features": len(self.fitted.vocabulary) if self.fitted is not None else None,
                 "fit_seconds": self.fit_seconds}
 
     def _check_fitted(self) -> None:
-        if self.model is None:
+        if self.fitted is None:
             raise ConfigError("TfidfBaseline: call fit(texts, labels) first")
 
 
@@ -309,15 +325,18 @@ def multilabel_report(truth: np.ndarray, predicted: np.ndarray, label_names: lis
 
 
 def run_baseline(data, output_dir: str | Path | None = None, *, save_model: bool = True,
-                 **baseline_kwargs: Any) -> dict:
+                 data_config=None, **baseline_kwargs: Any) -> dict:
     """Fit a :class:`TfidfBaseline` on ``data.train`` and score it on dev and test.
 
     Args:
         data: a :class:`~textclf.data.readers.DatasetSplits` (see :func:`textclf.load_dataset`) or anything
             ``load_dataset`` accepts.
         output_dir: when given, ``report.txt`` and ``metrics.json`` (the layout of ``textclf train``'s) are written
-            there, and the fitted model as ``baseline.pkl`` unless ``save_model`` is False.
-        save_model: write ``baseline.pkl`` into ``output_dir``.
+            there, and, unless ``save_model`` is False, the fitted model, which makes the folder a model folder that
+            ``textclf predict``, ``evaluate`` and ``serve`` load.
+        save_model: write the model into ``output_dir``.
+        data_config: the :class:`~textclf.config.DataConfig` the data was read with; the model folder records its
+            columns and encoding, so ``textclf evaluate`` reads a test file as the training files were read.
         **baseline_kwargs: :class:`TfidfBaseline` arguments (``analyzer``, ``ngram_range``, ``C``...).
 
     Returns:
@@ -348,8 +367,8 @@ def run_baseline(data, output_dir: str | Path | None = None, *, save_model: bool
         out = outputs.claim(Path(output_dir), outputs.BASELINE)
         outputs.write_file_atomically(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
         outputs.write_file_atomically(out / "report.txt", "\n\n".join(sections) + "\n")
-        if save_model:
-            clf.save(out / MODEL_FILE)
+        if save_model:  # the folder itself is the model folder: textclf predict --model OUTPUT
+            clf.save(out, data_reading=data_config.reading() if data_config is not None else None)
         write_html_report(out)
     metrics["report"] = "\n\n".join(sections)
     return metrics

@@ -6,7 +6,8 @@ stratified folds, trains one :class:`~textclf.train.trainer.Trainer` per fold in
 fold's held-out rows (and the test split, when there is one) with that fold's **final** weights. No held-out row
 is used to pick a checkpoint, so the mean is an unbiased estimate of what the recipe gives on unseen data.
 ``OUTPUT/cv.json`` holds the per-fold reports and the mean and sample standard deviation of accuracy, macro F1 and
-micro F1. With ``baseline=True`` the TF-IDF baseline is fitted on the same folds, for comparison.
+micro F1. With ``baseline=True`` the TF-IDF baseline is fitted on the same folds, for comparison. A fold keeps its
+models and reports; its ``checkpoints/`` are deleted once it is scored, since a cross-validation is never resumed.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ def cross_validate(data, k: int = 5, model: str = "minilm", output_dir: str | Pa
     """
     from ..config import DataConfig, TrainConfig
     from ..data.readers import DatasetSplits, Split, load_dataset, stratified_folds
+    from ..train.checkpoint import remove_checkpoints
 
     if not isinstance(k, int) or k < 2:
         raise ConfigError(f"cv: the number of folds must be an integer >= 2, got {k!r}")
@@ -149,6 +151,9 @@ def cross_validate(data, k: int = 5, model: str = "minilm", output_dir: str | Pa
             if "test" in entry:
                 entry["baseline"]["test"] = clf.evaluate(data.test.texts, data.test.labels).to_dict()
         entry["seconds"] = time.perf_counter() - start
+        # A fold is never resumed (--cv refuses --resume; a rerun trains every fold again), so its training-state
+        # checkpoints (each about 3x the model's weights) are only disk: the fold's model stays in last/.
+        remove_checkpoints(out / f"fold-{fold}" / "checkpoints")
         (out / f"fold-{fold}" / "fold.json").write_text(json.dumps(entry, indent=2, ensure_ascii=False) + "\n",
                                                         encoding="utf-8")
         results.append(entry)

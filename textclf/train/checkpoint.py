@@ -135,10 +135,11 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
 
 def read_state(folder: Path) -> dict:
     state = read_json_object(Path(folder) / STATE_FILE, TrainingError,
-                             f"delete {folder} to resume from the previous checkpoint", what="checkpoint state",
-                             expected="the state of a run")
+                             f"delete {folder} to resume from the previous checkpoint (from the start when it is "
+                             "the only one)", what="checkpoint state", expected="the state of a run")
     if not state.get("complete"):
-        raise TrainingError(f"checkpoint {folder} is incomplete; delete it to resume from the previous one")
+        raise TrainingError(f"checkpoint {folder} is incomplete; delete it to resume from the previous one (from the "
+                            "start when it is the only one)")
     return state
 
 
@@ -147,7 +148,8 @@ def _guarded(path: Path, loader, *args, **kwargs):
         return loader(str(path), *args, **kwargs)
     except Exception as exc:  # safetensors/torch raise various types for truncated or foreign files
         raise TrainingError(f"checkpoint file {path} is damaged or truncated ({type(exc).__name__}: {exc}); "
-                            f"delete {path.parent} to resume from the previous checkpoint") from None
+                            f"delete {path.parent} to resume from the previous checkpoint (from the start when it "
+                            "is the only one)") from None
 
 
 def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
@@ -172,15 +174,23 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def rotate_checkpoints(checkpoint_dir: Path, keep: int, protect_step: int | None) -> None:
-    """Delete all but the newest ``keep`` checkpoints, never the one at ``protect_step`` (the best)."""
+def rotate_checkpoints(checkpoint_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints.
+
+    The best step's checkpoint is not kept apart: the best weights are already in ``best/``, and resuming needs only
+    the newest checkpoint, so an older one would be about three models' worth of disk (weights and AdamW's two
+    moments) that nothing reads.
+    """
     found = list_checkpoints(checkpoint_dir)
     for folder in found[: max(0, len(found) - keep)]:
-        if protect_step is not None and folder.name == checkpoint_name(protect_step):
-            continue
         _delete(folder)
     for leftover in outputs.scratch_glob(checkpoint_dir):  # from a crash mid-write or mid-delete
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def remove_checkpoints(checkpoint_dir: Path) -> None:
+    """Delete the whole ``checkpoints/`` folder of a run that will never be resumed (a cross-validation fold)."""
+    _delete(Path(checkpoint_dir))
 
 
 def _delete(folder: Path) -> None:

@@ -546,7 +546,7 @@ class TrainingLoop:
                 rng = [rank_rng for rank_rng, _ in per_rank]
                 state["meters_other_ranks"] = {str(r): m for r, (_, m) in enumerate(per_rank) if r}
             ckpt.save_checkpoint(folder, self._checkpoint_module(), self.optimizer, rng, state)
-            ckpt.rotate_checkpoints(folder.parent, self.config.keep_checkpoints, self.state.best_step)
+            ckpt.rotate_checkpoints(folder.parent, self.config.keep_checkpoints)
         if self.runtime.distributed:
             torch.distributed.barrier()
         return folder

@@ -10,8 +10,8 @@ Two steps, so that the choice itself is a pure function that tests can walk thro
   batch size and ``max_length`` scaled to the data, and one line saying what was chosen and why.
 
 Explicit settings always win: a field the user set keeps its value whatever the recipe would pick. From the
-command line "explicit" means given as a flag or in ``--config``; from Python, a field that differs from its
-default (:func:`explicit_fields`).
+command line "explicit" means given as a flag or in ``--config``; from Python, a field given to the config's
+constructor, or one that differs from its default (:func:`explicit_fields`).
 
 The thresholds are measured, not guessed: docs/small-data.md has the benchmark behind each of them.
 """
@@ -78,9 +78,17 @@ class Recipe:
 
 
 def explicit_fields(config) -> set[str]:
-    """Fields of a config dataclass that differ from their defaults: what a Python user set explicitly."""
+    """What a Python user set explicitly in a config: the fields its constructor was given (``TrainConfig(epochs=3)``
+    sets epochs, though 3 is the default), and any field that differs from its default.
+
+    A config made by ``dataclasses.replace`` was given every field, which says nothing about what the user chose;
+    then only the fields that differ from their defaults count (:func:`textclf.config.replaced` keeps the record).
+    """
     default = type(config)()
-    return {f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(default, f.name)}
+    given = set(config.given_fields()) if hasattr(config, "given_fields") else set()
+    if given >= {f.name for f in dataclasses.fields(config) if f.init}:
+        given = set()
+    return given | {f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(default, f.name)}
 
 
 def choose(shape: DataShape, train: TrainConfig, model: ModelConfig,

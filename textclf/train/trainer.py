@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import DataConfig, ModelConfig, RunConfig, RunPaths, TrainConfig
+from ..config import DataConfig, ModelConfig, RunConfig, RunPaths, TrainConfig, replaced
 from ..data.augment import augment_dataset
 from ..data.inputs import input_strategy
 from ..data.normalize import TextNormalizer
@@ -114,7 +114,7 @@ class Trainer(TrainingLoop):
         super().__init__(config, output_dir, overwrite, list(callbacks or []) + automatic, progress)
         self.data_config = data_config or DataConfig()
         name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "custom"
-        self.model_config = dataclasses.replace(model_config or ModelConfig(), name=name)
+        self.model_config = replaced(model_config or ModelConfig(), name=name)  # keeps which fields were given
 
         self.data = (data if isinstance(data, DatasetSplits) or data is None
                      else load_dataset(data, config=self.data_config))
@@ -183,12 +183,14 @@ class Trainer(TrainingLoop):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str = "auto", precision: str = "auto",
-                        eval_batch_size: int = 128, **kwargs) -> Trainer:
+                        eval_batch_size: int = 128, model_class: type | str | None = None, **kwargs) -> Trainer:
         """A Trainer around a saved model folder, e.g. to ``evaluate`` it on a new file.
 
-        ``max_length`` is the one the model was trained with; ``kwargs`` go to the constructor.
+        ``max_length`` is the one the model was trained with; ``kwargs`` go to the constructor. ``model_class``: the
+        ``TextClassifier`` subclass a custom-head folder was saved from (the class, ``"module:Class"`` or
+        ``"file.py:Class"``; imported and run, so only for code you trust: :func:`~textclf.model.ensemble.load_model`).
         """
-        model = load_model(folder)  # a TextClassifier, or an EnsembleClassifier for an ensemble folder
+        model = load_model(folder, model_class)  # a TextClassifier (or subclass), or an EnsembleClassifier
         if kwargs.get("data") is None:  # only labelled data could name the outputs of a folder without labels.json
             require_labels(folder, model)
         config = TrainConfig.for_evaluation(bundle.read_meta(folder).get("train_config") or {}, device=device,
