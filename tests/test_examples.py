@@ -193,3 +193,20 @@ def test_few_labels_script(tmp_path, tiny_sentence_encoder, capsys):
     printed = capsys.readouterr().out
     assert "40 training rows (4 per class of 10)" in printed and "recipe auto: few-shot" in printed
     assert "lr-find:" in printed and (tmp_path / "run-lr" / "lr_find.png").is_file()
+
+
+def test_label_rounds_script(tmp_path, tiny_sentence_encoder, capsys):
+    from textclf.data.readers import read_split
+
+    names = sorted(set(read_split(TINY / "test.csv", "test").labels))
+    (tmp_path / "labels.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    rounds = load_example("label_rounds")
+    curve = rounds.main(["--data", str(TINY), "--names", str(tmp_path / "labels.txt"), "--model",
+                         str(tiny_sentence_encoder), "--rounds", "2", "--per-class", "1", "--max-steps", "2",
+                         "--output", str(tmp_path / "runs")])
+    assert [point["labels"] for point in curve] == [0, 10, 20]  # names only, then one label per class per round
+    assert curve[1]["strategy"].startswith("first batch") and curve[2]["strategy"] == "badge"
+    assert "test accuracy" in capsys.readouterr().out
+    first, second = (tmp_path / "runs" / "round0.csv").read_text(encoding="utf-8-sig"), \
+        (tmp_path / "runs" / "round1.csv").read_text(encoding="utf-8-sig")
+    assert not set(first.splitlines()[1:]) & set(second.splitlines()[1:])  # no row labelled twice
