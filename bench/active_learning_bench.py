@@ -14,14 +14,14 @@ Runs already in the results file are kept and not repeated, so the benchmark res
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data"
+from bench.resumable import DATA, ROOT, load_runs, save_runs, shared_data_missing
+from bench.startup_bench import cpu_model
+
 # The label names a team would write down; a description where the data set's names are codes.
 NAMES = {
     "trec": [("ABBR", "abbreviation"), ("DESC", "description"), ("ENTY", "entity"), ("HUM", "human"),
@@ -83,8 +83,6 @@ def _csv_field(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.startup_bench import cpu_model
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="trec,ag_news_subset,sst2")
     parser.add_argument("--strategies", default="random,margin,kcenter,badge")
@@ -94,11 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool-size", type=int, default=10_000, help="the first N training rows form the pool")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "active-learning.json"))
     args = parser.parse_args(argv)
-    if not DATA.is_dir():
-        print(f"skipped: {DATA} (the shared data sets) is not here")
+    if shared_data_missing():
         return 0
     out = Path(args.out)
-    runs = json.loads(out.read_text(encoding="utf-8"))["runs"] if out.is_file() else []
+    runs = load_runs(out)
     with tempfile.TemporaryDirectory(prefix="textclf-al-") as tmp:
         for dataset in args.datasets.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
@@ -110,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                     runs = [r for r in runs if (r["dataset"], r["strategy"], r["seed"], r["per_class"]) != key]
                     runs.append(simulate(dataset, strategy, seed, args.rounds, args.per_class, args.pool_size,
                                          Path(tmp)))
-                    out.write_text(json.dumps({"cpu": cpu_model(), "runs": runs}, indent=1) + "\n",
-                                   encoding="utf-8")
+                    save_runs(out, runs)
     print(f"wrote {out} ({cpu_model()})")
     return 0
 

@@ -25,10 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+from bench.resumable import DATA, ROOT, load_runs, save_runs, shared_data_missing
 from bench.startup_bench import cpu_model
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data"
 RECIPES = {"default (auto)": [], "fine-tune (previous default)": ["--recipe", "fine-tune"]}
 
 
@@ -71,12 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="/tmp/textclf-default-recipe")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "default-recipe.json"))
     args = parser.parse_args(argv)
-    if not DATA.is_dir():
-        print(f"skipped: {DATA} (the shared data sets) is not here")
+    if shared_data_missing():
         return 0
     out = Path(args.out)
-    # Runs already in the results file are kept and not repeated: a long benchmark can be stopped and resumed.
-    runs = json.loads(out.read_text(encoding="utf-8"))["runs"] if out.is_file() else []
+    runs = load_runs(out)  # kept, not repeated: the benchmark resumes where it stopped
     for dataset in args.datasets.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             order = list(RECIPES) if seed % 2 == 0 else list(reversed(RECIPES))
@@ -87,20 +84,15 @@ def main(argv: list[str] | None = None) -> int:
                 last = runs[-1]
                 print(f"{dataset} seed {seed} {recipe}: accuracy {last['test_accuracy']:.4f}, macro F1 "
                       f"{last['test_macro_f1']:.4f}, {last['seconds']:.0f} s", flush=True)
-                _write(out, runs)
+                save_runs(out, runs, summary=summarise(runs))
     summary = summarise(runs)
     print(f"\n{'data set':<16} {'recipe':<30} {'accuracy':>14} {'macro F1':>9} {'s/run':>7}")
     for row in summary:
         print(f"{row['dataset']:<16} {row['recipe']:<30} {row['accuracy']:.4f} ± {row['accuracy_sd']:.4f} "
               f"{row['macro_f1']:>9.4f} {row['seconds']:>7.0f}")
-    _write(out, runs)
+    save_runs(out, runs, summary=summary)
     print(f"wrote {out} ({cpu_model()})")
     return 0
-
-
-def _write(out: Path, runs: list[dict]) -> None:
-    out.write_text(json.dumps({"cpu": cpu_model(), "summary": summarise(runs), "runs": runs}, indent=2) + "\n",
-                   encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -105,3 +105,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_score_cache(tmp_path_factory):
+    """textclf select and train --label-names cache a pool's scores under ~/.cache/textclf by default: the suite
+    keeps its own (and subprocesses inherit it), never touching the user's."""
+    import os
+
+    previous = os.environ.get("TEXTCLF_CACHE")
+    os.environ["TEXTCLF_CACHE"] = str(tmp_path_factory.mktemp("textclf-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("TEXTCLF_CACHE", None)
+    else:
+        os.environ["TEXTCLF_CACHE"] = previous

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from textclf import cli
-from textclf.errors import ConfigError, ModelLoadError
+from textclf.errors import ConfigError, ModelLoadError, OutputDirError
 from textclf.tools.baseline import TfidfBaseline, compare_with_baseline, is_mostly_cjk, multilabel_report, run_baseline
 
 ENGLISH = ["What is the capital of China ?", "Who wrote Hamlet ?", "How many feet are in a mile ?"]
@@ -56,6 +56,11 @@ def test_save_load_round_trip(tiny_data, tmp_path):
         TfidfBaseline.load(tmp_path / "missing")
     with pytest.raises(ModelLoadError, match="not a TF-IDF baseline folder"):
         TfidfBaseline.load(tmp_path)
+    # saving over an earlier baseline is fine; into a folder of other files, never
+    assert clf.save(folder) == folder
+    with pytest.raises(OutputDirError, match="not a TF-IDF baseline"):
+        clf.save(tmp_path)
+    assert (tmp_path / "old.pkl").read_bytes() == b"not read" and not (tmp_path / "tfidf.json").exists()
 
 
 def test_bad_settings_name_the_field():

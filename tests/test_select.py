@@ -11,7 +11,7 @@ import pytest
 
 from textclf import cli
 from textclf.data.label_names import LabelNames, read_label_names
-from textclf.errors import ConfigError, DataError
+from textclf.errors import ConfigError, DataError, OutputDirError
 from textclf.tools import strategies
 from textclf.tools.select import select_rows
 
@@ -129,6 +129,15 @@ def test_selection_round_trip_through_training_files(tiny_model_dir, tiny_data_d
     assert not set(second.texts) & set(first.texts)
     third = select_rows(str(tiny_model_dir), pool, 12, None, labelled=[tmp_path / "round0.csv"], cache_dir=cache)
     assert third.texts == second.texts
+
+
+def test_a_text_file_pool_and_a_pool_with_labels_read_as_texts(tiny_model_dir, tiny_data_dir, tmp_path):
+    texts, _ = _texts_and_labels(tiny_data_dir / "train.csv")
+    (tmp_path / "pool.txt").write_text("\n".join(texts[:30]) + "\n", encoding="utf-8")
+    chosen = select_rows(str(tiny_model_dir), tmp_path / "pool.txt", 5, tmp_path / "out.csv")
+    assert set(chosen.texts) <= set(texts[:30]) and all(isinstance(line, int) for line in chosen.pool_lines)
+    with pytest.raises(OutputDirError, match="is the --pool file"):  # Python callers get the output rule too
+        select_rows(str(tiny_model_dir), tmp_path / "pool.txt", 5, tmp_path / "pool.txt")
 
 
 def _texts_and_labels(path):

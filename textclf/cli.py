@@ -534,7 +534,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # The test file is read as the training files were (columns, separator, encoding); flags given now win.
     given = {"text_column": args.text_column, "label_column": args.label_column, "encoding": args.encoding}
     reading = {**(meta.get("data_reading") or {}), **{k: v for k, v in given.items() if v is not None}}
-    if meta.get("export") or meta.get("kind") == "tfidf":  # an export or the TF-IDF baseline: its own backend
+    from .model.tfidf import KIND as TFIDF
+
+    if meta.get("export") or meta.get("kind") == TFIDF:  # an export or the TF-IDF baseline: its own backend
         from .deploy.predict import Predictor
 
         if getattr(args, "errors", None):

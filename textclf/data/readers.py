@@ -47,6 +47,7 @@ __all__ = [
     "load_dataset",
     "read_split",
     "read_texts",
+    "read_unlabelled",
     "stratified_folds",
     "stratified_split",
 ]
@@ -251,6 +252,13 @@ def read_texts(source: Any, config: DataConfig | None = None) -> list[str]:
     Blank lines and empty texts are dropped with a :class:`DataWarning` (a :class:`DataError` when
     ``config.strict``). Labels, if present, are ignored.
     """
+    return read_unlabelled(source, "predict", config).texts
+
+
+def read_unlabelled(source: Any, name: str = "predict", config: DataConfig | None = None) -> Split:
+    """The texts of ``source`` as a :class:`Split` without labels (their lines in ``locations``): a ``.txt`` file
+    holds one text per line; any other source is read as :func:`read_split` reads it, with the label column, if
+    any, ignored (so a damaged or empty label can never block texts that are only to be classified or chosen)."""
     config = config or DataConfig()
     if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".txt" and Path(source).is_file():
         path = Path(source)
@@ -258,11 +266,10 @@ def read_texts(source: Any, config: DataConfig | None = None) -> list[str]:
         texts = [line.strip() for line in lines]
         if lines and not lines[-1].strip():
             texts.pop()  # the newline that ends the last line does not start an empty text
-        return _build_split("predict", str(path), texts, None, list(range(1, len(texts) + 1)), "line", config,
-                            require_labels=False).texts
-    # Prediction never looks at labels: name a label column no file has, so a damaged label cannot block it.
-    config = dataclasses.replace(config, label_column="\0ignored-label")
-    return read_split(source, "predict", config, require_labels=False).texts
+        return _build_split(name, str(path), texts, None, list(range(1, len(texts) + 1)), "line", config,
+                            require_labels=False)
+    config = dataclasses.replace(config, label_column="\0ignored-label")  # a column no file has
+    return read_split(source, name, config, require_labels=False)
 
 
 def stratified_split(

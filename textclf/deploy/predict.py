@@ -310,7 +310,7 @@ class Predictor:
         meta = bundle.read_meta(folder)
         export = meta.get("export")
         if meta.get("kind") == TFIDF:  # the TF-IDF baseline's folder: arrays and JSON, read without torch
-            if backend not in ("auto", TFIDF):
+            if backend != "auto":
                 raise ModelLoadError(f"{folder} is a TF-IDF model folder (textclf baseline); load it with "
                                      "backend='auto'")
             model = TfidfModel.load(folder)
@@ -373,14 +373,14 @@ class Predictor:
 
     def predict_proba(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         """Class probabilities ``[N, num_labels]``: softmax, or per-label sigmoid for multi-label models."""
-        return self._probabilities(self.logits(texts, batch_size))
+        return self.probabilities(self.logits(texts, batch_size))
 
     def predict(self, texts: str | list[str], top_k: int = 1, batch_size: int | None = None):
         """Predict labels for one text (returns one :class:`Prediction`) or a list (returns a list)."""
         single = isinstance(texts, str)
         batch = [texts] if single else _check_texts(texts)
         logits, truncated = self._forward(batch, batch_size or self.batch_size)
-        probabilities = self._probabilities(logits)
+        probabilities = self.probabilities(logits)
         names = self.label_map.names
         if top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {top_k}")
@@ -408,13 +408,15 @@ class Predictor:
             loss_sum += float(self.task.loss(logits, labels)) * len(labels)
         return metrics.report(self.label_map.names, loss_sum)
 
-    # ---- internals ------------------------------------------------------------------------------------
-
-    def _probabilities(self, logits: np.ndarray) -> np.ndarray:
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Probabilities of raw logits (``[N, C]``, from :meth:`logits`): the calibration temperature, then the task's
+        softmax or per-label sigmoid."""
         tensor = torch.from_numpy(logits)
         if self.temperature != 1.0:  # calibration: the argmax is unchanged, only the probabilities soften/sharpen
             tensor = tensor / self.temperature
         return self.task.probabilities(tensor).numpy()
+
+    # ---- internals ------------------------------------------------------------------------------------
 
     def _forward(self, texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         if not texts:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import expit  # scipy comes with scikit-learn
 
 from .. import outputs
 from ..data.labels import LABELS_FILE, LabelMap
@@ -105,14 +106,14 @@ class TfidfModel:
         out = np.zeros((len(scores), len(self.label_map)))
         columns = np.asarray(self.columns)
         if self.output == "sigmoid":
-            out[:, columns] = _expit(scores)
+            out[:, columns] = expit(scores)
         elif self.output == "softmax":
             if len(columns) == 2 and scores.shape[1] == 1:
                 scores = np.concatenate([-scores, scores], axis=1)
             scores = np.exp(scores - scores.max(axis=1, keepdims=True))
             out[:, columns] = scores / scores.sum(axis=1, keepdims=True)
         else:
-            calibrated = _expit(-(self.slope * scores + self.offset))
+            calibrated = expit(-(self.slope * scores + self.offset))
             if len(columns) == 2:
                 out[:, columns[1]] = calibrated[:, 0]
                 out[:, columns[0]] = 1.0 - calibrated[:, 0]
@@ -133,7 +134,8 @@ class TfidfModel:
     # ---- the folder ----------------------------------------------------------------------------------------------
 
     def save(self, folder: str | Path, extra: dict | None = None) -> Path:
-        """Write the model folder into ``folder`` (created if needed); ``extra`` entries go into ``textclf.json``."""
+        """Write the model files into ``folder`` (created if needed); ``extra`` entries go into ``textclf.json``.
+        The caller has checked the folder (``TfidfBaseline.save``, or a folder ``run_baseline`` claimed)."""
         from safetensors.numpy import save_file
 
         from .. import __version__
@@ -147,7 +149,7 @@ class TfidfModel:
         outputs.open_permissions(folder / ARRAYS_FILE)
         settings = {"format": _FORMAT, "vectorizer": self.vectorizer, "output": self.output,
                     "columns": self.columns, "vocabulary": self.vocabulary}
-        (folder / SETTINGS_FILE).write_text(json.dumps(settings, ensure_ascii=False) + "\n", encoding="utf-8")
+        outputs.write_file_atomically(folder / SETTINGS_FILE, json.dumps(settings, ensure_ascii=False) + "\n")
         self.label_map.save(folder / LABELS_FILE)
         bundle.write_meta(folder, {"kind": KIND, "textclf_version": __version__, "num_labels": len(self.label_map),
                                    "num_features": len(self.vocabulary), **(extra or {})})
@@ -203,7 +205,3 @@ class TfidfModel:
             raise ModelLoadError(f"{folder}: {'; '.join(problems)}; {damaged}")
 
 
-def _expit(x: np.ndarray) -> np.ndarray:
-    from scipy.special import expit
-
-    return expit(x)

@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import outputs
 from ..data.labels import LabelMap
-from ..errors import ConfigError, DataError, ModelLoadError
+from ..errors import ConfigError, DataError, ModelLoadError, OutputDirError
 from ..eval.html_report import write_html_report
 from ..eval.metrics import EvalReport, class_scores, report_from_confusion, weighted_mean
 from ..model import bundle
@@ -254,6 +254,14 @@ class TfidfBaseline:
         ``tfidf.safetensors``) that :meth:`load`, ``Predictor.from_pretrained`` and ``textclf predict`` read;
         ``data_reading`` (columns, encoding) is what ``textclf evaluate`` reads a test file with."""
         self._check_fitted()
+        folder = Path(folder)
+        outputs.check_output_folder(folder)
+        if outputs.has_content(folder) and not is_tfidf_folder(folder):  # never mix into someone else's folder
+            raise OutputDirError(f"{folder} already holds files that are not a TF-IDF baseline; save into a new or "
+                                 "empty folder (or over an earlier baseline)")
+        return self._write(folder, data_reading)
+
+    def _write(self, folder: Path, data_reading: dict | None = None) -> Path:
         extra = {"baseline": self.describe(), **({"data_reading": data_reading} if data_reading else {})}
         return self.fitted.save(folder, extra=extra)
 
@@ -368,7 +376,7 @@ def run_baseline(data, output_dir: str | Path | None = None, *, save_model: bool
         outputs.write_file_atomically(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
         outputs.write_file_atomically(out / "report.txt", "\n\n".join(sections) + "\n")
         if save_model:  # the folder itself is the model folder: textclf predict --model OUTPUT
-            clf.save(out, data_reading=data_config.reading() if data_config is not None else None)
+            clf._write(out, data_config.reading() if data_config is not None else None)  # claimed above
         write_html_report(out)
     metrics["report"] = "\n\n".join(sections)
     return metrics

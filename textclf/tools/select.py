@@ -30,7 +30,7 @@ from .. import outputs
 from ..config import DataConfig
 from ..data.label_names import LabelNames
 from ..data.labels import LabelMap
-from ..data.readers import read_split
+from ..data.readers import read_unlabelled
 from ..errors import ConfigError, DataError, ModelLoadError
 from ..model import bundle
 from . import strategies
@@ -68,8 +68,7 @@ def default_cache_dir() -> Path:
 def read_pool(pool, config: DataConfig | None = None):
     """The pool's texts and where each is (line numbers), duplicates dropped (the first copy stays): a text is
     labelled once. Any label column is ignored."""
-    config = config or DataConfig()
-    split = read_split(pool, "pool", _texts_only(config), require_labels=False)
+    split = read_unlabelled(pool, "pool", config)
     seen, texts, lines = set(), [], []
     for text, line in zip(split.texts, split.locations or range(1, len(split.texts) + 1)):
         if text not in seen:
@@ -81,16 +80,10 @@ def read_pool(pool, config: DataConfig | None = None):
 
 def labelled_texts(files, config: DataConfig | None = None) -> set[str]:
     """Every text in the labelled files (CSV/TSV/JSONL that ``textclf train`` reads, or folders of them)."""
-    texts_only = _texts_only(config or DataConfig())  # a row sent to the annotator counts, filled in or not
     found: set[str] = set()
-    for source in files or ():
-        found.update(read_split(source, "labelled", texts_only, require_labels=False).texts)
+    for source in files or ():  # a row sent to the annotator counts, its label filled in or not
+        found.update(read_unlabelled(source, "labelled", config).texts)
     return found
-
-
-def _texts_only(config: DataConfig) -> DataConfig:
-    """Read the text column only: a label column, whatever it holds, can never stop a pool from being read."""
-    return DataConfig(**{**config.reading(), "label_column": "\0unused-label"})
 
 
 def score_pool(model: str | Path, texts: list[str], batch_size: int = 64, device: str = "auto",
@@ -109,7 +102,7 @@ def score_pool(model: str | Path, texts: list[str], batch_size: int = 64, device
     if trained and bundle.read_meta(model).get("kind") == "tfidf":
         raise ConfigError(f"{model} is a TF-IDF baseline: selection needs text embeddings, which it has none of; "
                           "select with a transformer model folder (OUTPUT/best) or, in round 0, an encoder (minilm)")
-    key = _cache_key(model, texts, max_length, trained)
+    key = _cache_key(model, texts, max_length)
     cache = _cache_file(cache_dir, key)
     if cache is not None and cache.is_file():
         try:
@@ -135,7 +128,7 @@ def score_pool(model: str | Path, texts: list[str], batch_size: int = 64, device
                                       batch_size, width + len(predictor.label_map))
     embeddings = both[:, :width]
     embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    probabilities = predictor._probabilities(np.ascontiguousarray(both[:, width:])) if trained else None
+    probabilities = predictor.probabilities(np.ascontiguousarray(both[:, width:])) if trained else None
     scores = PoolScores(embeddings.astype(np.float32), probabilities,
                         list(predictor.label_map.names) if trained else None)
     if cache is not None:
@@ -168,6 +161,10 @@ def select_rows(model: str | Path, pool, budget: int, output: str | Path | None 
         data_config: how to read the pool and the labelled files (columns, encoding).
     """
     data_config = data_config or DataConfig()
+    if output is not None:  # before any work: the one output rule every command follows (textclf.outputs)
+        outputs.check_output_file(output)
+        outputs.check_not_input(output, {"--model": model, "--labelled": [Path(f) for f in labelled],
+                                         "--pool": pool if isinstance(pool, (str, os.PathLike)) else None})
     texts, lines, source = read_pool(pool, data_config)
     done = labelled_texts(labelled, data_config)
     labelled_rows = [i for i, text in enumerate(texts) if text in done]
@@ -203,11 +200,11 @@ def select_rows(model: str | Path, pool, budget: int, output: str | Path | None 
         confidence = [float(p) for p in scores.probabilities[rows].max(axis=1)]
     selection = Selection(rows, [texts[i] for i in rows], guesses, confidence, [lines[i] for i in rows], strategy)
     if output is not None:
-        selection.output = write_selection(selection, output, data_config)
+        selection.output = _write_selection(selection, output, data_config)
     return selection
 
 
-def write_selection(selection: Selection, output: str | Path, data_config: DataConfig | None = None) -> Path:
+def _write_selection(selection: Selection, output: str | Path, data_config: DataConfig | None = None) -> Path:
     """The CSV an annotator fills in: the text and label columns under the names ``textclf train`` reads (so the
     file trains as it is), the model's guess and confidence, and the row's line in the pool."""
     data_config = data_config or DataConfig()
@@ -218,7 +215,6 @@ def write_selection(selection: Selection, output: str | Path, data_config: DataC
                                              selection.pool_lines):
         writer.writerow([text, "", guess or "", "" if confidence is None else f"{confidence:.4f}", line])
     path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # UTF-8 with a byte-order mark: spreadsheet programs then show Chinese text correctly; textclf reads it too
     outputs.write_file_atomically(path, "\ufeff" + buffer.getvalue())
     return path
@@ -257,15 +253,15 @@ def _encoder_predictor(name: str, device: str, batch_size: int, max_length: int)
     return Predictor(model, load_tokenizer(resolved), model.label_map, device, max_length, batch_size=batch_size)
 
 
-def _cache_key(model, texts: list[str], max_length: int, trained: bool) -> str:
+def _cache_key(model, texts: list[str], max_length: int) -> str:
     digest = hashlib.sha256()
-    if trained:  # a folder retrained in place must not reuse the old scores: its weights' size and time say so
+    if Path(model).is_dir():  # a folder written again in place must not reuse old scores: its files' size and time
         folder = Path(model).resolve()
         digest.update(str(folder).encode())
-        for file in sorted(folder.glob("*.safetensors")) + [folder / bundle.META_FILE]:
+        for file in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.json")):
             info = file.stat()
             digest.update(f"{file.name}:{info.st_size}:{info.st_mtime_ns}".encode())
-    else:
+    else:  # a hub name or alias: its files do not change under the name
         digest.update(f"encoder:{model}".encode())
     digest.update(f"max_length:{max_length}".encode())
     for text in texts:
