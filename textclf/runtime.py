@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import hashlib
 import math
 import os
@@ -187,6 +188,7 @@ def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
 def _destroy_process_group() -> None:
     # Registered by setup_runtime only when it created the group (a user's own group is theirs to destroy).
     if torch.distributed.is_initialized():
+        gc.collect()  # drop what still holds the group (a DDP wrapper in a reference cycle) while Python is alive
         torch.distributed.destroy_process_group()
 
 

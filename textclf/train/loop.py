@@ -136,7 +136,9 @@ class TrainingLoop:
                                                                 self.runtime.distributed) as self._sparse_grads:
                     while not self._done():
                         self._train_one_epoch()
-                return self._finish()
+                result = self._finish()
+                self._leave_process_group()
+                return result
             except torch.OutOfMemoryError as exc:
                 raise self._out_of_memory(exc, created) from None
             except Exception as exc:  # safetensors reports a full disk as its own error type, not an OSError
@@ -374,6 +376,19 @@ class TrainingLoop:
         device_ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
                                                    find_unused_parameters=self.ddp_find_unused_parameters)
+
+    def _leave_process_group(self) -> None:
+        """Let every rank leave :meth:`fit` together, holding nothing of the process group.
+
+        Without the barrier, rank 1 exits while rank 0 still writes the reports, and tears its process group down
+        under a live peer; a DDP wrapper kept alive past ``fit`` (by the caller's reference to the trainer) would
+        keep gloo's worker threads and their tensors until interpreter shutdown, where freeing them needs a GIL
+        that is gone, and the process aborts ("terminate called without an active exception") after a run that
+        succeeded.
+        """
+        if self.runtime.distributed and self._interrupt_signal is None:  # a stopped run's ranks may be apart
+            torch.distributed.barrier()
+        self.ddp_model = self.model
 
     def _no_sync_unless(self, is_step: bool):
         """Skip DDP's gradient all-reduce on accumulation micro-steps; sync once per optimizer step."""
