@@ -250,6 +250,7 @@ def build_parser() -> ArgumentParser:
     serve.set_defaults(handler=cmd_serve, paths=_writes_nothing)
     _add_baseline_and_audit_commands(commands)
     _add_select_command(commands)
+    _add_distill_command(commands)
     _add_pretrain_commands(commands)
     return parser
 
@@ -261,16 +262,16 @@ def _add_model_class_flag(parser: argparse.ArgumentParser) -> None:
                         "runs that code, so only for code you trust (an export folder needs none)")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, config_help: str) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, config_help: str, names: dict | None = None) -> None:
     """--config FILE, then one flag per config field, help text from the field's comment; unset flags leave the value
-    alone."""
+    alone. ``names``: this command's own flag names for some fields (``{("model", "name"): "--student"}``)."""
     parser.add_argument("--config", metavar="FILE", help=config_help)
     for section, klass in SECTIONS:
         group = parser.add_argument_group(f"{section} settings")
         docs = field_docs(klass)
         hints = typing.get_type_hints(klass)
         for f in dataclasses.fields(klass):
-            flag = FLAG_NAMES.get((section, f.name), "--" + f.name.replace("_", "-"))
+            flag = {**FLAG_NAMES, **(names or {})}.get((section, f.name), "--" + f.name.replace("_", "-"))
             kind, optional = _base_type(hints[f.name])
             help_text = f"{docs.get(f.name, '')} (default: {f.default})".replace("%", "%%")
             dest = f"{section}.{f.name}"
@@ -361,6 +362,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("textclf train: --seeds (a seed ensemble) and --cv (cross-validation) are separate runs; "
                          "give one of them")
     config = _config_with_data_and_output(args, "train")  # the output folder passed check_paths already
+    if config.train.teacher is not None or config.train.recipe == "distill" or config.data.unlabelled:
+        raise UsageError("textclf train: a teacher and unlabelled texts mean distillation; run it as textclf distill "
+                         "--teacher FOLDER [--unlabelled FILE] (with the same data flags)")
     data = _training_data(config, load_dataset)
     if config.train.recipe == "auto":
         config = _choose_recipe(args, config, data)
@@ -371,11 +375,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = Trainer(model=config.model.name, data=data, output_dir=config.run.output, config=config.train,
                       model_config=config.model, data_config=config.data, overwrite=args.overwrite,
                       progress=not args.quiet)
+    return _fit_and_report(args, trainer, data)
+
+
+def _fit_and_report(args: argparse.Namespace, trainer, data) -> int:
+    """Train, then print the report, where the models are and how to look at the run (rank 0)."""
     trainer.resume_hint = resume_command(getattr(args, "argv", None))  # said once, by the trainer, after a signal
     result = trainer.fit(resume=args.resume)
     if result.interrupted or not trainer.runtime.is_main:  # under torchrun, rank 0 reports for the whole job
         return 128 + result.signal if result.interrupted else 0
-    out = Path(config.run.output)
+    out = Path(trainer.output_dir)
     report = (out / "report.txt").read_text(encoding="utf-8") if (out / "report.txt").is_file() else ""
     print(report)
     if (out / "best").is_dir():
@@ -389,6 +398,87 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("\nTF-IDF baseline on the same splits (also in metrics.json under \"baseline\"):\n"
               + compare_with_baseline(out, data))
     return 0
+
+
+# textclf distill names the model it trains the student, and the distillation settings as the literature does.
+DISTILL_FLAG_NAMES = {("model", "name"): "--student", ("model", "keep_layers"): "--student-layers",
+                      ("model", "layer_choice"): "--student-layer-choice", ("train", "distill_alpha"): "--alpha",
+                      ("train", "distill_temperature"): "--temperature"}
+
+
+def _add_distill_command(commands) -> None:
+    distill = commands.add_parser(
+        "distill", help="train a smaller, faster model (the student) on a trained model's probabilities (the teacher)",
+        description="Distillation: the student learns the teacher's softened probabilities on the labelled rows of "
+        "--data and on the texts of --unlabelled, and the labels (weighed against the teacher by --alpha; --alpha 0 "
+        "trains the same student on the labels alone, the control). The teacher is a model folder (OUTPUT/best), a "
+        "seed-ensemble folder (OUTPUT/ensemble) or an export; its probabilities are computed once and cached in the "
+        "run folder. The student is --student (an encoder name or folder) or, by default, a copy of the teacher's "
+        "own model keeping --student-layers of its encoder layers (half by default), initialised from the teacher. "
+        "Epochs, lr and batch size default to what --recipe auto picks for fine-tuning on the data; every train "
+        "flag applies. The student's folders are ordinary model folders (predict, evaluate, export, serve).")
+    _add_config_flags(distill, config_help="YAML/JSON config (sections run, data, model, train), as for train; flags "
+                      "override it", names=DISTILL_FLAG_NAMES)
+    distill.add_argument("--resume", metavar="auto|DIR", help="continue from the newest complete checkpoint in the "
+                         "output folder (auto) or from the checkpoint folder DIR")
+    distill.add_argument("--overwrite", action="store_true", help="replace a previous run in the output folder")
+    distill.add_argument("--quiet", action="store_true", help="no progress bar")
+    distill.set_defaults(handler=cmd_distill, paths=_paths_of_training)
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from .data.labels import LabelMap
+    from .data.readers import load_dataset
+    from .model.ensemble import load_model
+    from .train.distill import check_same_labels, check_teacher, student_source
+    from .train.trainer import Trainer
+
+    config = _config_with_data_and_output(args, "distill")
+    given = given_settings(args)
+    if not config.train.teacher:
+        raise UsageError("textclf distill: no teacher; pass --teacher FOLDER: OUTPUT/best of a training run, the "
+                         "OUTPUT/ensemble folder of textclf train --seeds, or a textclf export folder")
+    if "recipe" in given["train"] and config.train.recipe not in ("distill", "auto"):
+        raise UsageError(f"textclf distill: --recipe {config.train.recipe} is not distillation; use textclf train")
+    data = load_dataset(config.run.data, dev=config.run.dev, test=config.run.test, config=config.data)
+    teacher = check_teacher(config.train.teacher)
+    check_same_labels(teacher, LabelMap.load(teacher), data.label_map)  # before a student is built on either
+    model: object = config.model.name
+    model_config = config.model
+    if "name" not in given["model"]:  # the student is the teacher's own model, cut to fewer layers
+        source = student_source(config.train.teacher)
+        model = load_model(source)
+        layers = len(model.encoder_layers())
+        keep = model_config.keep_layers if "keep_layers" in given["model"] else max(1, layers // 2)
+        model_config = dataclasses.replace(model_config, name=str(source), keep_layers=keep,
+                                           pooling=model.pooling, normalize=model.normalize)
+    config = dataclasses.replace(config, model=model_config, train=_distill_settings(args, config, data, given))
+    trainer = Trainer(model=model, data=data, output_dir=config.run.output, config=config.train,
+                      model_config=config.model, data_config=config.data, overwrite=args.overwrite,
+                      progress=not args.quiet)
+    return _fit_and_report(args, trainer, data)
+
+
+def _distill_settings(args: argparse.Namespace, config: RunConfig, data, given: dict) -> TrainConfig:
+    """The student's epochs, lr, batch size and max_length: what --recipe auto picks for fine-tuning the student on
+    the data, with every setting given kept; a resumed run keeps the settings it started with."""
+    from .model.classifier import load_tokenizer
+    from .train.recipes import resolve_auto
+
+    saved = _settings_to_resume(args, config) if getattr(args, "resume", None) else None
+    if saved is not None:
+        from .config import section_from_dict
+
+        try:
+            return section_from_dict(TrainConfig, {**saved["train"], **given["train"]}, "train")
+        except ConfigError:  # a config.yaml of another release: size as for a new run; the resume check says more
+            pass
+    plain = dataclasses.replace(config.train, recipe="fine-tune", teacher=None)
+    recipe = resolve_auto(data, load_tokenizer(config.model.name), config.model, plain,
+                          explicit_train=set(given["train"]) | {"recipe"},
+                          explicit_model=set(given["model"]) | {"freeze_layers_below"})
+    print(recipe.reason.replace("recipe auto: fine-tune", "distill: sized as auto fine-tuning", 1))
+    return dataclasses.replace(recipe.train, recipe="distill", teacher=config.train.teacher)
 
 
 def _training_data(config: RunConfig, load_dataset):
@@ -630,6 +720,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _test_scores(metrics_path: Path) -> dict:
+    """``{"test": headline scores}`` of a run's metrics.json, or {} when it has none or cannot be read."""
+    from .eval.html_report import read_metrics
+
+    try:
+        test = read_metrics(metrics_path).get("test") or {} if metrics_path.is_file() else {}
+    except DataError:
+        return {}
+    scores = {k: v for k, v in test.items() if k in ("accuracy", "macro_f1", "micro_f1", "loss")}
+    return {"test": scores} if scores else {}
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .data.labels import LABELS_FILE, LabelMap
 
@@ -649,6 +751,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         "train_config": meta.get("train_config"),
         "dev": {k: v for k, v in (meta.get("dev") or {}).items() if k in ("accuracy", "macro_f1", "micro_f1", "loss")},
     }
+    if meta.get("teacher"):  # a distilled model: the model it learned from (and its scores, where its run has them)
+        summary["teacher"] = {"model": meta["teacher"], **_test_scores(Path(meta["teacher"]).parent / "metrics.json")}
     if meta.get("model_class"):  # what --model-class predict, evaluate, serve and export need for this folder
         summary["model_class"] = meta["model_class"]
     if labels is None and meta.get("num_labels"):
@@ -1034,7 +1138,7 @@ def _paths_of_training(args: argparse.Namespace):
     inputs = {"--data": config.run.data, "--dev": config.run.dev, "--test": config.run.test,
               "--model": _local(model.name), "--config": getattr(args, "config", None),
               "--synonyms": data.synonyms, "--augment-synonyms": data.augment_synonyms, "--entities": data.entities,
-              "--label-names": data.label_names,
+              "--label-names": data.label_names, "--unlabelled": data.unlabelled, "--teacher": config.train.teacher,
               "--class-weights": _local(config.train.class_weights)}
     return inputs, [("--output", config.run.output, "folder")]
 

@@ -125,6 +125,9 @@ class DataConfig:
     # Start from label names alone: a file with one label per line (optionally label<TAB>description); the data is
     # then an unlabelled pool, and the training rows are made from the names (textclf.tools.zero_shot).
     label_names: str | None = None
+    # Distillation: a file of unlabelled texts (CSV/TSV/JSONL with the text column, or .txt, one per line) that the
+    # student learns the teacher's probabilities on, besides the labelled rows (docs/distillation.md).
+    unlabelled: str | None = None
     # Raise an error (instead of a warning) for empty texts and conflicting duplicate labels.
     strict: bool = False
     # CSV of `variant,canonical` rows (e.g. 心梗,心肌梗死): every variant is replaced by its canonical form
@@ -182,6 +185,9 @@ class DataConfig:
                "augment=entity needs entity lists; set entities to a CSV of `type,value` rows or a JSON file")
 
 
+LAYER_CHOICES = ("spread", "lowest")
+
+
 @dataclass(frozen=True)
 class ModelConfig(_RecordsGiven):
     """Which encoder to fine-tune and the classification head on top of it."""
@@ -197,9 +203,18 @@ class ModelConfig(_RecordsGiven):
     # Scale each pooled text vector to unit length before the head, as sentence embedders (all-MiniLM-L6-v2) were
     # trained; the few-shot recipe takes pooling and this from the encoder's own sentence-transformers config.
     normalize: bool = False
+    # Keep only this many of the encoder's layers (a smaller, faster copy initialised from its weights, as a
+    # distillation student); None keeps them all.
+    keep_layers: int | None = None
+    # Which layers keep_layers keeps: "spread" (evenly spaced, the first and last included) or "lowest".
+    layer_choice: str = "spread"
 
     def __post_init__(self) -> None:
         _check_types(self, "model")
+        _check(self.keep_layers is None or self.keep_layers >= 1, "model", "keep_layers",
+               f"must be >= 1 when set, got {self.keep_layers}")
+        _check(self.layer_choice in LAYER_CHOICES, "model", "layer_choice",
+               f"must be one of {LAYER_CHOICES}, got {self.layer_choice!r}")
         _check(bool(self.name), "model", "name", "must name a hub model, a local folder or an alias")
         _check(self.pooling in ("cls", "mean"), "model", "pooling", f"must be 'cls' or 'mean', got {self.pooling!r}")
         _check(0.0 <= self.dropout < 1.0, "model", "dropout", f"must be in [0, 1), got {self.dropout}")
@@ -212,7 +227,7 @@ class ModelConfig(_RecordsGiven):
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-RECIPES = ("fine-tune", "few-shot", "auto")
+RECIPES = ("fine-tune", "few-shot", "distill", "auto")
 FEW_SHOT_HEADS = ("logistic", "linear")
 SCHEDULES = ("linear", "cosine", "constant")
 METRICS = ("macro_f1", "micro_f1", "accuracy", "loss")
@@ -231,8 +246,16 @@ class TrainConfig(_RecordsGiven):
     # How the model learns: "auto" (the default: look at the data and the encoder, pick one of the two below and
     # scale epochs, lr, warmup, batch size and max_length; settings given explicitly are kept; see
     # docs/small-data.md), "fine-tune" (rows -> logits -> cross-entropy, every layer, with the settings as given) or
-    # "few-shot" (contrastive pairs of rows tune a sentence encoder, then the head is fitted on its embeddings).
+    # "few-shot" (contrastive pairs of rows tune a sentence encoder, then the head is fitted on its embeddings);
+    # "distill" trains the model to match a teacher's probabilities (set by textclf distill; needs teacher).
     recipe: str = "auto"
+    # Distillation: the teacher, a model folder, seed-ensemble folder or export whose probabilities the model learns.
+    teacher: str | None = None
+    # Distillation: weight of the teacher's softened probabilities in the loss, against the labels (1 - alpha); 0
+    # trains on the labelled rows alone (the control every distilled model is compared with).
+    distill_alpha: float = 0.9
+    # Distillation: temperature that softens the teacher's and the student's probabilities in the soft loss.
+    distill_temperature: float = 2.0
     # Few-shot: same-label partners drawn per training row and epoch, and as many different-label partners.
     pairs_per_row: int = 20
     # Few-shot: the head fitted on the tuned embeddings: "logistic" (scikit-learn logistic regression) or "linear"
@@ -346,6 +369,15 @@ class TrainConfig(_RecordsGiven):
         _check_types(self, "train")
         _check(self.recipe in RECIPES, "train", "recipe", f"must be one of {RECIPES}, got {self.recipe!r}")
         _check(self.pairs_per_row >= 1, "train", "pairs_per_row", f"must be >= 1, got {self.pairs_per_row}")
+        _check(0 <= self.distill_alpha <= 1, "train", "distill_alpha", f"must be in [0, 1], got {self.distill_alpha}")
+        _check(self.distill_temperature > 0, "train", "distill_temperature",
+               f"must be > 0, got {self.distill_temperature}")
+        _check(self.recipe != "distill" or self.teacher is not None, "train", "recipe",
+               "distill needs train.teacher: a model folder, seed-ensemble folder or export (textclf distill "
+               "--teacher FOLDER)")
+        _check(self.teacher is None or self.recipe in ("distill", "auto"), "train", "teacher",
+               f"is read by recipe distill only, and the recipe is {self.recipe!r}; distil with textclf distill, or "
+               "leave the teacher out")
         _check(self.few_shot_head in FEW_SHOT_HEADS, "train", "few_shot_head",
                f"must be one of {FEW_SHOT_HEADS}, got {self.few_shot_head!r}")
         _check(self.epochs > 0, "train", "epochs", f"must be > 0, got {self.epochs}")

@@ -65,7 +65,7 @@ class Layout:
 
 RUN = Layout("run", frozenset({
     "config.yaml", "log.jsonl", "checkpoints", "best", "last", "runs", "metrics.json", "report.txt",
-    "confusion.png", "reliability.png", "errors.csv", "data", "report.html", "audit.csv", "audit.json",
+    "confusion.png", "reliability.png", "errors.csv", "data", "report.html", "audit.csv", "audit.json", "teacher",
 }), sign="config.yaml")
 PRETRAIN_RUN = Layout("pretraining run", frozenset({
     "config.yaml", "log.jsonl", "checkpoints", "runs", "model", "mlm",

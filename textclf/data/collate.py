@@ -32,7 +32,8 @@ def make_collate(pad_token_id: int, pad_to_multiple_of: int | None = None):
             where tensor cores and AMX tiles work in blocks of 8).
 
     Returns:
-        ``collate(items) -> {"input_ids": [B, T] long, "attention_mask": [B, T] long, "labels": [B] or [B, L]}``
+        ``collate(items) -> {"input_ids": [B, T] long, "attention_mask": [B, T] long, "labels": [B] or [B, L]}``,
+        with any other per-row field of the items stacked the same way.
     """
 
     def collate(items: Sequence[dict]) -> dict[str, torch.Tensor]:
@@ -48,8 +49,8 @@ def make_collate(pad_token_id: int, pad_to_multiple_of: int | None = None):
             "input_ids": input_ids,
             "attention_mask": (torch.arange(width)[None, :] < lengths[:, None]).long(),
         }
-        if "labels" in items[0]:
-            batch["labels"] = torch.stack([torch.as_tensor(item["labels"]) for item in items])
+        for name in items[0].keys() - {"input_ids"}:  # labels, and any per-row columns of the dataset
+            batch[name] = torch.stack([torch.as_tensor(item[name]) for item in items])
         return batch
 
     return collate

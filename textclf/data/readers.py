@@ -399,6 +399,9 @@ class TextClassificationDataset(Dataset):
                            else np.asarray(label_map.encode_many(labels), dtype=np.int64))
         self.label_map = label_map
         self._labels = None if self.labels is None else torch.from_numpy(self.labels)
+        # Further per-row tensors ``{name: [n, ...]}`` an objective adds to every item (distillation: the teacher's
+        # log-probabilities and which rows carry a real label); the collate function stacks them.
+        self.columns: dict[str, torch.Tensor] = {}
 
     def _row(self, i: int) -> int:
         """``i`` as a row index (negative counts from the end); IndexError outside the dataset."""
@@ -423,6 +426,8 @@ class TextClassificationDataset(Dataset):
         item = {"input_ids": self._input_ids[self._offsets[i]:self._offsets[i + 1]].long()}
         if self._labels is not None:
             item["labels"] = self._labels[i]
+        for name, column in self.columns.items():
+            item[name] = column[i]
         return item
 
 

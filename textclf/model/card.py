@@ -90,6 +90,7 @@ def model_card(name: str, meta: dict[str, Any], metrics: dict[str, Any], data: d
     lines = [f"# {name}", "",
              f"A {kind} text classifier over {len(labels)} labels, fine-tuned with "
              f"textclf from `{base or 'a custom encoder'}`.", "",
+             *_distillation(meta, train),
              "## Intended use", "",
              f"Classifying {language} texts like the training data below into its labels. It has "
              "seen only that data: texts from another domain, another language or with labels it does not know will "
@@ -140,3 +141,12 @@ def model_card(name: str, meta: dict[str, Any], metrics: dict[str, Any], data: d
                  "(`textclf evaluate --model PATH --data YOUR_TEST.csv`), and consider `textclf audit` for label "
                  "errors in the training data.")
     return "\n".join(front + [""] + lines) + "\n"
+
+
+def _distillation(meta: dict, train: dict) -> list[str]:
+    """The card's lines on a distilled model's teacher (none for a model trained on labels alone)."""
+    if not meta.get("teacher"):
+        return []
+    return [f"It was distilled from the teacher `{meta['teacher']}`: it learned the teacher's probabilities "
+            f"(alpha {train.get('distill_alpha')}, temperature {train.get('distill_temperature')}) besides the "
+            "labels; the teacher's own scores are in its run folder.", ""]

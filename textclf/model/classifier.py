@@ -345,6 +345,32 @@ class TextClassifier(nn.Module):
             "(ALBERT-style encoders share one layer across depths); leave freeze_layers_below unset"
         )
 
+    def keep_layers(self, count: int, choice: str = "spread") -> list[int]:
+        """Keep ``count`` of the encoder's layers, with their weights, and drop the rest; returns the kept indices.
+
+        ``"spread"`` keeps evenly spaced layers, the first and the last included (a 6-layer encoder cut to 3 keeps
+        0, 2 and 5); ``"lowest"`` keeps layers ``0 .. count-1``. The encoder's config then says ``count`` layers, so
+        the saved folder loads as an ordinary, smaller model.
+        """
+        layers = self.encoder_layers()
+        total = len(layers)
+        if not 1 <= count <= total:
+            raise ConfigError(f"model.keep_layers: {count} is not a number of layers the encoder can keep: it has "
+                              f"{total}; give 1 to {total}")
+        if choice == "lowest":
+            kept = list(range(count))
+        else:
+            kept = sorted({round(i * (total - 1) / max(count - 1, 1)) for i in range(count)}) if count > 1 else [0]
+        owner, name = next((module, attr) for module in self.encoder.modules()
+                           for attr, child in module.named_children() if child is layers)
+        setattr(owner, name, nn.ModuleList(layers[i] for i in kept))
+        for position, layer in enumerate(getattr(owner, name)):  # attention layers that know their index
+            for module in layer.modules():
+                if isinstance(getattr(module, "layer_idx", None), int):
+                    module.layer_idx = position
+        self.config.num_hidden_layers = count
+        return kept
+
     def freeze_layers_below(self, n: int) -> None:
         """Freeze the embeddings and encoder layers ``0 .. n-1``; layers ``n ..``, pooler and head train."""
         layers = self.encoder_layers()

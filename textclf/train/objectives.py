@@ -7,20 +7,25 @@
   the same label, 0 for different labels). The head does not train with the encoder; it is fitted on the tuned
   embeddings of the training rows before every evaluation and before a model folder is saved, so ``best/`` and
   ``last/`` are ordinary model folders (Predictor, evaluate, export, serve).
+* :class:`Distillation` (``distill``) -- labelled and unlabelled rows -> logits -> the distance of their softened
+  probabilities from a teacher's (computed once per run and cached in it), plus the task's loss on the labelled rows.
 
-The :class:`~textclf.Trainer` asks its objective for the epoch's batches, the loss of a batch, and to make the head
-ready before evaluating; everything else (precision, accumulation, checkpoints, resume, logging, callbacks) is the
-shared loop's.
+The :class:`~textclf.Trainer` asks its objective for the rows to train on and what each batch carries, the epoch's
+batches, the loss of a batch, and to make the head ready before evaluating; everything else (precision,
+accumulation, checkpoints, resume, logging, callbacks) is the shared loop's.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..config import ModelConfig, TrainConfig
+from ..config import DataConfig, ModelConfig, TrainConfig
 from ..data.pairs import PairBatches
+from ..data.readers import Split, read_unlabelled
 from ..data.sampling import training_sampler
 from ..errors import ConfigError
 from ..model.classifier import sentence_pooling
@@ -48,6 +53,22 @@ class Objective:
     def prepare_head(self, trainer) -> None:
         """Make the head ready before an evaluation or a saved model folder (by default it trains with the
         encoder and is always ready)."""
+
+    def rows(self, trainer, split: Split) -> Split:
+        """The rows an epoch trains on, from the labelled training split (by default that split)."""
+        return split
+
+    def with_columns(self, trainer, dataset):
+        """The tokenized training rows with the per-row tensors every batch carries besides tokens and labels
+        (``dataset.columns``; by default none)."""
+        return dataset
+
+    def save_run_files(self, output_dir) -> None:
+        """Write what the objective keeps in the run folder (by default nothing); rank 0, once it is claimed."""
+
+    def model_meta(self) -> dict:
+        """What a saved model folder's ``textclf.json`` records of how it was trained (by default nothing)."""
+        return {}
 
 
 class Classification(Objective):
@@ -131,6 +152,82 @@ class ContrastivePairs(Objective):
             head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
 
 
+class Distillation(Classification):
+    """Knowledge distillation (Hinton et al., 2015): the model (the student) learns a teacher's softened
+    probabilities on the labelled rows and on unlabelled ones, and the labels where there are some::
+
+        loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, label)
+
+    The cross-entropy (the task's loss, with the run's class weights and smoothing) is the mean over the labelled
+    rows of the batch; ``T^2`` keeps the soft gradients on the scale of the hard ones. ``alpha = 0`` is the control:
+    the same student trained on the labelled rows alone, and no teacher is read. The teacher's log-probabilities are
+    computed once (:class:`~textclf.train.distill.TeacherTargets`), cached in the run folder and carried by each
+    batch as ``batch["teacher"]``; unlabelled rows carry the teacher's top class as their label, which the sampler
+    stratifies by and the hard loss never sees (``batch["labelled"]``).
+
+    Args:
+        config: the run's settings (``teacher``, ``distill_alpha``, ``distill_temperature``).
+        unlabelled: the unlabelled texts (``data.unlabelled``), or None.
+    """
+
+    def __init__(self, config: TrainConfig, unlabelled: list[str] | None = None):
+        self.teacher, self.alpha, self.temperature = config.teacher, config.distill_alpha, config.distill_temperature
+        self.unlabelled = list(unlabelled or [])
+        self.targets = None  # TeacherTargets, once the rows are known
+        self.labelled: torch.Tensor | None = None
+
+    def configure(self, model: nn.Module, config: TrainConfig) -> None:
+        if config.long_texts != "truncate":
+            raise ConfigError("train.long_texts: distillation reads each text once, truncated to max_length; use "
+                              "long_texts=truncate with textclf distill")
+
+    def rows(self, trainer, split: Split) -> Split:
+        if self.alpha == 0:  # the control: the labelled rows alone
+            return split
+        from .distill import TeacherTargets
+
+        known = set(split.texts)  # a pool text that is also a labelled row is that row, not a second one
+        extra = list(dict.fromkeys(t for t in self.unlabelled if t not in known))
+        texts = list(split.texts) + extra
+        rt = trainer.runtime  # the teacher runs on the run's device, in its precision
+        self.targets = TeacherTargets(self.teacher, texts, trainer.label_map, trainer.output_dir, str(rt.device),
+                                      rt.precision, trainer.config.eval_batch_size, trainer.print)
+        guesses = self.targets.log_probs[len(split):].argmax(-1).tolist()
+        self.labelled = torch.arange(len(texts)) < len(split)
+        names = trainer.label_map.names
+        trainer.print(f"distilling from {self.teacher} on {len(split):,} labelled and {len(extra):,} unlabelled "
+                      f"rows (alpha {self.alpha:g}, temperature {self.temperature:g})")
+        return replace(split, texts=texts, labels=list(split.labels) + [names[g] for g in guesses], locations=None)
+
+    def with_columns(self, trainer, dataset):
+        if self.targets is not None:
+            dataset.columns = {"teacher": self.targets.log_probs, "labelled": self.labelled}
+        return dataset
+
+    def save_run_files(self, output_dir) -> None:
+        if self.targets is not None:
+            self.targets.save()
+
+    def model_meta(self) -> dict:
+        """The teacher, which the model card and ``textclf info`` name (the control, alpha 0, has none)."""
+        return {"teacher": str(self.teacher)} if self.alpha > 0 else {}
+
+    def loss(self, trainer, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        if self.targets is None:
+            return super().loss(trainer, batch)
+        with trainer.runtime.autocast():
+            logits = trainer.ddp_model(batch["input_ids"], batch["attention_mask"])
+        t = self.temperature
+        student = torch.log_softmax(logits.float() / t, dim=-1)  # fp32: bf16 log-probabilities are too coarse
+        teacher = torch.log_softmax(batch["teacher"] / t, dim=-1)
+        soft = nn.functional.kl_div(student, teacher, reduction="batchmean", log_target=True) * (t * t)
+        labelled = batch["labelled"]
+        if self.alpha == 1 or not bool(labelled.any()):
+            return soft, logits.detach(), len(logits)
+        hard = trainer.compute_loss(logits[labelled], {"labels": batch["labels"][labelled]})
+        return self.alpha * soft + (1 - self.alpha) * hard, logits.detach(), len(logits)
+
+
 def embed_rows(trainer, dataset) -> np.ndarray:
     """``[N, hidden]`` float32 pooled embeddings of a tokenized dataset, in row order, under the run's precision."""
     out = np.zeros((len(dataset), trainer.model.config.hidden_size), dtype=np.float32)
@@ -178,6 +275,14 @@ def fit_linear_head(embeddings: np.ndarray, labels: np.ndarray, num_labels: int,
     return layer.weight.detach().numpy(), layer.bias.detach().numpy()
 
 
-def objective_for(config: TrainConfig, model_name: str) -> Objective:
-    """The objective of ``train.recipe``."""
-    return ContrastivePairs(model_name) if config.recipe == "few-shot" else Classification()
+def objective_for(config: TrainConfig, model_name: str, unlabelled: list[str] | None = None,
+                  data_config: DataConfig | None = None) -> Objective:
+    """The objective of ``train.recipe``; a distillation run also learns from ``unlabelled`` (by default the texts of
+    the file ``data_config.unlabelled``, if set)."""
+    if config.recipe == "few-shot":
+        return ContrastivePairs(model_name)
+    if config.recipe == "distill":
+        if unlabelled is None and data_config is not None and data_config.unlabelled:
+            unlabelled = read_unlabelled(data_config.unlabelled, "unlabelled", data_config).texts
+        return Distillation(config, unlabelled)
+    return Classification()

@@ -97,6 +97,7 @@ class Trainer(TrainingLoop):
         callbacks: extra callbacks; early stopping (when ``config.patience`` is set) and the progress bar are
             added automatically.
         overwrite: replace an existing run in ``output_dir``.
+        unlabelled: texts a distillation run also learns the teacher on (default: the file data_config.unlabelled).
     """
 
     # Length-grouped batches keep the class mix of the data (a plain length sort makes them class-homogeneous where
@@ -108,7 +109,7 @@ class Trainer(TrainingLoop):
                  config: TrainConfig | None = None, *, model_config: ModelConfig | None = None,
                  data_config: DataConfig | None = None, tokenizer=None, head: nn.Module | None = None,
                  callbacks: list[Callback] | None = None, overwrite: bool = False, progress: bool = True,
-                 normalizer: TextNormalizer | None = None):
+                 normalizer: TextNormalizer | None = None, unlabelled: list[str] | None = None):
         config = config or TrainConfig()
         automatic = [EarlyStopping(config.metric, config.patience)] if config.patience is not None else []
         super().__init__(config, output_dir, overwrite, list(callbacks or []) + automatic, progress)
@@ -122,8 +123,8 @@ class Trainer(TrainingLoop):
         # train.recipe "auto" becomes the recipe chosen for the data, said in one line (textclf.train.recipes)
         recipe = recipe_for_trainer(self.data, self.tokenizer, model, self.model_config, self.config, self.print)
         self.config, self.model_config, self.recipe_reason = recipe.train, recipe.model, recipe.reason
-        # What a training batch is and what it costs: rows and their loss, or few-shot pairs (textclf.train.objectives)
-        self.objective = objective_for(self.config, self.model_config.name)
+        # What a training batch is and what it costs: rows, few-shot pairs, a teacher's probabilities (objectives.py)
+        self.objective = objective_for(self.config, self.model_config.name, unlabelled, self.data_config)
         self.model_config = self.objective.model_config(self.model_config)
         self.inputs = input_strategy(self.config)  # truncation or sliding windows (textclf.data.inputs)
         self.model = self._build_model(model, head)
@@ -137,17 +138,19 @@ class Trainer(TrainingLoop):
     def _build_model(self, model: str | nn.Module, head: nn.Module | None) -> nn.Module:
         """The model on its device: a fresh classifier over the encoder (or the module given), frozen as configured
         and ready for the input strategy."""
+        cfg = self.model_config
         if isinstance(model, nn.Module):  # a TextClassifier, or a loaded EnsembleClassifier (to evaluate it)
             built = model
         elif self.data is None:
             raise ConfigError("Trainer: pass data= so the label set is known before the head is built")
         else:
-            cfg = self.model_config
             built = TextClassifier.from_encoder(cfg.name, self.data.label_map, cfg.pooling, cfg.dropout, head,
                                                 cfg.normalize)
-            self.objective.configure(built, self.config)
-        if self.model_config.freeze_layers_below is not None:
-            built.freeze_layers_below(self.model_config.freeze_layers_below)
+        self.objective.configure(built, self.config)
+        if cfg.keep_layers is not None:  # a smaller copy of the encoder (a distillation student)
+            self.print(f"kept encoder layers {built.keep_layers(cfg.keep_layers, cfg.layer_choice)} of {cfg.name}")
+        if cfg.freeze_layers_below is not None:
+            built.freeze_layers_below(cfg.freeze_layers_below)
         # train.unfreeze_every: thaws one more layer every N optimizer steps (None: the frozen layers stay frozen)
         unfreezing = GradualUnfreezing.from_config(built, self.model_config, self.config, self.runtime)
         self.callbacks[:0] = [unfreezing] if unfreezing is not None else []  # first: the others see the new layers
@@ -172,7 +175,8 @@ class Trainer(TrainingLoop):
             warning = unreadable_warning(self.data.train.texts, self.tokenizer, self.model_config.name)
             if warning:
                 self.print(warning)
-        self.train_dataset = self._tokenize(self.data.train) if self.data else None
+        self.train_split = self.objective.rows(self, self.data.train) if self.data else None  # + unlabelled rows
+        self.train_dataset = self.objective.with_columns(self, self._tokenize(self.train_split)) if self.data else None
         self.dev_dataset = self._tokenize(self.data.dev) if self.data and self.data.dev else None
         if fresh_head and self.train_dataset is not None:
             self.task.init_head(self.model, self.train_dataset.labels)
@@ -292,13 +296,9 @@ class Trainer(TrainingLoop):
 
     def tune_thresholds(self, data: Split | TextClassificationDataset | None = None,
                         save_to: str | Path | None = None) -> Thresholds:
-        """Tune the multi-label decision thresholds on ``data`` (default: dev) and apply them from now on.
-
-        ``config.threshold_tuning`` picks one global threshold (maximising micro F1) or one per label (each
-        maximising its F1; labels with fewer than ``config.threshold_min_positives`` positives keep the global
-        one); see :mod:`textclf.eval.multilabel`. ``save_to`` (a model folder) stores them in its ``textclf.json``,
-        where :class:`~textclf.Predictor`, ``textclf evaluate`` and the service find them.
-        """
+        """Tune the multi-label decision thresholds on ``data`` (default: dev) as ``config.threshold_tuning`` says
+        (:mod:`textclf.eval.multilabel`) and apply them from now on; ``save_to`` (a model folder) stores them in its
+        ``textclf.json``, where :class:`~textclf.Predictor`, ``textclf evaluate`` and the service find them."""
         if not self.task.has_thresholds:
             raise ConfigError("Trainer.tune_thresholds: thresholds apply to multi-label models only")
         report = self.evaluate(data)
@@ -402,8 +402,7 @@ class Trainer(TrainingLoop):
 
     def _data_fingerprint(self) -> dict:
         if getattr(self, "_fingerprint", None) is None:  # the data never changes during a run: hash it once
-            labels = self.data.train.labels if self.data is not None else None
-            self._fingerprint = rows_fingerprint(self.train_dataset.texts, labels, self.label_map)
+            self._fingerprint = rows_fingerprint(self.train_dataset.texts, self.train_split.labels, self.label_map)
         return self._fingerprint
 
     def _data_differences(self, saved: dict) -> list[str]:
@@ -423,19 +422,20 @@ class Trainer(TrainingLoop):
             vars(self).pop("_train_sampler", None)  # same number of batches, the order of the plain length sort
 
     def _row_record(self, row: int) -> dict:
-        labels = self.data.train.labels if self.data is not None else None
-        return {"text": self.train_dataset.texts[row], "label": labels[row] if labels is not None else None}
+        return {"text": self.train_dataset.texts[row], "label": self.train_split.labels[row]}  # training: labelled
 
     def input_paths(self) -> dict[str, object]:
         splits = (self.data.train, self.data.dev, self.data.test) if self.data else ()
         return {"--model": self.model_config.name,
-                "--data": [s.source for s in splits if s is not None and not s.source.startswith("<")]}
+                "--data": [s.source for s in splits if s is not None and not s.source.startswith("<")],
+                "--teacher": self.config.teacher, "--unlabelled": self.data_config.unlabelled}
 
     def resolved_config(self) -> dict:
         return self.run_config.to_dict()
 
     def _save_config(self) -> None:  # with the splits held out of the training file and the augmented rows
         super()._save_config()
+        self.objective.save_run_files(self.output_dir)  # distillation: the teacher's probabilities
         for note in save_prepared_data(self.data, self.output_dir / DATA_DIR, self.data_config, self.augmented_rows):
             self.print(note)
 
@@ -449,7 +449,8 @@ class Trainer(TrainingLoop):
     def _save_bundle(self, folder: Path, extra: dict) -> None:
         """Write a loadable model folder (``best/`` or ``last/``) atomically, on rank 0."""
         if self.runtime.is_main:  # how texts are read and decided travels with the weights (read by Predictor)
-            meta = {**extra, "base_model": self.model_config.name, "train_config": dataclasses.asdict(self.config),
+            meta = {**extra, "base_model": self.model_config.name, **self.objective.model_meta(),
+                    "train_config": dataclasses.asdict(self.config),
                     "windows": self.inputs.to_dict(), "data_reading": self.data_config.reading()}
             write = bundle.model_folder_writer(self.model, self.tokenizer, meta, self.normalizer)
             ckpt.write_atomically(folder, write)
