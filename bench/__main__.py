@@ -1,6 +1,7 @@
 """``python -m bench``: the start-up time of the light commands (bench/startup_bench.py), the training benchmark
 (textclf vs the Hugging Face Trainer), the deployment one, then the few-shot grid against SetFit
-(bench/few_shot_bench.py; it resumes into bench/results/few-shot.json, so runs already there are not repeated)."""
+(bench/few_shot_bench.py; it resumes into bench/results/few-shot.json, so runs already there are not repeated), and
+distillation (bench/distill_bench.py, resuming into bench/results/distill.json)."""
 
 import sys
 
@@ -17,9 +18,10 @@ def main() -> int:
     except ImportError:  # the deployment benchmark is optional
         deploy_bench = None
     status = status or (deploy_bench.main([]) if deploy_bench else 0)
-    from bench import few_shot_bench
+    from bench import distill_bench, few_shot_bench
 
-    return status or few_shot_bench.main(["--out", "bench/results/few-shot.json", "--plot", "docs/img/few-shot.png"])
+    status = status or few_shot_bench.main(["--out", "bench/results/few-shot.json", "--plot", "docs/img/few-shot.png"])
+    return status or distill_bench.main([])  # resumes into bench/results/distill.json
 
 
 sys.exit(main())
