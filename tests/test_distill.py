@@ -188,7 +188,6 @@ def test_a_killed_distillation_resumes_bit_for_bit_on_the_cached_teacher(tmp_pat
     killed.wait(timeout=60)
     targets = out / TEACHER_DIR / TARGETS_FILE
     assert targets.is_file()
-    cached = targets.stat().st_mtime_ns
 
     resumed = _start(args(out), "", tmp_path / "resumed.log")
     said, _ = resumed.communicate(timeout=300)
@@ -196,7 +195,6 @@ def test_a_killed_distillation_resumes_bit_for_bit_on_the_cached_teacher(tmp_pat
     assert "resuming from" in said and "scoring" not in said  # the teacher was not run again
     assert torch.equal(load_file(str(targets))["log_probs"],
                        load_file(str(tmp_path / "reference" / TEACHER_DIR / TARGETS_FILE))["log_probs"])
-    assert targets.stat().st_mtime_ns >= cached
     for name in ("last", "best"):
         a = load_file(str(tmp_path / "reference" / name / "model.safetensors"))
         b = load_file(str(out / name / "model.safetensors"))

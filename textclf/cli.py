@@ -465,14 +465,9 @@ def _distill_settings(args: argparse.Namespace, config: RunConfig, data, given: 
     from .model.classifier import load_tokenizer
     from .train.recipes import resolve_auto
 
-    saved = _settings_to_resume(args, config) if getattr(args, "resume", None) else None
-    if saved is not None:
-        from .config import section_from_dict
-
-        try:
-            return section_from_dict(TrainConfig, {**saved["train"], **given["train"]}, "train")
-        except ConfigError:  # a config.yaml of another release: size as for a new run; the resume check says more
-            pass
+    resumed = _resumed_settings(args, config, given)
+    if resumed is not None:
+        return resumed[0]
     plain = dataclasses.replace(config.train, recipe="fine-tune", teacher=None)
     recipe = resolve_auto(data, load_tokenizer(config.model.name), config.model, plain,
                           explicit_train=set(given["train"]) | {"recipe"},
@@ -560,22 +555,32 @@ def _choose_recipe(args: argparse.Namespace, config: RunConfig, data) -> RunConf
     from .train.recipes import resolve_auto
 
     given = given_settings(args)
-    saved = _settings_to_resume(args, config) if getattr(args, "resume", None) else None
-    if saved is not None and "recipe" not in given["train"]:
-        # A resumed run goes on with the settings it started with, whatever recipe chose them (or none: runs from
-        # before auto was the default); flags given now still win, and the resume check judges them.
-        from .config import section_from_dict
-
-        try:
-            train = section_from_dict(TrainConfig, {**saved["train"], **given["train"]}, "train")
-            model = section_from_dict(ModelConfig, {**saved["model"], **given["model"]}, "model")
-            return dataclasses.replace(config, train=train, model=model)
-        except ConfigError:  # a config.yaml of another release: choose as for a new run; the resume check says more
-            pass
+    resumed = _resumed_settings(args, config, given) if "recipe" not in given["train"] else None
+    if resumed is not None:
+        return dataclasses.replace(config, train=resumed[0], model=resumed[1])
     recipe = resolve_auto(data, load_tokenizer(config.model.name), config.model, config.train,
                           explicit_train=set(given["train"]), explicit_model=set(given["model"]))
     print(recipe.reason)
     return dataclasses.replace(config, train=recipe.train, model=recipe.model)
+
+
+def _resumed_settings(args: argparse.Namespace, config: RunConfig, given: dict) -> tuple | None:
+    """``(train, model)`` of the run being resumed, with the settings given now on top; None for a new run.
+
+    A resumed run goes on with the settings it started with, whatever chose them (auto's recipe, distill's
+    sizing, or none: runs from before auto was the default); flags given now still win, and the resume check judges
+    them. A config.yaml of another release gives None: settings are chosen as for a new run, and the resume check
+    says more."""
+    saved = _settings_to_resume(args, config) if getattr(args, "resume", None) else None
+    if saved is None:
+        return None
+    from .config import section_from_dict
+
+    try:
+        return (section_from_dict(TrainConfig, {**saved["train"], **given["train"]}, "train"),
+                section_from_dict(ModelConfig, {**saved["model"], **given["model"]}, "model"))
+    except ConfigError:
+        return None
 
 
 def _settings_to_resume(args: argparse.Namespace, config: RunConfig) -> dict | None:

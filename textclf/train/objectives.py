@@ -81,10 +81,14 @@ class Classification(Objective):
 
     def loss(self, trainer, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """``(mean loss, logits, rows)`` of a batch already on the device."""
-        with trainer.runtime.autocast():
-            logits = trainer.ddp_model(batch["input_ids"], batch["attention_mask"],
-                                       **trainer.inputs.model_inputs(batch))
+        logits = self.logits(trainer, batch)
         return trainer.compute_loss(logits, batch), logits.detach(), len(logits)  # rows = texts, not windows
+
+    @staticmethod
+    def logits(trainer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training forward pass of a batch: logits ``[B, C]`` under autocast, through the DDP wrapper."""
+        with trainer.runtime.autocast():
+            return trainer.ddp_model(batch["input_ids"], batch["attention_mask"], **trainer.inputs.model_inputs(batch))
 
 
 class ContrastivePairs(Objective):
@@ -215,8 +219,7 @@ class Distillation(Classification):
     def loss(self, trainer, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
         if self.targets is None:
             return super().loss(trainer, batch)
-        with trainer.runtime.autocast():
-            logits = trainer.ddp_model(batch["input_ids"], batch["attention_mask"])
+        logits = self.logits(trainer, batch)
         t = self.temperature
         student = torch.log_softmax(logits.float() / t, dim=-1)  # fp32: bf16 log-probabilities are too coarse
         teacher = torch.log_softmax(batch["teacher"] / t, dim=-1)
