@@ -3,10 +3,12 @@ the same student trained on the labels alone, and how much faster does it answer
 
 Per draw (a seed): 64 labelled rows per class of the AG News subset's training split and 500 other training texts
 as the unlabelled pool; the data set's own dev and test splits. The teacher is the bundled ``minilm`` fine-tuned by
-``textclf train`` (``TEACHER`` below). Each student is ``minilm`` cut to K layers (``--student minilm
---student-layers K``), trained twice with the same settings: ``--alpha 0`` (the control: the labels alone) and
-distilled (the default alpha and temperature, the pool included). Every run is the command a user types, in a fresh
-process. The share of the gap closed is ``(distilled - control) / (teacher - control)``, from the mean accuracies.
+``textclf train`` (``TEACHER`` below). Each student is ``minilm`` cut to K layers, starting from the pretrained
+encoder (``--student minilm --student-layers K``) or from the fine-tuned teacher, head included (``--student-layers
+K`` alone, textclf distill's default), trained twice with the same settings: ``--alpha 0`` (the control: the labels
+alone) and distilled (the default alpha and temperature, the pool included). Every run is the command a user types,
+in a fresh process. The share of the gap closed is ``(distilled - control) / (teacher - control)``, from the mean
+accuracies.
 
 Latency (draw 0, ``--skip-latency`` to leave it out): one text at a time (median of ``--single`` calls) and the
 test split in batches of 64, for the teacher and the 3-layer distilled student, as PyTorch fp32 and as int8 ONNX.
@@ -37,6 +39,9 @@ PER_CLASS, POOL = 64, 500
 # The teacher: fine-tuned (10 epochs of 16 rows at lr 1e-4, about 160 steps). The default recipe picks few-shot
 # pairs here, which costs about 30 minutes per draw on 2 cores; fine-tuning takes about 2.
 TEACHER = ["--recipe", "fine-tune", "--epochs", "10", "--lr", "1e-4", "--batch-size", "16"]
+# Where a student's weights start: the pretrained minilm cut to K layers (named "student-KL ..."), or the fine-tuned
+# teacher cut to K layers, head included (textclf distill's default; "student-KL from-teacher ...").
+STARTS = {"": ["--student", "minilm"], "from-teacher": []}
 
 
 def log(message: str) -> None:
@@ -84,7 +89,7 @@ def scores(out: Path, seconds: float) -> dict:
             "seconds": round(seconds, 1), "train_rows_per_second": statistics.median(speeds) if speeds else None}
 
 
-def run_draw(draw: int, layers: list[int], work: Path, runs: list[dict], save) -> None:
+def run_draw(draw: int, layers: list[int], starts: list[str], work: Path, runs: list[dict], save) -> None:
     train, pool = draw_data(draw, work)
     teacher = work / f"draw-{draw}" / "teacher"
 
@@ -99,17 +104,20 @@ def run_draw(draw: int, layers: list[int], work: Path, runs: list[dict], save) -
         log(f"draw {draw} teacher: {runs[-1]}")
         save()
     for k in layers:
-        for alpha, name in (("0", f"student-{k}L control"), (None, f"student-{k}L distilled")):
-            if have(name):
-                continue
-            out = work / f"draw-{draw}" / name.replace(" ", "-")
-            extra = ["--alpha", alpha] if alpha is not None else []
-            seconds, _ = textclf("distill", "--teacher", str(teacher / "best"), "--data", str(train),
-                                 "--unlabelled", str(pool), "--student", "minilm", "--student-layers", str(k),
-                                 "--output", str(out), "--seed", str(draw), *extra)
-            runs.append({"draw": draw, "model": name, "folder": str(out), **scores(out, seconds)})
-            log(f"draw {draw} {name}: {runs[-1]}")
-            save()
+        for start in starts:
+            student = STARTS[start]
+            for alpha, kind in (("0", "control"), (None, "distilled")):
+                name = f"student-{k}L{start and ' ' + start} {kind}"
+                if have(name):
+                    continue
+                out = work / f"draw-{draw}" / name.replace(" ", "-")
+                extra = ["--alpha", alpha] if alpha is not None else []
+                seconds, _ = textclf("distill", "--teacher", str(teacher / "best"), "--data", str(train),
+                                     "--unlabelled", str(pool), *student, "--student-layers", str(k),
+                                     "--output", str(out), "--seed", str(draw), *extra)
+                runs.append({"draw": draw, "model": name, "folder": str(out), **scores(out, seconds)})
+                log(f"draw {draw} {name}: {runs[-1]}")
+                save()
 
 
 def latency(teacher: Path, student: Path, work: Path, single: int) -> dict:
@@ -169,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--draws", default="0,1,2,3,4")
     parser.add_argument("--layers", default="3,2")
+    parser.add_argument("--starts", default="minilm,from-teacher",
+                        help="student starts: minilm (the pretrained encoder cut) and/or from-teacher")
     parser.add_argument("--single", type=int, default=200, help="single-text calls timed per model (default 200)")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--work", default="/tmp/textclf-distill")
@@ -185,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         save_runs(out, runs, summary=summarise(runs), latency=latencies)
 
     layers = [int(k) for k in args.layers.split(",")]
+    starts = ["" if start == "minilm" else start for start in args.starts.split(",")]
     for draw in (int(d) for d in args.draws.split(",")):
-        run_draw(draw, layers, work, runs, save)
+        run_draw(draw, layers, starts, work, runs, save)
     if not args.skip_latency and latencies is None:
         first = next(r for r in runs if r["draw"] == 0 and r["model"] == f"student-{max(layers)}L distilled")
         latencies = latency(work / "draw-0" / "teacher" / "best", Path(first["folder"]) / "best", work, args.single)

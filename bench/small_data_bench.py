@@ -95,7 +95,7 @@ def ensemble_of(run_dirs: list[Path], folder: Path, data_folder: Path) -> dict:
     ensemble = save_ensemble([d / "best" for d in run_dirs], folder, [d.name for d in run_dirs])
     trainer = textclf.Trainer.from_pretrained(ensemble, device="cpu", precision="fp32")
     data = textclf.load_dataset(data_folder)
-    analysis = RunAnalysis(trainer.label_map.names, False, calibrate=True)
+    analysis = RunAnalysis(trainer.label_map.names, trainer.task, calibrate=True)
     out = {}
     for name in ("dev", "test"):
         split = getattr(data, name)

@@ -93,7 +93,7 @@ def test_fit_calibrates_and_predictor_applies_the_temperature(tiny_model_dir, ti
     with torch.no_grad():
         trainer.model.head.weight.mul_(20)
         trainer.model.head.bias.mul_(20)
-    analysis = RunAnalysis(trainer.label_map.names, False, calibrate=True)
+    analysis = RunAnalysis(trainer.label_map.names, trainer.task, calibrate=True)
     report = trainer.evaluate(tiny_data.dev, batch_hook=analysis.hook("dev", tiny_data.dev))
     analysis.after("dev", report)
     assert analysis.temperature > 1.5

@@ -13,6 +13,7 @@ from test_predict import TEXTS, build_tiny_classifier
 
 from textclf.data.readers import Split
 from textclf.eval.analysis import ERROR_COLUMNS, ErrorCollector
+from textclf.eval.tasks import MultiLabelTask
 
 
 def _read(path):
@@ -44,7 +45,7 @@ def test_collector_keeps_mistakes_sorted_by_confidence(tmp_path):
 
 def test_multi_label_errors_compare_label_sets(tmp_path):
     split = Split("test", ["u", "v"], None, "<list>")
-    collector = ErrorCollector(["x", "y", "z"], multi_label=True)
+    collector = ErrorCollector(["x", "y", "z"], MultiLabelTask(3))
     collector.hook([0, 1], torch.tensor([[3.0, 3.0, -3.0], [3.0, -3.0, -3.0]]),
                    torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]]))
     collector.write(tmp_path / "e.csv", split)

@@ -215,3 +215,52 @@ def test_a_multilabel_ranking_never_contradicts_the_label_set(trained, tmp_path)
         assert chosen == sorted(chosen, reverse=True) and prediction.score == max(p for _, p in prediction.top_k)
     wide = predictor.predict(data.test.texts[0], top_k=len(names))
     assert sorted(name for name, _ in wide.top_k) == sorted(names)
+
+
+def _extreme_thresholds(trainer, folder):
+    """A saved model whose label 0 is always chosen and label 1 never: thresholds that no 0.5 rule reproduces."""
+    names = trainer.label_map.names
+    trainer.model.save_pretrained(folder, trainer.tokenizer, {"train_config": {"max_length": 32}})
+    values = np.full(len(names), 0.5, dtype=np.float32)
+    values[0], values[1] = 0.0, 1.01
+    save_thresholds(folder, Thresholds(values, "per_label", 0.5, values.copy()), names)
+    return names
+
+
+def test_errors_csv_decides_with_the_models_thresholds_as_metrics_do(trained, multilabel_dir, tmp_path):
+    from textclf.cli import main
+
+    trainer, _, _ = trained
+    names = _extreme_thresholds(trainer, tmp_path / "model")
+    out, errors = tmp_path / "eval.json", tmp_path / "errors.csv"
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(multilabel_dir / "test.csv"),
+                 "--device", "cpu", "--output", str(out), "--errors", str(errors)]) == 0
+    report = json.loads(out.read_text())
+    with open(errors, encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    # a row is in errors.csv exactly when the report counts it wrong (subset accuracy), with the label set it scored
+    assert len(rows) == round((1 - report["subset_accuracy"]) * report["num_rows"])
+    assert rows and all(names[0] in row["predicted"].split("|") for row in rows)
+    assert not any(names[1] in row["predicted"].split("|") for row in rows)
+
+
+def test_export_parity_compares_the_decisions_the_model_makes(trained):
+    """Logits on either side of 0 are the same decision under a threshold of 0.3 (and different ones at 0.5)."""
+    from textclf.deploy.export import check_parity
+
+    trainer, _, _ = trained
+    names = trainer.label_map.names
+    values = np.full(len(names), 0.3, dtype=np.float32)
+
+    def predictor(logit):
+        backend = textclf.Predictor(trainer.model, trainer.tokenizer, max_length=32, device="cpu", precision="fp32",
+                                    thresholds=values)
+        backend.logits = lambda texts, batch_size=None: np.full((len(texts), len(names)), logit, dtype=np.float32)
+        return backend
+
+    report = check_parity(predictor(0.1), predictor(-0.1), ["a", "b"], "<sample>", "onnx", None, None, 1.0)
+    assert report.label_agreement == 1.0 and report.passed
+    # at 0.5 the two sides (probabilities 0.525 and 0.475) decide differently: the check sees the disagreement
+    values[:] = 0.5
+    report = check_parity(predictor(0.1), predictor(-0.1), ["a", "b"], "<sample>", "onnx", None, None, 1.0)
+    assert report.label_agreement == 0.0 and not report.passed

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ModelLoadError
+from ..errors import ConfigError, ModelLoadError
 from .aggregation import aggregate_window_logits
 from .collate import make_collate, sequential_shard
 from .labels import LabelMap
@@ -64,6 +64,9 @@ class Truncation:
 
     def check_backend(self, backend: Any) -> None:
         """Refuse a prediction backend that cannot read texts this way."""
+
+    def check_exportable(self, source: Any) -> None:
+        """Refuse to export model ``source`` when the exported graph cannot read texts this way."""
 
     def logits(self, backend: Any, tokenizer: Any, texts: list[str], batch_size: int,
                num_labels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -122,6 +125,13 @@ class SlidingWindows(Truncation):
                 "training bundle (OUTPUT/best) with the torch backend, or train with --window-aggregation mean or "
                 "max to export")
 
+    def check_exportable(self, source: Any) -> None:
+        if self.spec.aggregation == "attention":
+            # The exported graph maps one window to logits; attention needs the scores of all a text's windows.
+            raise ConfigError(f"{source} combines its sliding windows with attention (train.window_aggregation), "
+                              "which the exported per-window graph cannot do; serve the PyTorch bundle instead, or "
+                              "train with --window-aggregation mean or max to export")
+
     def logits(self, backend, tokenizer, texts, batch_size, num_labels) -> tuple[np.ndarray, np.ndarray]:
         """A backend that aggregates windows (the PyTorch model) combines them itself, with any aggregation; other
         backends (ONNX, exported modules) score windows, combined here with the same mean or max.
@@ -157,6 +167,9 @@ class WholeTexts:
 
     def to_dict(self) -> dict | None:
         return None
+
+    def check_exportable(self, source: Any) -> None:
+        """A backend that reads whole texts exports itself (its own check)."""
 
     def check_backend(self, backend: Any) -> None:
         if not callable(getattr(backend, "read", None)):

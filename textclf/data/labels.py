@@ -140,6 +140,10 @@ class LabelMap:
         except DataError:
             return False
 
+    def knows(self, label: Any) -> bool:
+        """True when every label of a row (its one label, or its label list when ``multi_label``) is in the map."""
+        return all(item in self for item in (label if self.multi_label else [label]))
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, LabelMap):
             return NotImplemented

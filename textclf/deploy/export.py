@@ -247,11 +247,7 @@ def export_model(model_dir: str | Path, output_dir: str | Path, format: str = "o
 
     reference = Predictor.from_pretrained(model_dir, backend="torch", device="cpu", precision="fp32",
                                           batch_size=batch_size, model_class=model_class)
-    if reference.windows is not None and reference.windows.aggregation == "attention":
-        # The exported graph maps one window to logits; attention needs the scores of all a text's windows.
-        raise ConfigError(f"{model_dir} combines its sliding windows with attention (train.window_aggregation), "
-                          "which the exported per-window graph cannot do; serve the PyTorch bundle instead, or "
-                          "train with --window-aggregation mean or max to export")
+    reference.inputs.check_exportable(model_dir)  # e.g. attention over windows lives outside the exported graph
     texts, labels, source = _sample_texts(data, reference, text_column, label_column, encoding)
     sample = _pick(texts, num_samples)
 
@@ -347,10 +343,10 @@ def check_parity(reference, exported, texts: list[str], source: str, format: str
     expected = np.concatenate([expected, reference.logits(few, batch_size=1)])
     got = np.concatenate([got, exported.logits(few, batch_size=1)])
     diff = np.abs(expected - got)
-    if reference.label_map.multi_label:
-        agreement = float(((expected > 0) == (got > 0)).all(axis=1).mean())
-    else:
-        agreement = float((expected.argmax(1) == got.argmax(1)).mean())
+    # The decision the reference model makes (argmax, or its tuned multi-label thresholds), on both sets of logits.
+    task = reference.task
+    agreement = float(task.agree(task.decisions(reference.probabilities(expected)),
+                                 task.decisions(reference.probabilities(got))).mean())
     failures = []
     largest = float(diff.max())
     if not np.isfinite(got).all():
@@ -636,19 +632,16 @@ def _pick(texts: list[str], n: int) -> list[str]:
 
 
 def _accuracy_change(reference, exported, texts, labels, source: str, max_drop: float) -> dict | None:
-    label_map = reference.label_map
-    known = [i for i, label in enumerate(labels)
-             if (set(label) <= set(label_map.names) if label_map.multi_label else label in label_map.names)]
+    label_map, task = reference.label_map, reference.task
+    known = [i for i, label in enumerate(labels) if label_map.knows(label)]
     if not known:
         return None
     texts = [texts[i] for i in known]
-    labels = [labels[i] for i in known]
+    gold = task.gold(task.targets(label_map, [labels[i] for i in known]))
 
-    def accuracy(predictor) -> float:
-        predictions = predictor.predict(texts)
-        if label_map.multi_label:
-            return float(np.mean([set(p.label) == set(gold) for p, gold in zip(predictions, labels)]))
-        return float(np.mean([p.label == gold for p, gold in zip(predictions, labels)]))
+    def accuracy(predictor) -> float:  # exact match: the label, or the whole label set
+        predicted = task.gold(task.targets(label_map, [p.label for p in predictor.predict(texts)]))
+        return float(task.agree(predicted, gold).mean())
 
     before, after = accuracy(reference), accuracy(exported)
     # Rounded to 9 places: a difference of two ratios carries float noise (0.04 - 0.06 = -0.019999999999999997)

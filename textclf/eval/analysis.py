@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from ..model import bundle
-from .calibration import CalibrationBins, draw_safely, fit_temperature, plot_confusion, plot_reliability, softmax
+from .calibration import CalibrationBins, draw_safely, fit_temperature, plot_confusion, plot_reliability
 from .metrics import metrics_json
+from .tasks import SingleLabelTask
 
 ERRORS_FILE = "errors.csv"
 RELIABILITY_FILE = "reliability.png"
@@ -31,10 +32,9 @@ CONFUSION_FILE = "confusion.png"
 ERROR_COLUMNS = ["line", "text", "label", "predicted", "confidence", "top1", "top1_prob", "top2", "top2_prob"]
 
 
-def probabilities(logits: torch.Tensor, multi_label: bool, temperature: float = 1.0) -> np.ndarray:
-    """Softmax (or per-label sigmoid) of ``logits / temperature`` as float64 numpy."""
-    logits = logits.detach().float().cpu().double() / temperature
-    return (logits.sigmoid() if multi_label else logits.softmax(-1)).numpy()
+def probabilities(logits: torch.Tensor, task, temperature: float = 1.0) -> np.ndarray:
+    """The task's probabilities (softmax, or per-label sigmoid) of ``logits / temperature`` as float64 numpy."""
+    return task.probabilities(logits.detach().float().cpu().double() / temperature).numpy()
 
 
 class ErrorCollector:
@@ -42,30 +42,26 @@ class ErrorCollector:
 
     Args:
         label_names: the model's labels, in id order.
-        multi_label: a row is an error when its predicted label set (probability >= 0.5) differs from the gold set.
+        task: the model's task (:mod:`textclf.eval.tasks`), which decides as the model does: the most probable
+            label, or (multi-label) the labels at or above their decision thresholds, so a row is an error here
+            exactly when it is one in ``metrics.json``. Default: one label per text.
         temperature: applied to the logits before the probabilities are taken (the model's calibration).
     """
 
-    def __init__(self, label_names: list[str], multi_label: bool = False, temperature: float = 1.0):
+    def __init__(self, label_names: list[str], task=None, temperature: float = 1.0):
         self.label_names = list(label_names)
-        self.multi_label = multi_label
+        self.task = task if task is not None else SingleLabelTask(len(self.label_names))
         self.temperature = temperature
         self.rows: list[tuple[int, float, list[int], list[float], object, object]] = []
 
     def hook(self, rows: list[int], logits: torch.Tensor, labels: torch.Tensor) -> None:
-        probs = probabilities(logits, self.multi_label, self.temperature)
-        labels = labels.detach().cpu().numpy()
+        probs = probabilities(logits, self.task, self.temperature)
+        gold = self.task.gold(labels.detach().cpu().numpy())
         top = np.argsort(-probs, axis=1)[:, :2]
-        if self.multi_label:
-            predicted = probs >= 0.5
-            wrong = np.flatnonzero((predicted != (labels > 0.5)).any(1))
-        else:
-            predicted = probs.argmax(1)
-            wrong = np.flatnonzero(predicted != labels)
-        for j in wrong:  # only the mistakes are kept
-            gold = np.flatnonzero(labels[j] > 0.5).tolist() if self.multi_label else int(labels[j])
-            pred = np.flatnonzero(predicted[j]).tolist() if self.multi_label else int(predicted[j])
-            self.rows.append((rows[j], float(probs[j].max()), top[j].tolist(), probs[j][top[j]].tolist(), gold, pred))
+        predicted = self.task.decisions(probs)
+        for j in np.flatnonzero(~self.task.agree(predicted, gold)):  # only the mistakes are kept
+            self.rows.append((rows[j], float(probs[j].max()), top[j].tolist(), probs[j][top[j]].tolist(),
+                              self.task.label_ids(gold[j]), self.task.label_ids(predicted[j])))
 
     def _names(self, ids) -> str:
         return "|".join(self.label_names[i] for i in ids) if isinstance(ids, list) else self.label_names[ids]
@@ -97,7 +93,7 @@ def evaluate_with_errors(trainer, split, path: str | Path, temperature: float = 
     Returns:
         ``(report, number of errors written)``.
     """
-    collector = ErrorCollector(trainer.label_map.names, trainer.label_map.multi_label, temperature)
+    collector = ErrorCollector(trainer.label_map.names, trainer.task, temperature)
     report = trainer.evaluate(split, batch_hook=collector.hook)
     return report, collector.write(path, split)
 
@@ -116,15 +112,16 @@ class RunAnalysis:
 
     Args:
         label_names: the model's labels.
-        multi_label: multi-label models get neither temperature scaling nor ECE.
-        calibrate: fit the temperature on dev (single-label only).
+        task: the model's task, with its decision thresholds (:mod:`textclf.eval.tasks`); tasks that do not
+            calibrate (multi-label) get neither temperature scaling nor ECE.
+        calibrate: fit the temperature on dev (where the task calibrates).
         temperature: a temperature already fitted (e.g. read from the model folder); used when not calibrating.
     """
 
-    def __init__(self, label_names: list[str], multi_label: bool, calibrate: bool, temperature: float = 1.0):
+    def __init__(self, label_names: list[str], task, calibrate: bool, temperature: float = 1.0):
         self.label_names = list(label_names)
-        self.multi_label = multi_label
-        self.calibrate = calibrate and not multi_label
+        self.task = task
+        self.calibrate = calibrate and task.calibrates
         self.temperature = temperature
         self.calibration: dict = {"method": "temperature", "fitted_on": None, "temperature": temperature}
         self.bins: dict[str, tuple[CalibrationBins, CalibrationBins]] = {}
@@ -137,10 +134,10 @@ class RunAnalysis:
     def hook(self, name: str, split):
         """The ``batch_hook`` for evaluating split ``name`` (``"dev"`` or ``"test"``)."""
         collect_dev = name == "dev" and self.calibrate
-        collector = ErrorCollector(self.label_names, self.multi_label, self.temperature)
+        collector = ErrorCollector(self.label_names, self.task, self.temperature)
         self.errors[name] = (collector, split)
         raw, scaled = CalibrationBins(), CalibrationBins()
-        if not self.multi_label:
+        if self.task.calibrates:
             self.bins[name] = (raw, scaled)
 
         def batch_hook(rows, logits, labels):
@@ -150,10 +147,10 @@ class RunAnalysis:
                 self._dev_rows.extend(rows)
             else:
                 collector.hook(rows, logits, labels)
-            if not self.multi_label:
-                raw.update(probabilities(logits, False), labels.cpu().numpy())
+            if self.task.calibrates:
+                raw.update(probabilities(logits, self.task), labels.cpu().numpy())
                 if not collect_dev:
-                    scaled.update(probabilities(logits, False, self.temperature), labels.cpu().numpy())
+                    scaled.update(probabilities(logits, self.task, self.temperature), labels.cpu().numpy())
 
         return batch_hook
 
@@ -165,14 +162,14 @@ class RunAnalysis:
     def after(self, name: str, report) -> str:
         """Fit the temperature after dev; add ECE to ``report.extra``; returns lines for ``report.txt``."""
         self.reports[name] = report
-        if self.multi_label:
+        if not self.task.calibrates:
             return "calibration: not applied to multi-label models (no temperature, no ECE)"
         raw, scaled = self.bins[name]
         if name == "dev" and self.calibrate:
             logits, labels = torch.cat(self._dev_logits), torch.cat(self._dev_labels)
             self.temperature = fit_temperature(logits, labels)
             self.calibration.update(fitted_on="dev", temperature=self.temperature, dev_rows=len(labels))
-            scaled.update(softmax(logits.numpy(), self.temperature), labels.numpy())
+            scaled.update(probabilities(logits, self.task, self.temperature), labels.numpy())
             collector, split = self.errors[name]
             collector.temperature = self.temperature
             collector.hook(self._dev_rows, logits, labels)

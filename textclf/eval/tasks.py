@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..data.labels import LabelMap
+from ..model.links import SigmoidLink, SoftmaxLink
 from ..model.losses import classification_loss
 from .metrics import ConfusionMatrix, EvalReport, report_from_confusion
 from .multilabel import MultiLabelMetrics, Thresholds, init_prior_bias, read_thresholds, save_thresholds
@@ -26,6 +27,8 @@ class SingleLabelTask:
 
     multi_label = False
     has_thresholds = False
+    calibrates = True  # a temperature fitted on dev, and the expected calibration error
+    link = SoftmaxLink()
 
     def __init__(self, num_labels: int):
         self.num_labels = num_labels
@@ -45,7 +48,24 @@ class SingleLabelTask:
         return _Confusion(self.num_labels, device)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.float().softmax(-1)
+        """Probabilities of ``logits [N, C]``, in fp32 (fp64 stays fp64)."""
+        return self.link.probabilities(logits.to(torch.promote_types(logits.dtype, torch.float32)))
+
+    def decisions(self, probabilities: np.ndarray) -> np.ndarray:
+        """What the model decides for each row of ``probabilities [N, C]``: class ids ``[N]``."""
+        return probabilities.argmax(1)
+
+    def gold(self, targets: np.ndarray) -> np.ndarray:
+        """Targets (from :meth:`targets`, or a batch's labels) in the form :meth:`decisions` returns."""
+        return np.asarray(targets).astype(np.int64)
+
+    def agree(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """``[N]`` booleans: the two decisions (or a decision and :meth:`gold`) are the same, row by row."""
+        return first == second
+
+    def label_ids(self, decision) -> int | list[int]:
+        """One row's decision as label ids (``names[i]`` gives the names)."""
+        return int(decision)
 
     def decide(self, probabilities: np.ndarray, names: list[str], top_k: int = 1):
         """One text's label, its score and its ``top_k`` most probable labels ``[(name, probability)]``, from its
@@ -71,6 +91,8 @@ class MultiLabelTask(SingleLabelTask):
 
     multi_label = True
     has_thresholds = True
+    calibrates = False  # a temperature would move every label's probability across its threshold
+    link = SigmoidLink()
 
     def __init__(self, num_labels: int, thresholds: Thresholds | None = None):
         super().__init__(num_labels)
@@ -87,8 +109,19 @@ class MultiLabelTask(SingleLabelTask):
     def metrics(self, device="cpu") -> _PerLabel:
         return _PerLabel(MultiLabelMetrics(self.num_labels, self.thresholds.candidates(), device))
 
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.float().sigmoid()
+    def decisions(self, probabilities: np.ndarray) -> np.ndarray:
+        """Each row's label set as booleans ``[N, C]``: the labels at or above their thresholds."""
+        return probabilities >= self.thresholds.values
+
+    def gold(self, targets: np.ndarray) -> np.ndarray:
+        return np.asarray(targets) > 0.5
+
+    def agree(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """``[N]`` booleans: the same label set, row by row."""
+        return (first == second).all(axis=1)
+
+    def label_ids(self, decision) -> list[int]:
+        return np.flatnonzero(decision).tolist()
 
     def decide(self, probabilities: np.ndarray, names: list[str], top_k: int = 1):
         """One text's labels (those at or above their thresholds, maybe none, in label order), the highest

@@ -34,6 +34,7 @@ from ..data.labels import LabelMap
 from ..errors import ConfigError, ModelLoadError
 from . import bundle
 from .classifier import LABELS_FILE, TEXTCLF_FILE, resolve_model_class
+from .links import link_for
 
 MEMBERS_DIR = "members"
 ENSEMBLE_DIR = "ensemble"
@@ -56,6 +57,7 @@ class EnsembleClassifier(nn.Module):
         self.members = nn.ModuleList(members)
         self.label_map = label_map
         self.num_labels = len(label_map)
+        self.link = link_for(label_map)  # softmax, or one sigmoid per label; its inverse maps the mean back
         temperatures = temperatures or [1.0] * len(members)
         self.register_buffer("temperatures", torch.tensor(temperatures, dtype=torch.float32), persistent=False)
 
@@ -73,19 +75,13 @@ class EnsembleClassifier(nn.Module):
         """``[M, B, C]`` probabilities of each member (softmax, or sigmoid for multi-label), in fp32."""
         probs = []
         for member, temperature in zip(self.members, self.temperatures):
-            logits = member(input_ids, attention_mask).float() / temperature
-            probs.append(logits.sigmoid() if self.label_map.multi_label else logits.softmax(-1))
+            probs.append(self.link.probabilities(member(input_ids, attention_mask).float() / temperature))
         return torch.stack(probs)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Scores ``[B, C]`` whose softmax (multi-label: sigmoid) is the mean of the members' probabilities."""
-        mean = self.member_probabilities(input_ids, attention_mask).mean(0)
-        eps = torch.finfo(mean.dtype).tiny
-        if self.label_map.multi_label:
-            mean = mean.clamp(1e-7, 1 - 1e-7)
-            return torch.log(mean) - torch.log1p(-mean)
-        return torch.log(mean.clamp_min(eps))
+        return self.link.logits(self.member_probabilities(input_ids, attention_mask).mean(0))
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, model_class: type | str | None = None) -> EnsembleClassifier:

@@ -87,7 +87,7 @@ def train_ensemble(seeds: list[int], model: str = "minilm", data=None, output_di
                                  {"seeds": seeds})
     evaluator = Trainer.from_pretrained(ensemble_dir, device=config.device, precision=config.precision,
                                         eval_batch_size=config.eval_batch_size)
-    analysis = RunAnalysis(evaluator.label_map.names, evaluator.label_map.multi_label, config.calibrate)
+    analysis = RunAnalysis(evaluator.label_map.names, evaluator.task, config.calibrate)
     run_report = RunReport(seeds=seeds, members=members)
     for name, split in (("dev", data.dev), ("test", data.test)):
         if split is None:

@@ -23,7 +23,7 @@ def report_run(trainer) -> dict:
     run_report = RunReport(best_step=state.best_step, global_step=state.global_step, metric=trainer.config.metric,
                            history=state.history)
     # Temperature fitted on dev, ECE, errors.csv and the plots (textclf.eval.analysis); labels are unchanged.
-    analysis = RunAnalysis(trainer.label_map.names, trainer.task.multi_label, trainer.config.calibrate)
+    analysis = RunAnalysis(trainer.label_map.names, trainer.task, trainer.config.calibrate)
     test = trainer._tokenize(trainer.data.test) if trainer.data.test else None
     for name, dataset in (("dev", trainer.dev_dataset), ("test", test)):
         if dataset is not None:
