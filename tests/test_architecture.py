@@ -143,3 +143,29 @@ def test_the_trainer_assembles_parts_rather_than_implementing_them():
     init = next(n for n in trainer.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
     assert trainer.end_lineno - trainer.lineno + 1 < 400
     assert init.end_lineno - init.lineno + 1 < 40
+
+
+# An objective declares its recipe name, who may use it, its automatic settings and its search space
+# (textclf.train.objectives); the loop, the trainer, the automatic recipe and tune ask it and never name a recipe.
+NO_RECIPE_BRANCHES = ("train/loop.py", "train/trainer.py", "train/recipes.py", "tools/tune.py")
+
+
+def test_the_loop_trainer_recipes_and_tune_do_not_branch_on_a_recipe_name():
+    from textclf.train.objectives import OBJECTIVES
+
+    names = [repr(name) for name in OBJECTIVES] + [f'"{name}"' for name in OBJECTIVES]
+    for name in NO_RECIPE_BRANCHES:
+        conditions = _branch_conditions(ast.parse((PACKAGE / name).read_text(encoding="utf-8")))
+        found = [c for c in conditions if any(recipe in c for recipe in names)]
+        assert found == [], f"{name} branches on a recipe's name: {found}"
+
+
+def test_help_and_version_start_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom textclf.cli import main\nfor argv in (['--help'], ['--version']):\n    try:\n"
+            "        main(argv)\n    except SystemExit:\n        pass\nprint('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"

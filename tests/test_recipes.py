@@ -248,3 +248,23 @@ def test_a_trained_model_trains_on_with_its_settings_never_rechosen(tiny_model_d
     again = textclf.Trainer.from_pretrained(tmp_path / "run" / "best", data=textclf.load_dataset(str(tiny_data_dir)),
                                             device="cpu")
     assert again.config.recipe == "fine-tune" and again.recipe_reason is None
+
+
+def test_every_recipe_but_auto_is_an_objective_that_declares_itself():
+    from textclf.config import RECIPES
+    from textclf.train.objectives import OBJECTIVES, Classification, ContrastivePairs
+
+    assert sorted(OBJECTIVES) == sorted(r for r in RECIPES if r != "auto")
+    assert [name for name, cls in OBJECTIVES.items() if cls.searched] == ["fine-tune", "few-shot"]  # tune's choices
+    fits, train = shape(10), TrainConfig()
+    windows = TrainConfig(long_texts="windows")
+    assert ContrastivePairs.refusal(fits, train) is None and Classification.refusal(fits, train) is None
+    refused = [("sentence", shape(10, sentence_encoder=False), train),
+               ("one label", shape(10, multi_label=True), train),
+               ("2 training rows", shape(10, min_rows_per_class=1), train), ("truncated", fits, windows)]
+    for words, case, config in refused:
+        reason = ContrastivePairs.refusal(case, config)
+        assert reason is not None and words in reason
+        # the automatic recipe never picks an objective that refuses the data
+        assert choose(case, config, ModelConfig()).train.recipe == "fine-tune"
+    assert choose(fits, train, ModelConfig()).train.recipe == "few-shot"

@@ -48,6 +48,7 @@ from ..config import ModelConfig, TrainConfig
 from ..data.readers import DatasetSplits, fold_keys, stratified_folds
 from ..errors import ConfigError, OutputDirError
 from ..train.callbacks import Callback
+from ..train.objectives import OBJECTIVES
 from ..train.run_folder import rows_digest
 from ..train.trainer import Trainer
 
@@ -220,7 +221,8 @@ class _Search:
         self.cross_validate = data.dev is None
         if self.cross_validate:  # refused before anything is trained
             check_folds(data.train, folds)
-        self.few_shot_possible = _few_shot_possible(data, model_config.name, self.base_train)
+        # the recipes a trial may pick: each objective says whether it is searched and whether it can train this data
+        self.recipes = _searched_recipes(data, model_config.name, self.base_train)
         self.layers = _encoder_layers(model_config.name)
         self.cost: _TrialCost | None = None  # measured by tune() before the first trial (_measure_trial)
 
@@ -230,14 +232,14 @@ class _Search:
         """The settings of ``trial``: the base with the searched fields replaced (explicit fields never are);
         ``most_epochs`` lowers the top of the epochs' range (:meth:`epochs_cap`)."""
         train, model = {}, {}
-        if "recipe" not in self.explicit_train and self.few_shot_possible:
-            train["recipe"] = trial.suggest_categorical("recipe", ["few-shot", "fine-tune"])
+        if "recipe" not in self.explicit_train and len(self.recipes) > 1:
+            train["recipe"] = trial.suggest_categorical("recipe", self.recipes)
         recipe = train.get("recipe", self.base_train.recipe)
-        if recipe == "fine-tune" and self.base_train.recipe == "few-shot":  # fine-tuning's own batch size
-            train["batch_size"] = self.base_train.batch_size if "batch_size" in self.explicit_train else 16
-        few = recipe == "few-shot"
+        if recipe != self.base_train.recipe and "batch_size" not in self.explicit_train:
+            train["batch_size"] = 16  # the base's batch size was chosen for its own recipe
+        objective = OBJECTIVES[recipe]
         if "lr" not in self.explicit_train:
-            train["lr"] = trial.suggest_float("lr", 5e-6 if few else 1e-5, 1e-4 if few else 3e-4, log=True)
+            train["lr"] = trial.suggest_float("lr", *objective.lr_range, log=True)
         if "epochs" not in self.explicit_train:
             most = self.most_epochs(recipe)
             train["epochs"] = trial.suggest_int("epochs", 1, min(most, most_epochs or most))
@@ -247,8 +249,9 @@ class _Search:
         return dataclasses.replace(self.base_train, **train), dataclasses.replace(self.base_model, **model)
 
     def most_epochs(self, recipe: str) -> int:
-        """The top of the epochs' range: few-shot training needs few epochs; fine-tuning up to twice the base's."""
-        return 3 if recipe == "few-shot" else max(4, min(20, 2 * math.ceil(self.base_train.epochs)))
+        """The top of the epochs' range, as the recipe's objective declares it (few-shot: few epochs; fine-tuning: up
+        to twice the base's)."""
+        return OBJECTIVES[recipe].most_epochs(self.base_train)
 
     def epochs_cap(self, study, clock: _Clock, number: int) -> int | None:
         """While no trial has a model (the first trial, or after failures), the most epochs that fit half of the
@@ -267,8 +270,8 @@ class _Search:
                            "model it has reached by then is kept")
             return None
         cap = self.cost.epochs_within(left / 2)
-        searched = self.few_shot_possible and "recipe" not in self.explicit_train
-        most = max(map(self.most_epochs, ("few-shot", "fine-tune") if searched else (self.base_train.recipe,)))
+        searched = self.recipes if "recipe" not in self.explicit_train else [self.base_train.recipe]
+        most = max(map(self.most_epochs, searched))
         if cap < most:
             per = " per fold" if self.cross_validate else ""
             self.print(f"budget: trial {number} gets at most {cap} epochs (the search goes up to {most}), so that it "
@@ -410,15 +413,13 @@ def check_folds(split, k: int) -> None:
                           "training row; give a dev split (--dev FILE)")
 
 
-def _few_shot_possible(data, model_name: str, base: TrainConfig) -> bool:
-    from ..model.classifier import sentence_pooling
+def _searched_recipes(data, model_name: str, base: TrainConfig) -> list[str]:
+    """The recipes a trial may pick: the searched objectives that can train ``data`` (each says so itself)."""
+    from ..train.recipes import is_sentence_encoder, label_shape
 
-    try:
-        pooled = sentence_pooling(model_name) is not None
-    except ConfigError:
-        return False
-    counts = Counter(data.train.labels) if not data.label_map.multi_label else {}
-    return pooled and len(counts) >= 2 and min(counts.values()) >= 2 and base.long_texts == "truncate"
+    shape = label_shape(data.train.labels, data.label_map.multi_label, is_sentence_encoder(model_name))
+    return [name for name, objective in OBJECTIVES.items()
+            if objective.searched and objective.refusal(shape, base) is None]
 
 
 def _encoder_layers(model_name: str) -> int:

@@ -17,6 +17,7 @@ accumulation, checkpoints, resume, logging, callbacks) is the shared loop's.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -33,7 +34,40 @@ from ..model.classifier import sentence_pooling
 
 class Objective:
     """What the Trainer asks of an objective. Each objective has its own batches (``sampler``) and ``loss``; the
-    other methods default to what plain fine-tuning needs (nothing)."""
+    other methods default to what plain fine-tuning needs (nothing).
+
+    An objective also declares itself to the rest of textclf, so that nothing else branches on ``train.recipe``:
+    ``recipe`` (the value that selects it, in :data:`OBJECTIVES`), :meth:`from_run` (built from a run's settings),
+    :meth:`refusal` (who may use it: the automatic recipe and ``textclf tune`` consider it only where this is None),
+    and its search space for ``tune``: ``searched`` (a trial may pick it), ``lr_range`` and :meth:`most_epochs`.
+    """
+
+    recipe = ""
+    searched = False
+    lr_range = (1e-5, 3e-4)
+
+    @classmethod
+    def from_run(cls, config: TrainConfig, model_name: str, unlabelled: list[str] | None = None,
+                 data_config: DataConfig | None = None) -> Objective:
+        """The objective of a run with these settings."""
+        return cls()
+
+    @classmethod
+    def refusal(cls, shape, train: TrainConfig) -> str | None:
+        """Why this objective cannot train data of ``shape`` (a :class:`~textclf.train.recipes.DataShape`) with
+        ``train``, in words a user can act on; None when it can."""
+        return None
+
+    @classmethod
+    def most_epochs(cls, base: TrainConfig) -> int:
+        """The top of ``tune``'s epochs range, from the search's starting settings: up to twice their epochs."""
+        return max(4, min(20, 2 * math.ceil(base.epochs)))
+
+    @classmethod
+    def steps_per_epoch(cls, rows: int, train: TrainConfig) -> int | None:
+        """Optimizer steps in an epoch over ``rows`` labelled rows, for the automatic recipe's line (None: not
+        known before the run, and not said)."""
+        return math.ceil(math.ceil(rows / train.batch_size) / train.grad_accum)
 
     def model_config(self, model_config: ModelConfig) -> ModelConfig:
         """The model settings this objective trains with (by default those given)."""
@@ -74,6 +108,9 @@ class Objective:
 class Classification(Objective):
     """Full fine-tuning: every batch is rows with labels, the loss is the task's (``train.recipe = "fine-tune"``)."""
 
+    recipe = "fine-tune"
+    searched = True
+
     def sampler(self, trainer):
         dataset, rt = trainer.train_dataset, trainer.runtime
         return training_sampler(dataset.labels, dataset.lengths, len(trainer.label_map), trainer.config, rt.rank,
@@ -97,6 +134,37 @@ class ContrastivePairs(Objective):
     Args:
         model_name: the encoder; its sentence-transformers pooling config says how it pools (and must exist).
     """
+
+    recipe = "few-shot"
+    searched = True
+    lr_range = (5e-6, 1e-4)
+    # What the automatic recipe sets for it: one epoch of pairs is many steps (pairs_per_row pairs per row).
+    AUTO_SETTINGS = {"epochs": 1, "lr": 2e-5, "batch_size": 16, "warmup_ratio": 0.1}
+
+    @classmethod
+    def from_run(cls, config, model_name, unlabelled=None, data_config=None) -> ContrastivePairs:
+        return cls(model_name)
+
+    @classmethod
+    def refusal(cls, shape, train: TrainConfig) -> str | None:
+        if not shape.sentence_encoder:
+            return ("few-shot training tunes a sentence encoder, and this encoder has no sentence-transformers mean "
+                    "pooling; use one trained as a sentence embedder, such as minilm")
+        if shape.multi_label:
+            return "few-shot training pairs rows of one label each; multi-label data is fine-tuned"
+        if shape.classes < 2 or shape.min_rows_per_class < 2:
+            return "few-shot training needs at least 2 classes and 2 training rows in every class"
+        if train.long_texts != "truncate":
+            return "few-shot training reads each text once, truncated to max_length (long_texts=truncate)"
+        return None
+
+    @classmethod
+    def most_epochs(cls, base: TrainConfig) -> int:
+        return 3  # an epoch of pairs is already many steps
+
+    @classmethod
+    def steps_per_epoch(cls, rows: int, train: TrainConfig) -> None:
+        return None  # pairs, not rows: the pair sampler sizes the epoch
 
     def __init__(self, model_name: str):
         self._fitted_at_step: int | None = None  # the optimizer step whose embeddings the head was last fitted on
@@ -173,6 +241,16 @@ class Distillation(Classification):
         config: the run's settings (``teacher``, ``distill_alpha``, ``distill_temperature``).
         unlabelled: the unlabelled texts (``data.unlabelled``), or None.
     """
+
+    recipe = "distill"
+    searched = False  # a run of textclf distill, with its teacher: not a recipe for tune to draw
+
+    @classmethod
+    def from_run(cls, config, model_name, unlabelled=None, data_config=None) -> Distillation:
+        """Also learns from ``unlabelled`` (by default the texts of the file ``data_config.unlabelled``, if set)."""
+        if unlabelled is None and data_config is not None and data_config.unlabelled:
+            unlabelled = read_unlabelled(data_config.unlabelled, "unlabelled", data_config).texts
+        return cls(config, unlabelled)
 
     def __init__(self, config: TrainConfig, unlabelled: list[str] | None = None):
         self.teacher, self.alpha, self.temperature = config.teacher, config.distill_alpha, config.distill_temperature
@@ -278,14 +356,13 @@ def fit_linear_head(embeddings: np.ndarray, labels: np.ndarray, num_labels: int,
     return layer.weight.detach().numpy(), layer.bias.detach().numpy()
 
 
+# Every objective, by the train.recipe value that selects it ("auto" is resolved to one of them first).
+OBJECTIVES: dict[str, type[Objective]] = {cls.recipe: cls for cls in (Classification, ContrastivePairs, Distillation)}
+
+
 def objective_for(config: TrainConfig, model_name: str, unlabelled: list[str] | None = None,
                   data_config: DataConfig | None = None) -> Objective:
-    """The objective of ``train.recipe``; a distillation run also learns from ``unlabelled`` (by default the texts of
-    the file ``data_config.unlabelled``, if set)."""
-    if config.recipe == "few-shot":
-        return ContrastivePairs(model_name)
-    if config.recipe == "distill":
-        if unlabelled is None and data_config is not None and data_config.unlabelled:
-            unlabelled = read_unlabelled(data_config.unlabelled, "unlabelled", data_config).texts
-        return Distillation(config, unlabelled)
-    return Classification()
+    """The objective of ``train.recipe`` (see :data:`OBJECTIVES`); a distillation run also learns from
+    ``unlabelled`` (by default the texts of the file ``data_config.unlabelled``, if set). A Trainer that trains
+    nothing keeps ``"auto"`` unresolved, and gets plain classification."""
+    return OBJECTIVES.get(config.recipe, Classification).from_run(config, model_name, unlabelled, data_config)

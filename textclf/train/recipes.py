@@ -28,6 +28,7 @@ import numpy as np
 
 from ..config import ModelConfig, TrainConfig
 from ..errors import ConfigError
+from .objectives import OBJECTIVES, ContrastivePairs
 
 # Few-shot (contrastive pairs, then a fitted head) when a class has at most this many rows in the median: at 8 rows
 # per class it beats plain fine-tuning by 13-62 accuracy points and matches SetFit (docs/small-data.md); above it,
@@ -102,8 +103,8 @@ def choose(shape: DataShape, train: TrainConfig, model: ModelConfig,
     explicit_train.discard("recipe")
     why = [f"{shape.rows} rows, {shape.classes} classes ({_per_class(shape)} per class)"]
 
-    if given == "few-shot" or (given is None and _few_shot_fits(shape, train)):
-        picked = {"recipe": "few-shot", "epochs": 1, "lr": 2e-5, "batch_size": 16, "warmup_ratio": 0.1}
+    if given == ContrastivePairs.recipe or (given is None and _few_shot_fits(shape, train)):
+        picked = {"recipe": ContrastivePairs.recipe, **ContrastivePairs.AUTO_SETTINGS}
         frozen = None
         why.append("few-shot as given" if given else f"a sentence encoder and at most {FEW_SHOT_MAX_ROWS_PER_CLASS} "
                    "rows per class: contrastive few-shot")
@@ -127,8 +128,8 @@ def choose(shape: DataShape, train: TrainConfig, model: ModelConfig,
                          if name not in overridden)
     line = f"recipe auto: {chosen_train.recipe}"
     line += f" ({settings})" if settings else ""
-    if chosen_train.recipe == "fine-tune":  # from the settings kept, which the user may have given
-        per_epoch = math.ceil(math.ceil(shape.rows / chosen_train.batch_size) / chosen_train.grad_accum)
+    per_epoch = OBJECTIVES[chosen_train.recipe].steps_per_epoch(shape.rows, chosen_train)  # from the kept settings
+    if per_epoch is not None:
         line += f", about {math.ceil(chosen_train.epochs * per_epoch)} optimizer steps"
     line += f", layers below {chosen_model.freeze_layers_below} frozen" if chosen_model.freeze_layers_below else ""
     line += " -- " + "; ".join(why)
@@ -143,9 +144,10 @@ def _per_class(shape: DataShape) -> str:
 
 
 def _few_shot_fits(shape: DataShape, train: TrainConfig) -> bool:
-    """Few-shot needs a sentence encoder, single-label data with two rows in every class and truncated texts."""
-    return (shape.sentence_encoder and not shape.multi_label and shape.classes >= 2 and shape.min_rows_per_class >= 2
-            and shape.median_rows_per_class <= FEW_SHOT_MAX_ROWS_PER_CLASS and train.long_texts == "truncate")
+    """Few-shot where it may run (:meth:`ContrastivePairs.refusal <textclf.train.objectives.ContrastivePairs.
+    refusal>`) and the classes are small enough for it to win."""
+    return (ContrastivePairs.refusal(shape, train) is None
+            and shape.median_rows_per_class <= FEW_SHOT_MAX_ROWS_PER_CLASS)
 
 
 def _fine_tuning(shape: DataShape) -> tuple[dict, int | None, str]:
@@ -188,9 +190,7 @@ def describe(texts: list[str], labels: list, multi_label: bool, tokenizer, encod
         encoder_config: the encoder's Hugging Face config (width, depth, position limit).
         sentence_encoder: whether the encoder ships sentence-transformers mean pooling.
     """
-    counts = Counter(name for row in labels for name in (row if multi_label else [row]))
-    if not counts:
-        raise ConfigError("train.recipe auto: the training split has no labelled rows to look at")
+    labelled = label_shape(labels, multi_label, sentence_encoder)
     sample = _sample(texts)
     encoded = tokenizer(sample, add_special_tokens=True, truncation=False)["input_ids"]
     lengths = sorted(len(ids) for ids in encoded)
@@ -198,14 +198,32 @@ def describe(texts: list[str], labels: list, multi_label: bool, tokenizer, encod
     limit = getattr(encoder_config, "max_position_embeddings", 512) or 512
     if getattr(encoder_config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
         limit -= 2  # these reserve two positions for the padding offset
-    per_class = list(counts.values())
-    return DataShape(
-        rows=len(texts), classes=len(counts), min_rows_per_class=min(per_class),
-        median_rows_per_class=statistics.median(per_class), multi_label=multi_label,
-        length_quantile=lengths[min(len(lengths) - 1, int(LENGTH_QUANTILE * len(lengths)))],
-        language=_script(sample), unknown_share=unknown, sentence_encoder=sentence_encoder,
-        hidden_size=int(getattr(encoder_config, "hidden_size", 768)),
+    return dataclasses.replace(
+        labelled, length_quantile=lengths[min(len(lengths) - 1, int(LENGTH_QUANTILE * len(lengths)))],
+        language=_script(sample), unknown_share=unknown, hidden_size=int(getattr(encoder_config, "hidden_size", 768)),
         num_layers=int(getattr(encoder_config, "num_hidden_layers", 12)), position_limit=limit)
+
+
+def label_shape(labels: list, multi_label: bool, sentence_encoder: bool) -> DataShape:
+    """The part of :func:`describe` that needs no tokenizer: rows and rows per class (the rest at its defaults),
+    enough to ask an objective's :meth:`refusal <textclf.train.objectives.Objective.refusal>`."""
+    counts = Counter(name for row in labels for name in (row if multi_label else [row]))
+    if not counts:
+        raise ConfigError("train.recipe auto: the training split has no labelled rows to look at")
+    per_class = list(counts.values())
+    return DataShape(rows=len(labels), classes=len(counts), min_rows_per_class=min(per_class),
+                     median_rows_per_class=statistics.median(per_class), multi_label=multi_label,
+                     sentence_encoder=sentence_encoder)
+
+
+def is_sentence_encoder(model_name: str) -> bool:
+    """Whether ``model_name`` ships sentence-transformers mean pooling (what few-shot training tunes)."""
+    from ..model.classifier import sentence_pooling
+
+    try:
+        return sentence_pooling(model_name) is not None
+    except ConfigError:  # a sentence encoder that pools other than by the mean: few-shot cannot tune it
+        return False
 
 
 def _sample(texts: list[str]) -> list[str]:
@@ -256,7 +274,7 @@ def resolve_auto(data, tokenizer, model_config: ModelConfig, train: TrainConfig,
 
     ``encoder_config`` defaults to the config of ``model_config.name`` (read from its folder or the hub).
     """
-    from ..model.classifier import resolve_model_name, sentence_pooling
+    from ..model.classifier import resolve_model_name
 
     if encoder_config is None:
         from transformers import AutoConfig
@@ -266,12 +284,8 @@ def resolve_auto(data, tokenizer, model_config: ModelConfig, train: TrainConfig,
         except (OSError, ValueError) as exc:
             raise ConfigError(f"train.recipe auto: cannot read the config of model {model_config.name!r} ({exc}); "
                               "give a hub name or a local model folder") from None
-    try:
-        sentence = sentence_pooling(model_config.name) is not None
-    except ConfigError:  # a sentence encoder that pools other than by the mean: few-shot cannot tune it
-        sentence = False
     shape = describe(data.train.texts, data.train.labels, data.label_map.multi_label, tokenizer, encoder_config,
-                     sentence)
+                     is_sentence_encoder(model_config.name))
     return choose(shape, train, model_config, explicit_train, explicit_model)
 
 
