@@ -516,3 +516,27 @@ def test_the_epoch_plan_is_drawn_once_per_epoch_not_per_step(tiny_model_dir, tin
     result = trainer.fit()
     assert result.global_step == trainer.total_steps > 4
     assert planned == [0, 0, 1]  # the count (once), then each epoch's batches
+
+
+class _OwnLossTrainer(textclf.Trainer):
+    """The documented way to compute a loss by hand: forward, loss, ``self.backward`` (no accumulation arithmetic)."""
+
+    def training_step(self, batch):
+        from textclf.train.trainer import StepOutput
+
+        batch = self._to_device(batch)
+        logits = self.model(batch["input_ids"], batch["attention_mask"])
+        loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+        self.backward(loss)
+        return StepOutput(loss.detach(), logits.detach(), len(logits), int(batch["attention_mask"].sum()))
+
+
+def test_an_overriding_training_step_accumulates_through_backward(nodrop_model_dir, tiny_data, tmp_path):
+    data = _train_only(tiny_data)
+    big, _ = _accum_run(nodrop_model_dir, data, tmp_path / "big", 8, 1, max_steps=3)
+    config = _config(batch_size=4, grad_accum=2, group_by_length=False, warmup_ratio=0.0, schedule="constant",
+                     lr=1e-3, max_steps=3)
+    own = _OwnLossTrainer(str(nodrop_model_dir), data, tmp_path / "own", config,
+                          model_config=textclf.ModelConfig(dropout=0.0), progress=False)
+    own.fit()
+    _assert_same_weights(_weights(big), _weights(own), atol=1e-5)

@@ -223,9 +223,15 @@ class TrainingLoop:
         return batch
 
     def training_step(self, batch: dict[str, torch.Tensor]):
-        """Forward, loss and backward of one micro-batch; returns a step output with ``loss``, ``num_rows``,
-        ``num_tokens``. The loss is divided by ``self.accumulated`` before backward."""
+        """Forward, loss and backward of one micro-batch (:meth:`backward`); returns a step output with ``loss``,
+        ``num_rows``, ``num_tokens``."""
         raise NotImplementedError
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """The backward pass of one micro-batch's mean ``loss``: divided by the micro-batches in this accumulation
+        window, so the summed gradients equal one big batch's, and scaled for fp16. A ``training_step`` that
+        computes its own loss calls this and repeats none of the arithmetic."""
+        self.scaler.scale(loss / self.accumulated).backward()
 
     def optimizer_step(self) -> None:
         """Unscale, clip, step (skipped by the scaler on fp16 overflow), update, zero grads, step the schedule."""

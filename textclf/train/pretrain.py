@@ -489,7 +489,7 @@ class Pretrainer(TrainingLoop):
         with self.runtime.autocast():
             logits = _masked_logits(self.model, batch["input_ids"], batch["attention_mask"], selected)
         loss = self.compute_loss(logits, targets)
-        self.scaler.scale(loss / self.accumulated).backward()
+        self.backward(loss)
         correct = (logits.detach().argmax(-1) == targets).sum()
         return StepOutput(loss.detach(), correct, num_masked, len(batch["input_ids"]), num_tokens)
 

@@ -244,15 +244,11 @@ class Trainer(TrainingLoop):
         return self.task.loss(outputs, batch["labels"], self.class_weights, cfg.focal_gamma, cfg.label_smoothing)
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
-        """Forward, loss and backward of one micro-batch.
-
-        The loss is divided by the number of micro-batches in this accumulation window
-        (``self.accumulated``), so the summed gradients equal those of one big batch.
-        """
+        """Forward, the objective's loss and :meth:`backward` (accumulation and fp16 scaling) of one micro-batch."""
         num_tokens = int(batch["attention_mask"].sum())  # on the host copy: no device sync
         batch = self._to_device(batch)
         loss, logits, rows = self.objective.loss(self, batch)  # forward under autocast, then compute_loss
-        self.scaler.scale(loss / self.accumulated).backward()
+        self.backward(loss)
         return StepOutput(loss.detach(), logits, rows, num_tokens)
 
     def evaluation_step(self, batch: dict[str, torch.Tensor]) -> StepOutput:
