@@ -13,13 +13,12 @@ Runs already in the results file are kept and not repeated, so the benchmark res
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.resumable import DATA, ROOT, load_runs, save_runs, shared_data_missing
+from bench.resumable import DATA, load_runs, resumable_parser, save_runs, shared_data_missing
 from bench.startup_bench import cpu_model
 
 # The label names a team would write down; a description where the data set's names are codes.
@@ -83,14 +82,13 @@ def _csv_field(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = resumable_parser(__doc__, "active-learning.json")
     parser.add_argument("--datasets", default="trec,ag_news_subset,sst2")
     parser.add_argument("--strategies", default="random,margin,kcenter,badge")
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--rounds", type=int, default=8, help="rounds of --per-class labels per class")
     parser.add_argument("--per-class", type=int, default=8)
     parser.add_argument("--pool-size", type=int, default=10_000, help="the first N training rows form the pool")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "active-learning.json"))
     args = parser.parse_args(argv)
     if shared_data_missing():
         return 0

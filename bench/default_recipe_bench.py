@@ -17,7 +17,6 @@ results file are not repeated, so the benchmark resumes where it stopped.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.resumable import DATA, ROOT, load_runs, save_runs, shared_data_missing
+from bench.resumable import DATA, ROOT, load_runs, resumable_parser, save_runs, shared_data_missing
 from bench.startup_bench import cpu_model
 
 RECIPES = {"default (auto)": [], "fine-tune (previous default)": ["--recipe", "fine-tune"]}
@@ -64,11 +63,9 @@ def summarise(runs: list[dict]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = resumable_parser(__doc__, "default-recipe.json", work="/tmp/textclf-default-recipe")
     parser.add_argument("--datasets", default="trec,ag_news_subset")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--work", default="/tmp/textclf-default-recipe")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "default-recipe.json"))
     args = parser.parse_args(argv)
     if shared_data_missing():
         return 0

@@ -21,7 +21,6 @@ Runs kept in the results file are not repeated, so the benchmark resumes where i
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import random
@@ -31,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.resumable import DATA, ROOT, load_runs, save_runs, shared_data_missing
+from bench.resumable import DATA, ROOT, load_runs, resumable_parser, save_runs, shared_data_missing
 from bench.startup_bench import cpu_model
 
 AG_NEWS = DATA / "ag_news_subset"
@@ -174,15 +173,13 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = resumable_parser(__doc__, "distill.json", work="/tmp/textclf-distill")
     parser.add_argument("--draws", default="0,1,2,3,4")
     parser.add_argument("--layers", default="3,2")
     parser.add_argument("--starts", default="minilm,from-teacher",
                         help="student starts: minilm (the pretrained encoder cut) and/or from-teacher")
     parser.add_argument("--single", type=int, default=200, help="single-text calls timed per model (default 200)")
     parser.add_argument("--skip-latency", action="store_true")
-    parser.add_argument("--work", default="/tmp/textclf-distill")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "distill.json"))
     args = parser.parse_args(argv)
     if shared_data_missing():
         return 0

@@ -6,6 +6,7 @@ keeps the runs already there instead of repeating them.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -31,3 +32,13 @@ def load_runs(out: Path) -> list[dict]:
 def save_runs(out: Path, runs: list[dict], **fields) -> None:
     """Write ``runs`` (and ``fields``, e.g. a summary) with the CPU they ran on."""
     out.write_text(json.dumps({"cpu": cpu_model(), **fields, "runs": runs}, indent=1) + "\n", encoding="utf-8")
+
+
+def resumable_parser(doc: str, results: str, work: str | None = None) -> argparse.ArgumentParser:
+    """The command line of a resumable benchmark: its description (``doc``'s first paragraph), ``--out`` (default
+    ``bench/results/RESULTS``) and, given ``work``, ``--work`` (where its run folders go)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / results), help="the results file")
+    if work is not None:
+        parser.add_argument("--work", default=work, help="the run folders")
+    return parser
