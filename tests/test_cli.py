@@ -67,6 +67,7 @@ def run_dir(tmp_path_factory, tiny_model_dir) -> Path:
                      "--lr", "2e-3", "--max-steps", "6", "--no-group-by-length", "--quiet")
     assert_ok(result)
     assert "accuracy" in result.stdout and f"TensorBoard: tensorboard --logdir {out / 'runs'}" in result.stdout
+    assert "time: " in result.stdout and str(out / "timings.json") in result.stdout
     return out
 
 
@@ -383,3 +384,12 @@ def test_predict_shows_progress_on_a_terminal_and_keeps_stdout_clean(run_dir, tm
         assert run.returncode == 0
         assert len([line for line in run.stdout.decode().splitlines() if line.startswith("{")]) == 600
         assert (b"600/600" in seen) is not quiet, seen.decode(errors="replace")
+
+
+def test_train_writes_where_its_time_went(run_dir):
+    timings = json.loads((run_dir / "timings.json").read_text())
+    names = set(timings["phases"])
+    assert {"startup", "read data", "load model", "tokenize", "epoch 1", "evaluate dev", "save last",
+            "final evaluation", "reports"} <= names, names
+    assert timings["total_s"] == pytest.approx(sum(timings["phases"].values()), abs=0.05)
+    assert 0 < timings["phases"]["startup"] < timings["total_s"]

@@ -540,3 +540,40 @@ def test_an_overriding_training_step_accumulates_through_backward(nodrop_model_d
                           model_config=textclf.ModelConfig(dropout=0.0), progress=False)
     own.fit()
     _assert_same_weights(_weights(big), _weights(own), atol=1e-5)
+
+
+class _CountingDevPasses(textclf.Trainer):
+    """Counts the model's passes over the dev split (a pass that reads kept outputs is not one)."""
+
+    dev_passes = 0
+
+    def inference_batches(self, dataset, every_row: bool = False):
+        if dataset is self.dev_dataset:
+            self.dev_passes += 1
+        return super().inference_batches(dataset, every_row)
+
+
+class _BestStep(Callback):
+    """Declares which evaluation is the best (the last one, or the first), whatever the tiny model scored."""
+
+    def __init__(self, last: bool):
+        self.last = last
+
+    def on_evaluate(self, trainer, report):  # the next evaluation improves on this one always, or never
+        trainer.state.best_metric = -1.0 if self.last else 2.0
+
+
+@pytest.mark.parametrize("best_is_last", [True, False])
+def test_the_end_of_a_run_scores_dev_once_when_the_best_step_is_the_last(tiny_model_dir, tiny_data, tmp_path,
+                                                                          best_is_last):
+    trainer, result = _fit(tiny_model_dir, tiny_data, tmp_path / "run", _config(max_steps=2, eval_steps=1),
+                           _CountingDevPasses, callbacks=[_BestStep(last=best_is_last)])
+    # Two evaluations during training; the final reports read the last one's outputs unless the best is another step
+    assert trainer.dev_passes == (2 if best_is_last else 3)
+    assert trainer._final_dev_outputs is None  # nothing of the run's outputs is kept afterwards
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    again = textclf.Trainer.from_pretrained(tmp_path / "run" / "best", data=tiny_data, precision="fp32")
+    fresh = again.evaluate(tiny_data.dev)
+    assert metrics["dev"]["accuracy"] == fresh.accuracy
+    assert metrics["dev"]["loss"] == pytest.approx(fresh.loss, rel=1e-5)
+    assert metrics["dev"]["confusion_matrix"] == fresh.to_dict()["confusion_matrix"]

@@ -29,6 +29,7 @@ from . import outputs
 from .config import DataConfig, ModelConfig, RunConfig, RunPaths, TrainConfig, field_docs, load_mapping
 from .errors import ConfigError, DataError, OutputDirError, TextclfError
 from .model import bundle
+from .train.phases import command_clock, current_clock
 
 # Config sections whose fields become flags; a field may get a flag name other than its own.
 SECTIONS = (("run", RunPaths), ("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig))
@@ -365,9 +366,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if config.train.teacher is not None or config.train.recipe == "distill" or config.data.unlabelled:
         raise UsageError("textclf train: a teacher and unlabelled texts mean distillation; run it as textclf distill "
                          "--teacher FOLDER [--unlabelled FILE] (with the same data flags)")
-    data = _training_data(config, load_dataset)
+    with current_clock().phase("read data"):
+        data = _training_data(config, load_dataset)
     if config.train.recipe == "auto":
-        config = _choose_recipe(args, config, data)
+        with current_clock().phase("choose recipe"):
+            config = _choose_recipe(args, config, data)
     if getattr(args, "seeds", None):
         return _train_ensemble(args, config, data)
     if getattr(args, "cv", None) is not None:
@@ -392,6 +395,7 @@ def _fit_and_report(args: argparse.Namespace, trainer, data) -> int:
     else:  # no dev split: nothing chose a best step
         print(f"model: {out / 'last'} (no dev split, so the final weights; there is no best/)")
     print(f"TensorBoard: tensorboard --logdir {out / 'runs'}")
+    print(f"time: {trainer.clock.summary()}; every phase in {out / 'timings.json'}")
     if getattr(args, "baseline", False):
         from .tools.baseline import compare_with_baseline
 
@@ -1226,7 +1230,8 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = show
         try:
             check_paths(args)  # before any model or data is loaded, for every command
-            return args.handler(args)
+            with command_clock():  # the runs it makes time their phases from the process's start (timings.json)
+                return args.handler(args)
         except TextclfError as exc:
             print(f"{prefix}: error: {exc}", file=sys.stderr)
             return 2

@@ -66,9 +66,10 @@ class Layout:
 RUN = Layout("run", frozenset({
     "config.yaml", "log.jsonl", "checkpoints", "best", "last", "runs", "metrics.json", "report.txt",
     "confusion.png", "reliability.png", "errors.csv", "data", "report.html", "audit.csv", "audit.json", "teacher",
+    "timings.json",
 }), sign="config.yaml")
 PRETRAIN_RUN = Layout("pretraining run", frozenset({
-    "config.yaml", "log.jsonl", "checkpoints", "runs", "model", "mlm",
+    "config.yaml", "log.jsonl", "checkpoints", "runs", "model", "mlm", "timings.json",
 }), sign="config.yaml")
 BASELINE = Layout("baseline", frozenset({"metrics.json", "report.txt", "report.html", "confusion.png", "baseline.pkl",
                                         "textclf.json", "labels.json", "tfidf.json", "tfidf.safetensors"}),

@@ -49,6 +49,7 @@ from . import checkpoint as ckpt
 from .callbacks import Callback, ProgressBar
 from .loggers import JsonlLogger, TensorBoardLogger
 from .optim import build_adamw, build_scheduler
+from .phases import current_clock
 from .run_folder import disk_full_error, is_disk_full, setting_changes, truncate_log
 from .speedups import training_speedups, zero_grad
 
@@ -96,7 +97,9 @@ class TrainingLoop:
         self.config = config or TrainConfig()
         self.output_dir = Path(output_dir)
         self.overwrite = overwrite
-        self.runtime = setup_runtime(self.config.device, self.config.precision)
+        self.clock = current_clock()  # seconds per phase, written to timings.json (textclf.train.phases)
+        with self.clock.phase("runtime"):
+            self.runtime = setup_runtime(self.config.device, self.config.precision)
         seed_everything(self.config.seed)
         self.state = TrainState()
         self.callbacks: list[Callback] = list(callbacks) + ([ProgressBar()] if progress else [])
@@ -121,22 +124,26 @@ class TrainingLoop:
         # One process writes a run folder at a time (a second one stops at once, naming this one's PID).
         with outputs.locked(self.output_dir) if self.runtime.is_main else contextlib.nullcontext():
             self._interrupt_signal = None  # a notebook may call fit(resume="auto") again after a Ctrl-C
-            # Rank 0 checks and prepares the folder; the other ranks take its answer (deciding themselves would race).
-            checkpoint = on_main_process(self.runtime, self._prepare_output_dir, resume)
-            self.optimizer, self.scheduler = self.configure_optimizers()
-            self.scaler = self.runtime.grad_scaler()
-            self.ddp_model = self._wrap_distributed(self.model)
-            if checkpoint is not None:
-                self._restore(checkpoint)  # restores RNG states last, right before the first step
-            self._open_loggers()
+            with self.clock.phase("prepare run"):
+                # Rank 0 checks and prepares the folder; the other ranks take its answer (deciding would race).
+                checkpoint = on_main_process(self.runtime, self._prepare_output_dir, resume)
+                self.optimizer, self.scheduler = self.configure_optimizers()
+                self.scaler = self.runtime.grad_scaler()
+                self.ddp_model = self._wrap_distributed(self.model)
+                if checkpoint is not None:
+                    self._restore(checkpoint)  # restores RNG states last, right before the first step
+                self._open_loggers()
             self._emit("on_train_begin")
             self.print(self.describe_run())
             try:
                 with self._stop_on_signals(), training_speedups(self.model, self.config.speedups,
                                                                 self.runtime.distributed) as self._sparse_grads:
                     while not self._done():
-                        self._train_one_epoch()
+                        with self.clock.phase(f"epoch {self.state.epoch + 1}"):
+                            self._train_one_epoch()
                 result = self._finish()
+                if self.runtime.is_main:
+                    self.clock.write(self.output_dir)
                 self._leave_process_group()
                 return result
             except torch.OutOfMemoryError as exc:
@@ -200,13 +207,15 @@ class TrainingLoop:
         self._agree_on_interrupt()
         if step % cfg.log_steps == 0 or last:
             self._log_training()
-        self.evaluate_if_due(end_of_epoch, last)
+        with self.clock.phase("evaluate dev"):
+            self.evaluate_if_due(end_of_epoch, last)
         if end_of_epoch:
             self._emit("on_epoch_end")
         save_due = (cfg.save_steps and step % cfg.save_steps == 0) or (cfg.save_steps is None and end_of_epoch)
         # The last step needs no checkpoint (the final outputs follow at once), unless a signal stops us before them.
         if (save_due and not last) or self._interrupt_signal is not None:
-            self.save_checkpoint()
+            with self.clock.phase("checkpoints"):
+                self.save_checkpoint()
 
     # ==================================================================================================
     # override points and hooks

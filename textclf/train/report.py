@@ -24,24 +24,26 @@ def report_run(trainer) -> dict:
                            history=state.history)
     # Temperature fitted on dev, ECE, errors.csv and the plots (textclf.eval.analysis); labels are unchanged.
     analysis = RunAnalysis(trainer.label_map.names, trainer.task, trainer.config.calibrate)
-    test = trainer._tokenize(trainer.data.test) if trainer.data.test else None
-    for name, dataset in (("dev", trainer.dev_dataset), ("test", test)):
-        if dataset is not None:
-            report, note = analysis.evaluate(name, trainer.evaluate, dataset, getattr(trainer.data, name))
-            run_report.add(name, report, f"== {name} ({report.num_rows} rows, best model from step "
-                                         f"{state.best_step}) ==\n{report.format()}\n{note}")
+    with trainer.clock.phase("final evaluation"):
+        test = trainer._tokenize(trainer.data.test) if trainer.data.test else None
+        for name, dataset in (("dev", trainer.dev_dataset), ("test", test)):
+            if dataset is not None:
+                report, note = analysis.evaluate(name, trainer.evaluate, dataset, getattr(trainer.data, name))
+                run_report.add(name, report, f"== {name} ({report.num_rows} rows, best model from step "
+                                             f"{state.best_step}) ==\n{report.format()}\n{note}")
     metrics = run_report.metrics
     # texts per split longer than max_length (windows: needing more than max_windows windows)
     metrics["truncated_rows"] = dict(trainer.truncated_rows)
     if trainer.runtime.is_main:
         best = out / "best"
         metrics["calibration"] = analysis.calibration
-        run_report.write(out)  # the numbers first: a picture that fails below must not cost them
-        analysis.finish(out, best if best.is_dir() else None)  # errors.csv, the temperature, the pictures
-        write_model_cards(trainer, metrics)
-        # report.html: the same, to look at; drawn last, and like every picture it may fail with a warning only
-        draw_safely(out / REPORT_FILE, lambda path: write_html_report(out, path), numbers_in="metrics.json, "
-                    "report.txt and the run's pictures")
+        with trainer.clock.phase("reports"):
+            run_report.write(out)  # the numbers first: a picture that fails below must not cost them
+            analysis.finish(out, best if best.is_dir() else None)  # errors.csv, the temperature, the pictures
+            write_model_cards(trainer, metrics)
+            # report.html: the same, to look at; drawn last, and like every picture it may fail with a warning only
+            draw_safely(out / REPORT_FILE, lambda path: write_html_report(out, path), numbers_in="metrics.json, "
+                        "report.txt and the run's pictures")
     return metrics
 
 

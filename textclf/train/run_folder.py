@@ -14,6 +14,14 @@ from ..config import DataConfig, ModelConfig, PretrainConfig, TrainConfig
 from ..errors import OutputDirError, TrainingError
 from ..model import bundle
 
+# Settings a resumed fine-tuning run may change: where things are, how the data is read (the training rows themselves
+# are compared by fingerprint), how fast evaluation runs, how long training goes on. Any other difference would
+# make the checkpoint's data position or optimizer state mean something else.
+FINE_TUNING_RESUMABLE = ("run.", "data.", "train.device", "train.precision", "train.num_workers",
+                         "train.eval_batch_size", "train.log_steps", "train.epochs", "train.max_steps",
+                         "train.patience", "train.eval_steps", "train.save_steps", "train.keep_checkpoints",
+                         "train.calibrate")
+
 
 def flatten(config: dict) -> dict:
     """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}``."""

@@ -53,7 +53,7 @@ from .objectives import objective_for
 from .optim import build_scheduler
 from .recipes import recipe_for_trainer, unreadable_warning
 from .report import report_run
-from .run_folder import check_best_is_not_ahead, fingerprint_differences, rows_fingerprint
+from .run_folder import FINE_TUNING_RESUMABLE, check_best_is_not_ahead, fingerprint_differences, rows_fingerprint
 
 
 @dataclass
@@ -104,6 +104,8 @@ class Trainer(TrainingLoop):
     # length and class correlate, which cost 2-8 accuracy points on small data: docs/benchmarks.md). A checkpoint
     # written before stratification existed resumes with the plain sort it started with, so its epochs stay exact.
     stratify_lengths: bool = True
+    # The last step's dev outputs, while the model holds that step's weights (see _evaluation_outputs).
+    _final_dev_outputs: list | None = None
 
     def __init__(self, model: str | TextClassifier = "minilm", data=None, output_dir: str | Path = "runs/textclf",
                  config: TrainConfig | None = None, *, model_config: ModelConfig | None = None,
@@ -117,9 +119,11 @@ class Trainer(TrainingLoop):
         name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "custom"
         self.model_config = replaced(model_config or ModelConfig(), name=name)  # keeps which fields were given
 
-        self.data = (data if isinstance(data, DatasetSplits) or data is None
-                     else load_dataset(data, config=self.data_config))
-        self.tokenizer = tokenizer or load_tokenizer(self.model_config.name)
+        with self.clock.phase("read data"):
+            self.data = (data if isinstance(data, DatasetSplits) or data is None
+                         else load_dataset(data, config=self.data_config))
+        with self.clock.phase("load model"):
+            self.tokenizer = tokenizer or load_tokenizer(self.model_config.name)
         # train.recipe "auto" becomes the recipe chosen for the data, said in one line (textclf.train.recipes)
         recipe = recipe_for_trainer(self.data, self.tokenizer, model, self.model_config, self.config, self.print)
         self.config, self.model_config, self.recipe_reason = recipe.train, recipe.model, recipe.reason
@@ -127,12 +131,14 @@ class Trainer(TrainingLoop):
         self.objective = objective_for(self.config, self.model_config.name, unlabelled, self.data_config)
         self.model_config = self.objective.model_config(self.model_config)
         self.inputs = input_strategy(self.config)  # truncation or sliding windows (textclf.data.inputs)
-        self.model = self._build_model(model, head)
+        with self.clock.phase("load model"):
+            self.model = self._build_model(model, head)
         self.label_map = self.model.label_map or (self.data.label_map if self.data else None)
         # Single- or multi-label: loss, metrics, decisions (textclf.eval.tasks). Multi-label decision thresholds are
         # 0.5 until tuned on dev (tune_thresholds) and saved with the best model.
         self.task = task_for(self.label_map) if self.label_map is not None else None
-        self._prepare_data(normalizer, fresh_head=not isinstance(model, nn.Module))
+        with self.clock.phase("tokenize"):
+            self._prepare_data(normalizer, fresh_head=not isinstance(model, nn.Module))
         self.collate = self.inputs.collate(self.tokenizer.pad_token_id or 0, self.runtime.pad_to_multiple_of)
 
     def _build_model(self, model: str | nn.Module, head: nn.Module | None) -> nn.Module:
@@ -194,17 +200,7 @@ class Trainer(TrainingLoop):
         ``TextClassifier`` subclass a custom-head folder was saved from (the class, ``"module:Class"`` or
         ``"file.py:Class"``; imported and run, so only for code you trust: :func:`~textclf.model.ensemble.load_model`).
         """
-        model = load_model(folder, model_class)  # a TextClassifier (or subclass), or an EnsembleClassifier
-        if kwargs.get("data") is None:  # only labelled data could name the outputs of a folder without labels.json
-            require_labels(folder, model)
-        config = TrainConfig.for_evaluation(bundle.read_meta(folder).get("train_config") or {}, device=device,
-                                            precision=precision, eval_batch_size=eval_batch_size)
-        kwargs.setdefault("progress", False)
-        kwargs.setdefault("normalizer", bundle.read_normalizer(folder))  # texts read as in training
-        trainer = cls(model, tokenizer=load_tokenizer(str(folder)), config=config, **kwargs)
-        if trainer.label_map is not None:
-            trainer.task = saved_task(folder, trainer.label_map)  # with the thresholds tuned after training
-        return trainer
+        return _trainer_for_folder(cls, folder, device, precision, eval_batch_size, model_class, kwargs)
 
     # ---- fit --------------------------------------------------------------------------------------------------------
 
@@ -278,17 +274,25 @@ class Trainer(TrainingLoop):
             raise ConfigError("Trainer.evaluate: no dev split; pass a Split or dataset to evaluate")
         metrics = self.task.metrics(self.runtime.device)  # a confusion matrix, or per-label counts and histograms
         loss_sum = torch.zeros((), device=self.runtime.device)
-        with self.inference():
-            for rows, batch in self.inference_batches(dataset):
-                output = self.evaluation_step(batch)
-                if batch_hook is not None:  # e.g. error analysis, calibration: rows index the evaluated split
-                    batch_hook(rows, output.logits, batch["labels"])
-                metrics.update(output.logits, batch["labels"].to(self.runtime.device))
-                loss_sum += output.loss.float() * output.num_rows
+        for rows, output, labels in self._evaluation_outputs(dataset):
+            if batch_hook is not None:  # e.g. error analysis, calibration: rows index the evaluated split
+                batch_hook(rows, output.logits, labels)
+            metrics.update(output.logits, labels.to(self.runtime.device))
+            loss_sum += output.loss.float() * output.num_rows
         if self.runtime.distributed:  # disjoint shards, no padding rows: the sums count every row exactly once
             metrics.all_reduce()
             torch.distributed.all_reduce(loss_sum)
         return metrics.report(self.label_map.names, float(loss_sum))
+
+    def _evaluation_outputs(self, dataset):
+        """``(rows, StepOutput, labels)`` per batch: the model's, or for dev after the last step, the outputs that
+        step's evaluation kept (the weights are the same: the end of a run scores dev once, not twice)."""
+        if dataset is self.dev_dataset and self._final_dev_outputs is not None:
+            yield from self._final_dev_outputs
+            return
+        with self.inference():
+            for rows, batch in self.inference_batches(dataset):
+                yield rows, self.evaluation_step(batch), batch["labels"]
 
     def tune_thresholds(self, data: Split | TextClassificationDataset | None = None,
                         save_to: str | Path | None = None) -> Thresholds:
@@ -367,10 +371,12 @@ class Trainer(TrainingLoop):
         due = (cfg.eval_steps and self.state.global_step % cfg.eval_steps == 0) or (
             cfg.eval_steps is None and end_of_epoch)
         if self.dev_dataset is not None and (due or last):
-            self._evaluate_and_keep_best()
+            self._evaluate_and_keep_best(last)
 
-    def _evaluate_and_keep_best(self) -> EvalReport:
+    def _evaluate_and_keep_best(self, last: bool = False) -> EvalReport:
         self.objective.prepare_head(self)  # few-shot: the head is fitted on the current embeddings
+        self._final_dev_outputs = None  # the last step's are kept for the final reports (the weights stay these)
+        self._final_dev_outputs = list(self._evaluation_outputs(self.dev_dataset)) if last else None
         report = self.evaluate()
         step = self.state.global_step
         self.state.last_eval_step = step
@@ -388,13 +394,7 @@ class Trainer(TrainingLoop):
 
     # ---- output folder, checkpoints, bundles ---------------------------------------------------------------
 
-    # Settings a resumed run may change: where things are, how the data is read (the training rows themselves are
-    # compared by fingerprint), how fast evaluation runs, how long training goes on. Any other difference would
-    # make the checkpoint's data position or optimizer state mean something else.
-    RESUMABLE_SETTINGS = ("run.", "data.", "train.device", "train.precision", "train.num_workers",
-                          "train.eval_batch_size", "train.log_steps", "train.epochs", "train.max_steps",
-                          "train.patience", "train.eval_steps", "train.save_steps", "train.keep_checkpoints",
-                          "train.calibrate")
+    RESUMABLE_SETTINGS = FINE_TUNING_RESUMABLE  # what a resumed run may change (textclf.train.run_folder)
 
     def _data_fingerprint(self) -> dict:
         if getattr(self, "_fingerprint", None) is None:  # the data never changes during a run: hash it once
@@ -449,12 +449,15 @@ class Trainer(TrainingLoop):
                     "train_config": dataclasses.asdict(self.config),
                     "windows": self.inputs.to_dict(), "data_reading": self.data_config.reading()}
             write = bundle.model_folder_writer(self.model, self.tokenizer, meta, self.normalizer)
-            ckpt.write_atomically(folder, write)
+            with self.clock.phase(f"save {folder.name}"):
+                ckpt.write_atomically(folder, write)
 
     def _finish(self) -> FitResult:
         """Save ``last/``, reload the best weights, evaluate them on dev and test, write the reports."""
         interrupted = self._interrupt_signal is not None
         stopped_early = self.should_stop and not interrupted
+        if interrupted or self.state.best_step != self.state.global_step:  # the best weights are another step's
+            self._final_dev_outputs = None
         self._emit("on_train_end")
         if interrupted:
             self._close_loggers()
@@ -472,6 +475,22 @@ class Trainer(TrainingLoop):
                 and (self.output_dir / "best").is_dir()):
             self.tune_thresholds(save_to=self.output_dir / "best")
         metrics = report_run(self)  # dev and test scores, calibration, errors.csv, metrics.json, model cards
+        self._final_dev_outputs = None
         self._close_loggers()
         return FitResult(self.output_dir, self.state.global_step, self.state.best_step, self.state.best_metric,
                          metrics.get("dev"), metrics.get("test"), stopped_early=stopped_early)
+
+
+def _trainer_for_folder(cls, folder, device: str, precision: str, eval_batch_size: int, model_class, kwargs: dict):
+    """The body of :meth:`Trainer.from_pretrained`."""
+    model = load_model(folder, model_class)  # a TextClassifier (or subclass), or an EnsembleClassifier
+    if kwargs.get("data") is None:  # only labelled data could name the outputs of a folder without labels.json
+        require_labels(folder, model)
+    config = TrainConfig.for_evaluation(bundle.read_meta(folder).get("train_config") or {}, device=device,
+                                        precision=precision, eval_batch_size=eval_batch_size)
+    kwargs.setdefault("progress", False)
+    kwargs.setdefault("normalizer", bundle.read_normalizer(folder))  # texts read as in training
+    trainer = cls(model, tokenizer=load_tokenizer(str(folder)), config=config, **kwargs)
+    if trainer.label_map is not None:
+        trainer.task = saved_task(folder, trainer.label_map)  # with the thresholds tuned after training
+    return trainer
