@@ -1,5 +1,6 @@
 """``python -m bench``: the start-up time of the light commands (bench/startup_bench.py), the training benchmark
-(textclf vs the Hugging Face Trainer), the deployment one, then the few-shot grid against SetFit
+(textclf vs the Hugging Face Trainer), the same end to end (bench/end_to_end_bench.py: the whole command, with where
+textclf's time went), the deployment one, then the few-shot grid against SetFit
 (bench/few_shot_bench.py; it resumes into bench/results/few-shot.json, so runs already there are not repeated), and
 distillation (bench/distill_bench.py, resuming into bench/results/distill.json)."""
 
@@ -13,6 +14,9 @@ def main() -> int:
 
     startup_bench.main([])
     status = train_bench.main(sys.argv[1:])
+    from bench import end_to_end_bench
+
+    status = status or end_to_end_bench.main([])  # the command a user runs, with where its time went
     try:
         from bench import deploy_bench
     except ImportError:  # the deployment benchmark is optional

@@ -393,3 +393,20 @@ def test_train_writes_where_its_time_went(run_dir):
             "final evaluation", "reports"} <= names, names
     assert timings["total_s"] == pytest.approx(sum(timings["phases"].values()), abs=0.05)
     assert 0 < timings["phases"]["startup"] < timings["total_s"]
+
+
+def test_the_command_exits_quickly_with_its_code_its_output_and_its_exit_handlers(tmp_path):
+    """cli.run skips Python's module teardown, but not atexit handlers, buffered output or the exit code."""
+    marker = tmp_path / "atexit-ran"
+    code = ("import atexit, sys\n"
+            f"atexit.register(lambda: open({str(marker)!r}, 'w').write('ran'))\n"
+            "print('buffered line')\n"
+            f"sys.argv = ['textclf', 'train', '--data', {str(tmp_path / 'missing.csv')!r}, '--output', "
+            f"{str(tmp_path / 'out')!r}]\n"
+            "from textclf.cli import run\nrun()\nprint('never reached')\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == "buffered line\n"  # written to a pipe (block-buffered) and still flushed
+    assert "missing.csv" in done.stderr and "Traceback" not in done.stderr
+    assert marker.read_text() == "ran"

@@ -390,6 +390,33 @@ def test_gradient_clipping_is_applied_and_pre_clip_norm_reported(tiny_model_dir,
             assert float(step_norm) == pytest.approx(float(pre_norm), rel=1e-4)
 
 
+def test_clipping_matches_clip_grad_norm_bit_for_bit(tiny_model_dir, tiny_data, tmp_path):
+    """The loop clips as torch.nn.utils.clip_grad_norm_ does, and skips the pass that would multiply by 1."""
+
+    class Capturing(textclf.Trainer):
+        def optimizer_step(self):
+            self.raw = [p.grad.detach().clone() for p in self.model.parameters() if p.grad is not None]
+            step = self.optimizer.step
+
+            def capture(*args, **kwargs):  # the gradients the optimizer is given
+                self.clipped = [p.grad.detach().clone() for p in self.model.parameters() if p.grad is not None]
+                return step(*args, **kwargs)
+
+            self.optimizer.step = capture
+            super().optimizer_step()
+            self.optimizer.step = step
+
+    data = _train_only(tiny_data, 32)
+    for max_norm in (0.01, 1e6):  # clipping, and a bound far above the norm
+        trainer, _ = _fit(tiny_model_dir, data, tmp_path / f"clip-{max_norm}", _config(max_steps=1,
+                          max_grad_norm=max_norm), trainer_class=Capturing)
+        params = [torch.nn.Parameter(torch.zeros_like(g)) for g in trainer.raw]
+        for p, g in zip(params, trainer.raw):
+            p.grad = g.clone()
+        torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        assert all(torch.equal(c, p.grad) for c, p in zip(trainer.clipped, params))
+
+
 # ==================================================================================================================
 # precision
 # ==================================================================================================================

@@ -246,11 +246,16 @@ class TrainingLoop:
         """Unscale, clip, step (skipped by the scaler on fp16 overflow), update, zero grads, step the schedule."""
         self.scaler.unscale_(self.optimizer)
         max_norm = self.config.max_grad_norm or math.inf
-        self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        self.grad_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters], foreach=True)
         # One host sync per optimizer step, on purpose: a non-finite gradient must never reach the weights.
-        finite = bool(torch.isfinite(self.grad_norm))
-        if not finite and not self.scaler.is_enabled():
+        norm = float(self.grad_norm)
+        if not math.isfinite(norm) and not self.scaler.is_enabled():
             self._raise_non_finite()
+        # Scaled by max_norm / (norm + 1e-6) when that is below 1 (clip_grad_norm_'s rule); a pass over every
+        # gradient that multiplies by exactly 1 is skipped, so the updates are bit for bit clip_grad_norm_'s.
+        if math.isfinite(norm) and norm + 1e-6 > max_norm:
+            torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, self.grad_norm, foreach=True)
         scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)  # skips the update when fp16 gradients overflowed
         self.scaler.update()
