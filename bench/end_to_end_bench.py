@@ -12,11 +12,17 @@ best, then the reverse), with the same hyper-parameters as ``bench.train_bench``
   test split; fp32 and a random sampler.
 * ``peer-best``: the same with length-grouped sampling, in bf16 where the CPU computes it natively (else fp32).
 
+``--avx2`` runs all three as on a CPU without native bf16 (a laptop): PyTorch's and oneDNN's kernels limited to
+AVX2 (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``), textclf with ``--precision fp32`` (what ``auto`` picks there)
+and the peer's best in fp32 + grouping. Emulation keeps this machine's cores, caches and clock: say so with its
+figures.
+
 Reported: median wall seconds, mean test accuracy over the seeds, peak RSS (the child's own, from ``wait4``), the
 ratios, and textclf's median seconds per phase. Runs kept in the results file are not repeated.
 
     python -m bench.end_to_end_bench                              # trec and ag_news_subset, seeds 0,1,2
     python -m bench.end_to_end_bench --datasets trec --seeds 0 --out /tmp/e2e.json
+    python -m bench.end_to_end_bench --avx2 --datasets trec --out bench/results/end-to-end-avx2.json
 """
 
 from __future__ import annotations
@@ -40,9 +46,13 @@ TEXTCLF_FLAGS = ["--recipe", "fine-tune", "--model", "minilm", "--epochs", str(H
                  "--max-grad-norm", str(HYPER["max_grad_norm"]), "--quiet", "--overwrite"]
 
 
-def run(command: list[str]) -> tuple[float, int, str]:
+# As a CPU without native bf16 computes (--avx2): set before torch loads in the child.
+AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def run(command: list[str], avx2: bool = False) -> tuple[float, int, str]:
     """Wall seconds, peak RSS (MB) and stdout of one fresh process."""
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(AVX2 if avx2 else {})}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=err)
@@ -54,22 +64,23 @@ def run(command: list[str]) -> tuple[float, int, str]:
         return seconds, usage.ru_maxrss // 1024, out.read().decode()
 
 
-def measure(system: str, dataset: str, seed: int, work: Path) -> dict:
+def measure(system: str, dataset: str, seed: int, work: Path, avx2: bool = False) -> dict:
     folder = data_dir(dataset)
     if system == "textclf":
         output = work / f"textclf-{dataset}"
         seconds, rss, _ = run([sys.executable, "-m", "textclf", "train", "--data", str(folder), "--output",
-                               str(output), "--seed", str(seed), *TEXTCLF_FLAGS])
+                               str(output), "--seed", str(seed), *TEXTCLF_FLAGS]
+                              + (["--precision", "fp32"] if avx2 else []), avx2)
         metrics = json.loads((output / "metrics.json").read_text())
         timings = json.loads((output / "timings.json").read_text())
         phases = {**timings["phases"], "exit": round(seconds - timings["total_s"], 3)}
         return {"wall_s": seconds, "peak_rss_mb": rss, "test_accuracy": metrics["test"]["accuracy"],
                 "phases": phases}
-    precision = "bf16" if system == "peer-best" and native_bf16() else "fp32"
+    precision = "bf16" if system == "peer-best" and native_bf16() and not avx2 else "fp32"
     command = [sys.executable, "-m", "bench.train_bench", "worker", "--system", "peer", "--dataset", str(folder),
                "--seed", str(seed), "--precision", precision] + (["--group-by-length"] if system == "peer-best"
                                                                   else [])
-    seconds, rss, out = run(command)
+    seconds, rss, out = run(command, avx2)
     result = json.loads(out.strip().splitlines()[-1])
     return {"wall_s": seconds, "peak_rss_mb": rss, "test_accuracy": result["test_accuracy"], "precision": precision,
             "phases": {"training loop": round(result["train_seconds"], 3)}}
@@ -118,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", default="trec,ag_news_subset")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--avx2", action="store_true", help="as a CPU without native bf16 (AVX2 kernels, fp32)")
     args = parser.parse_args(argv)
     out, work = Path(args.out), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -128,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             for system in systems if index % 2 == 0 else systems[::-1]:
                 if any((r["dataset"], r["system"], r["seed"]) == (dataset, system, seed) for r in runs):
                     continue
-                result = measure(system, dataset, seed, work)
-                runs.append({"dataset": dataset, "system": system, "seed": seed, **result})
+                result = measure(system, dataset, seed, work, args.avx2)
+                runs.append({"dataset": dataset, "system": system, "seed": seed, "avx2": args.avx2, **result})
                 print(f"{dataset} seed {seed} {system}: {result['wall_s']:.1f} s, accuracy "
                       f"{result['test_accuracy']:.4f}", flush=True)
                 save_runs(out, runs, summary=summarise(runs), load_average=os.getloadavg())
