@@ -7,7 +7,7 @@ import json
 import pytest
 
 from textclf.train import phases
-from textclf.train.phases import PhaseClock, command_clock, current_clock, process_age
+from textclf.train.phases import PhaseClock, clock_for_run, command_clock, current_clock, process_age
 
 
 @pytest.fixture()
@@ -65,3 +65,20 @@ def test_the_summary_names_the_large_phases_longest_first(fake_time, tmp_path):
     assert clock.summary() == "22.1 s (epoch 1 20.0, load model 2.0)"
     clock.write(tmp_path)
     assert json.loads((tmp_path / "timings.json").read_text())["phases"]["save last"] == 0.1
+
+
+def test_a_command_times_its_first_run_with_its_clock_and_each_later_run_on_its_own(fake_time):
+    """A seed ensemble, cross-validation or tune makes several runs in one command: none counts another's time."""
+    with command_clock() as clock:
+        with current_clock().phase("read data"):  # what the command does before its first run
+            fake_time[0] += 1
+        first = clock_for_run()
+        with first.phase("epoch 1"):
+            fake_time[0] += 10
+        second = clock_for_run()
+        with second.phase("epoch 1"):
+            fake_time[0] += 7
+    assert first is clock and second is not clock
+    assert first.to_dict()["phases"]["read data"] == 1 and first.to_dict()["phases"]["epoch 1"] == 10
+    assert second.to_dict()["phases"] == {"epoch 1": 7}
+    assert clock_for_run() is not clock  # outside the command

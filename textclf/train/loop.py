@@ -49,7 +49,7 @@ from . import checkpoint as ckpt
 from .callbacks import Callback, ProgressBar
 from .loggers import JsonlLogger, TensorBoardLogger
 from .optim import build_adamw, build_scheduler
-from .phases import current_clock
+from .phases import clock_for_run
 from .run_folder import disk_full_error, is_disk_full, setting_changes, truncate_log
 from .speedups import training_speedups, zero_grad
 
@@ -97,7 +97,7 @@ class TrainingLoop:
         self.config = config or TrainConfig()
         self.output_dir = Path(output_dir)
         self.overwrite = overwrite
-        self.clock = current_clock()  # seconds per phase, written to timings.json (textclf.train.phases)
+        self.clock = clock_for_run()  # seconds per phase, written to timings.json (textclf.train.phases)
         with self.clock.phase("runtime"):
             self.runtime = setup_runtime(self.config.device, self.config.precision)
         seed_everything(self.config.seed)

@@ -6,8 +6,10 @@ phase is ``other``.
 
 A command run from the shell (``textclf train``) starts its clock at the process's own start (from ``/proc`` on
 Linux), so ``startup`` holds the interpreter, the imports and the argument parsing, the time a user waits before
-anything of textclf's runs. A :class:`~textclf.train.loop.TrainingLoop` made in a notebook starts a clock of its own
-when it is made, with no ``startup``.
+anything of textclf's runs. The first run the command makes takes that clock (with the data reading the command
+timed on it); a later run of the same command (the next seed of an ensemble, a fold, a tune trial) and a
+:class:`~textclf.train.loop.TrainingLoop` made in a notebook start a clock of their own when they are made, with no
+``startup``, so no run's ``timings.json`` counts another run's epochs.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class PhaseClock:
         self.seconds: dict[str, float] = {"startup": age} if age is not None else {}
         self._started = time.perf_counter() - (age or 0.0)
         self._current, self._since = "other", time.perf_counter()
+        self.taken = False  # by a run (clock_for_run): a command's clock times its first run only
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -91,5 +94,14 @@ def command_clock():
 
 
 def current_clock() -> PhaseClock:
-    """The running command's clock, or a new one started now (the Python API: a notebook, a script)."""
+    """The running command's clock (to time what the command does before its run), or a new one started now."""
     return _command_clock.get() or PhaseClock()
+
+
+def clock_for_run() -> PhaseClock:
+    """The clock of a run being made: the command's for its first run, else a new one started now."""
+    clock = _command_clock.get()
+    if clock is None or clock.taken:
+        return PhaseClock()
+    clock.taken = True
+    return clock

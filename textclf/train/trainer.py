@@ -375,8 +375,9 @@ class Trainer(TrainingLoop):
 
     def _evaluate_and_keep_best(self, last: bool = False) -> EvalReport:
         self.objective.prepare_head(self)  # few-shot: the head is fitted on the current embeddings
-        self._final_dev_outputs = None  # the last step's are kept for the final reports (the weights stay these)
-        self._final_dev_outputs = list(self._evaluation_outputs(self.dev_dataset)) if last else None
+        self._final_dev_outputs = None  # an earlier evaluation's outputs are not this step's
+        if last:  # kept for the final reports and threshold tuning, while the weights stay this step's
+            self._final_dev_outputs = list(self._evaluation_outputs(self.dev_dataset))
         report = self.evaluate()
         step = self.state.global_step
         self.state.last_eval_step = step
