@@ -1,9 +1,15 @@
 """Simulated labelling: how accuracy grows with labels for each selection strategy, against random sampling.
 
-A run starts from the label names (round 0: no labels; the first batch is chosen by ``textclf select``'s round-0
-rule), then adds ``--per-class`` labels per class per round (the simulated annotator reads the true labels of the
-rows the strategy chose), training with textclf's automatic recipe after every round and scoring the test split.
-Every strategy, including random, starts from the same round-0 batch for a seed.
+A run starts from the label names (round 0: no labels), then adds ``--per-class`` labels per class per round (the
+simulated annotator reads the true labels of the rows chosen), training with textclf's automatic recipe after every
+round and scoring the test split; the TF-IDF baseline is trained on the same labels beside it. Every strategy but
+random takes its first batch by ``textclf select``'s round-0 rule (the label names, k-centre within each name's
+rows), the same batch for a seed; ``random`` samples uniformly from the first batch on, as a team without a
+selection tool would.
+
+Pools: the first ``--pool-size`` training rows of TREC, the AG News subset and SST-2, and ``trec_imbalanced``: TREC
+with its LOC rows cut to 1 for every 20 of its largest class (the test split as it is, so LOC's F1 says how well the
+minority class is found).
 
     python -m bench.active_learning_bench                                  # writes bench/results/active-learning.json
     python -m bench.active_learning_bench --datasets trec --strategies random,badge --seeds 0 --rounds 3
@@ -13,6 +19,7 @@ Runs already in the results file are kept and not repeated, so the benchmark res
 
 from __future__ import annotations
 
+import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +36,34 @@ NAMES = {
                        ("Sci/Tech", "science and technology")],
     "sst2": [("negative", "negative, bad"), ("positive", "positive, good")],
 }
+NAMES["trec_imbalanced"] = NAMES["trec"]
+MINORITY = {"trec_imbalanced": ("LOC", 20)}  # the class cut, and the ratio of the largest class to it
+
+
+def pool_rows(dataset: str, pool_size: int | None) -> tuple[list[str], list[str]]:
+    """The pool's texts and their true labels (which only the simulated annotator reads)."""
+    from collections import Counter
+
+    from textclf.data.readers import read_split
+
+    train = read_split(DATA / dataset.removesuffix("_imbalanced") / "train.csv", "train")
+    texts, labels = train.texts, train.labels
+    if dataset in MINORITY:
+        minority, ratio = MINORITY[dataset]
+        minority_rows = [i for i, y in enumerate(labels) if y == minority]
+        dropped = set(minority_rows[max(Counter(labels).values()) // ratio:])
+        kept = [i for i in range(len(labels)) if i not in dropped]
+        texts, labels = [texts[i] for i in kept], [labels[i] for i in kept]
+    return texts[:pool_size], labels[:pool_size]
+
+
+def write_pool(dataset: str, pool_size: int | None, work: Path) -> Path:
+    """The pool as ``textclf select`` reads it: a text column only."""
+    pool = work / f"{dataset}-pool.csv"
+    if not pool.is_file():
+        texts, _ = pool_rows(dataset, pool_size)
+        pool.write_text("text\n" + "".join(_csv_field(t) + "\n" for t in texts), encoding="utf-8")
+    return pool
 
 
 def simulate(dataset: str, strategy: str, seed: int, rounds: int, per_class: int, pool_size: int | None,
@@ -36,16 +71,13 @@ def simulate(dataset: str, strategy: str, seed: int, rounds: int, per_class: int
     import textclf
     from textclf.data.label_names import LabelNames
     from textclf.data.readers import DatasetSplits, Split, read_split
+    from textclf.tools.baseline import TfidfBaseline
     from textclf.tools.select import select_rows
 
-    train = read_split(DATA / dataset / "train.csv", "train")
-    test = read_split(DATA / dataset / "test.csv", "test")
-    texts, labels = train.texts[:pool_size], train.labels[:pool_size]
-    truth = dict(zip(texts, labels))
+    test = read_split(DATA / dataset.removesuffix("_imbalanced") / "test.csv", "test")
+    truth = dict(zip(*pool_rows(dataset, pool_size)))
     names = LabelNames.from_list([n for n, _ in NAMES[dataset]], [d for _, d in NAMES[dataset]])
-    pool = work / f"{dataset}-pool.csv"
-    if not pool.is_file():
-        pool.write_text("text\n" + "".join(_csv_field(t) + "\n" for t in texts), encoding="utf-8")
+    pool = write_pool(dataset, pool_size, work)
     budget = per_class * len(names.names)
     chosen: list[str] = []
     model, curve = "minilm", []
@@ -53,11 +85,12 @@ def simulate(dataset: str, strategy: str, seed: int, rounds: int, per_class: int
         labelled = work / f"{dataset}-{strategy}-{seed}-labelled.csv"
         labelled.write_text("text,label\n" + "".join(f"{_csv_field(t)},{_csv_field(truth[t])}\n" for t in chosen),
                             encoding="utf-8")
-        rule = None if model == "minilm" else strategy  # round 0: the same first batch for every strategy
+        # Round 0: the same first batch for every strategy but random, from the names.
+        first = model == "minilm" and strategy != "random"
         start = time.perf_counter()
-        selection = select_rows(model, pool, budget, strategy=rule, seed=seed,
-                                labelled=[labelled] if chosen else [],
-                                label_names=names if model == "minilm" else None, cache_dir=work / "cache")
+        selection = select_rows(model, pool, budget, strategy=None if first else strategy, seed=seed,
+                                labelled=[labelled] if chosen else [], label_names=names if first else None,
+                                cache_dir=work / "cache")
         select_seconds = time.perf_counter() - start
         chosen += selection.texts
         data = DatasetSplits(Split("train", list(chosen), [truth[t] for t in chosen], str(pool)), None, test,
@@ -67,14 +100,104 @@ def simulate(dataset: str, strategy: str, seed: int, rounds: int, per_class: int
         trainer = textclf.Trainer("minilm", data, out, textclf.TrainConfig(seed=seed), overwrite=True, progress=False)
         trainer.fit()
         report = trainer.evaluate(test)
+        train_seconds = time.perf_counter() - start
         per_label = {name: scores["f1"] for name, scores in report.to_dict()["per_class"].items()}
+        tfidf = TfidfBaseline().fit(chosen, [truth[t] for t in chosen], names.label_map).evaluate(test.texts,
+                                                                                                   test.labels)
         curve.append({"labels": len(chosen), "accuracy": report.accuracy, "macro_f1": report.macro_f1,
-                      "f1_per_label": per_label, "train_seconds": time.perf_counter() - start,
+                      "f1_per_label": per_label, "tfidf_accuracy": tfidf.accuracy, "tfidf_macro_f1": tfidf.macro_f1,
+                      "recipe": trainer.config.recipe, "train_seconds": train_seconds,
                       "select_seconds": select_seconds})
         print(f"{dataset} {strategy} seed {seed} round {round_ + 1}: {len(chosen)} labels, accuracy "
-              f"{report.accuracy:.4f}, macro F1 {report.macro_f1:.4f}", flush=True)
+              f"{report.accuracy:.4f}, macro F1 {report.macro_f1:.4f} ({trainer.config.recipe}; TF-IDF "
+              f"{tfidf.accuracy:.4f})", flush=True)
         model = str(out / "last")
     return {"dataset": dataset, "strategy": strategy, "seed": seed, "per_class": per_class, "curve": curve}
+
+
+# ================================================================================================ what it shows
+
+def mean_curves(runs: list[dict], dataset: str) -> dict[str, list[dict]]:
+    """Per strategy, the curve averaged over the seeds that reached every round: ``labels`` and the mean of each
+    score (``accuracy``, ``macro_f1``, ``tfidf_accuracy``, ``minority_f1``)."""
+    minority = MINORITY.get(dataset, (None,))[0]
+    curves = {}
+    for strategy in dict.fromkeys(r["strategy"] for r in runs if r["dataset"] == dataset):
+        mine = [r["curve"] for r in runs if (r["dataset"], r["strategy"]) == (dataset, strategy)]
+        rounds = min(len(c) for c in mine)
+        curves[strategy] = [{"labels": mine[0][i]["labels"], "seeds": len(mine),
+                             **{key: statistics.mean(c[i][key] for c in mine)
+                                for key in ("accuracy", "macro_f1", "tfidf_accuracy")},
+                             **({"minority_f1": statistics.mean(c[i]["f1_per_label"][minority] for c in mine)}
+                                if minority else {})} for i in range(rounds)]
+    return curves
+
+
+def verdicts(curves: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per strategy against random sampling: the share of random's labels it needs to reach random's final
+    accuracy (None: never within these rounds), and its worst gap to random at any round (negative: below)."""
+    random_curve = curves["random"]
+    final = random_curve[-1]
+    out = {}
+    for strategy, curve in curves.items():
+        reached = next((p["labels"] for p in curve if p["accuracy"] >= final["accuracy"]), None)
+        out[strategy] = {"share_of_labels": None if reached is None else reached / final["labels"],
+                         "worst_gap": min(p["accuracy"] - q["accuracy"] for p, q in zip(curve, random_curve))}
+    return out
+
+
+def table(runs: list[dict]) -> str:
+    """Markdown: mean test accuracy (macro-F1) per round and strategy, the TF-IDF baseline on random's labels, and
+    each strategy's verdict against random (docs/small-data.md)."""
+    lines = []
+    for dataset in dict.fromkeys(r["dataset"] for r in runs):
+        curves = mean_curves(runs, dataset)
+        if "random" not in curves:
+            continue
+        strategies = list(curves)
+        minority = MINORITY.get(dataset, (None,))[0]
+        seeds = min(p["seeds"] for c in curves.values() for p in c)
+        lines += [f"**{dataset}** (mean of {seeds} seeds; accuracy (macro-F1)"
+                  + (f", then {minority}'s F1" if minority else "") + ")", "",
+                  "| labels | " + " | ".join(strategies) + " | TF-IDF on random's labels |",
+                  "|---" * (len(strategies) + 2) + "|"]
+        for i, point in enumerate(curves["random"]):
+            cells = []
+            for strategy in strategies:
+                p = curves[strategy][i] if i < len(curves[strategy]) else None
+                cells.append("" if p is None else f"{p['accuracy']:.3f} ({p['macro_f1']:.3f})"
+                             + (f", {p['minority_f1']:.3f}" if minority else ""))
+            lines.append(f"| {point['labels']} | " + " | ".join(cells) + f" | {point['tfidf_accuracy']:.3f} |")
+        lines.append("| reaches random's last accuracy with | " + " | ".join(
+            "-" if v["share_of_labels"] is None else f"{v['share_of_labels']:.0%} of its labels"
+            for v in verdicts(curves).values()) + " | |")
+        lines.append("| worst gap to random at any round | " + " | ".join(
+            f"{v['worst_gap']:+.3f}" for v in verdicts(curves).values()) + " | |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    """Accuracy against labels, a line per strategy and a panel per pool, the TF-IDF baseline dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = [d for d in dict.fromkeys(r["dataset"] for r in runs) if "random" in mean_curves(runs, d)]
+    figure, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.6), dpi=110, squeeze=False)
+    for axis, dataset in zip(axes[0], datasets):
+        curves = mean_curves(runs, dataset)
+        for strategy, curve in curves.items():
+            axis.plot([p["labels"] for p in curve], [p["accuracy"] for p in curve], marker="o", label=strategy)
+        random_curve = curves["random"]
+        axis.plot([p["labels"] for p in random_curve], [p["tfidf_accuracy"] for p in random_curve], ":", color="grey",
+                  label="TF-IDF (random's labels)")
+        axis.set(title=dataset, xlabel="labelled rows", ylabel="test accuracy")
+    axes[0][0].legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
 
 
 def _csv_field(text: str) -> str:
@@ -89,7 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=8, help="rounds of --per-class labels per class")
     parser.add_argument("--per-class", type=int, default=8)
     parser.add_argument("--pool-size", type=int, default=10_000, help="the first N training rows form the pool")
+    parser.add_argument("--plot", default=str(Path(__file__).resolve().parent.parent / "docs" / "img"
+                                              / "active-learning.png"), help="the learning curves ('' for none)")
+    parser.add_argument("--report-only", action="store_true", help="print the table and plot from the results file")
     args = parser.parse_args(argv)
+    if args.report_only:
+        return report(load_runs(Path(args.out)), args.plot)
     if shared_data_missing():
         return 0
     out = Path(args.out)
@@ -107,6 +235,14 @@ def main(argv: list[str] | None = None) -> int:
                                          Path(tmp)))
                     save_runs(out, runs)
     print(f"wrote {out} ({cpu_model()})")
+    return report(runs, args.plot)
+
+
+def report(runs: list[dict], plot_path: str) -> int:
+    print(table(runs))
+    if plot_path and runs:
+        plot(runs, Path(plot_path))
+        print(f"wrote {plot_path}")
     return 0
 
 

@@ -20,6 +20,8 @@ CHOICES = [
     # a sentence encoder and few rows per class: contrastive few-shot, one epoch of pairs
     (shape(8), "few-shot", 1, 2e-5, 16, None, 64),
     (shape(64, classes=2), "few-shot", 1, 2e-5, 16, None, 64),
+    # a class labelled once still pairs (with itself under other dropout): a first round of labels is often like this
+    (shape(8, min_rows_per_class=1), "few-shot", 1, 2e-5, 16, None, 64),
     # more rows per class: fine-tuning for at least 300 steps, MiniLM's learning rate
     (shape(65, classes=2), "fine-tune", 20, 1e-4, 16, None, 64),
     (shape(500, classes=6), "fine-tune", 4, 1e-4, 32, None, 64),
@@ -29,9 +31,8 @@ CHOICES = [
     (shape(8, sentence_encoder=False, hidden_size=768, num_layers=12), "fine-tune", 20, 3e-5, 16, 6, 64),
     (shape(100, sentence_encoder=False, hidden_size=768, num_layers=12), "fine-tune", 12, 3e-5, 16, None, 64),
     (shape(100, sentence_encoder=False, hidden_size=1024, num_layers=24), "fine-tune", 12, 2e-5, 16, None, 64),
-    # multi-label, or a class with a single row: few-shot cannot pair them
+    # multi-label: few-shot cannot pair its rows
     (shape(8, multi_label=True), "fine-tune", 20, 1e-4, 16, 3, 64),
-    (shape(8, min_rows_per_class=1), "fine-tune", 20, 1e-4, 16, 3, 64),
     # max_length follows the 95th-percentile text, in multiples of 8, within 16..256 and the encoder's limit
     (shape(8, length_quantile=37), "few-shot", 1, 2e-5, 16, None, 40),
     (shape(8, length_quantile=5), "few-shot", 1, 2e-5, 16, None, 16),
@@ -261,7 +262,7 @@ def test_every_recipe_but_auto_is_an_objective_that_declares_itself():
     assert ContrastivePairs.refusal(fits, train) is None and Classification.refusal(fits, train) is None
     refused = [("sentence", shape(10, sentence_encoder=False), train),
                ("one label", shape(10, multi_label=True), train),
-               ("2 training rows", shape(10, min_rows_per_class=1), train), ("truncated", fits, windows)]
+               ("2 classes", shape(10, classes=1), train), ("truncated", fits, windows)]
     for words, case, config in refused:
         reason = ContrastivePairs.refusal(case, config)
         assert reason is not None and words in reason

@@ -42,12 +42,6 @@ class PairBatches:
             raise ConfigError("train.recipe: few-shot training pairs rows of one label each; multi-label data is not "
                               "supported (use --recipe fine-tune)")
         classes, counts = np.unique(self.labels, return_counts=True)
-        names = label_names or [str(c) for c in range(int(self.labels.max(initial=0)) + 1)]
-        lonely = [f"{names[c]} ({n} row)" for c, n in zip(classes, counts) if n < 2]
-        if lonely:
-            raise ConfigError(f"train.recipe: few-shot training needs at least 2 training rows per class to pair rows "
-                              f"of the same label; {', '.join(lonely)} has fewer. Label more rows of that class, or "
-                              "drop it from the data")
         if len(classes) < 2:
             raise ConfigError("train.recipe: few-shot training needs at least 2 classes in the training rows")
         self.batch_size, self.pairs_per_row, self.seed = batch_size, pairs_per_row, seed
@@ -68,7 +62,9 @@ class PairBatches:
         anchors = np.tile(rows, self.pairs_per_row)
         own_class = self.labels[anchors]
         n = self.count[own_class]
-        # A same-label partner other than the row itself: skip 1..n-1 places ahead within its class.
+        # A same-label partner other than the row itself: skip 1..n-1 places ahead within its class. The only row of
+        # its class is its own partner: a second pass under other dropout masks, the positive pair of SimCSE (Gao et
+        # al., 2021), so a class an annotator has labelled once still anchors same-label pairs.
         skip = 1 + (rng.random(len(anchors)) * (n - 1)).astype(np.int64)
         same = self.by_class[self.start[own_class] + (self.position[anchors] + skip) % n]
         # A different-label partner, uniform over the rows of the other classes: index v of the rows outside the

@@ -152,8 +152,8 @@ class ContrastivePairs(Objective):
                     "pooling; use one trained as a sentence embedder, such as minilm")
         if shape.multi_label:
             return "few-shot training pairs rows of one label each; multi-label data is fine-tuned"
-        if shape.classes < 2 or shape.min_rows_per_class < 2:
-            return "few-shot training needs at least 2 classes and 2 training rows in every class"
+        if shape.classes < 2:
+            return "few-shot training needs at least 2 classes in the training rows"
         if train.long_texts != "truncate":
             return "few-shot training reads each text once, truncated to max_length (long_texts=truncate)"
         return None

@@ -163,8 +163,8 @@ def _fine_tuning(shape: DataShape) -> tuple[dict, int | None, str]:
         condition = "no sentence-transformers pooling in the encoder"
     elif shape.multi_label:
         condition = "multi-label"
-    elif shape.min_rows_per_class < 2:
-        condition = "a class with fewer than 2 rows"
+    elif shape.classes < 2:
+        condition = "a single class"
     else:
         condition = f"more than {FEW_SHOT_MAX_ROWS_PER_CLASS} rows per class"
     few_rows = shape.median_rows_per_class < FREEZE_BELOW_ROWS_PER_CLASS and shape.num_layers >= 2
