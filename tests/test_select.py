@@ -56,19 +56,38 @@ def test_uncertainty_picks_the_closest_calls_and_kcenter_spreads_out():
     assert (picks >= 3).mean() > 0.65  # 0.5 if it ignored the uncertainty
 
 
-def test_first_batch_covers_every_named_class_before_any_repeats():
+def test_typical_takes_the_heart_of_dense_clusters_not_outliers_and_skips_labelled_clusters():
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 8, dtype=np.float32)
+    dense = [centres[c] + 0.05 * rng.normal(size=(60, 8)) for c in (0, 1)]
+    outliers = centres[2] + 0.6 * rng.normal(size=(4, 8))  # few and scattered
+    points = np.concatenate(dense + [outliers]).astype(np.float32)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    flat = np.full((len(points), 2), 0.5)
+    picks = strategies.select("typical", flat, points, [], 2, seed=0)
+    assert sorted(p // 60 for p in picks.tolist()) == [0, 1]  # one from each dense cluster, no outlier
+    for pick in picks.tolist():  # and near its cluster's centre
+        cluster = points[pick // 60 * 60:(pick // 60 + 1) * 60]
+        assert points[pick] @ cluster.mean(axis=0) >= np.quantile(cluster @ cluster.mean(axis=0), 0.75)
+    # a labelled row in the first cluster: the next pick comes from the second
+    assert strategies.select("typical", flat, points, [3], 1, seed=0).tolist()[0] // 60 == 1
+
+
+def test_first_batch_opens_with_the_row_most_like_each_name_then_samples_the_pool():
     rng = np.random.default_rng(0)
     centres = np.eye(3, 8, dtype=np.float32)
     rows = np.concatenate([centres[c] + 0.1 * rng.normal(size=(size, 8)) for c, size in enumerate((100, 30, 5))])
     rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
     chosen = strategies.first_batch(rows, 9, seed=0, name_embeddings=centres)
     truth = np.repeat([0, 1, 2], (100, 30, 5))
-    assert sorted(truth[chosen[:3]].tolist()) == [0, 1, 2]  # the first three cover the classes
-    assert np.bincount(truth[chosen], minlength=3).tolist() == [3, 3, 3]
+    assert truth[chosen[:3]].tolist() == [0, 1, 2]  # the rare class too, in the names' order
+    assert chosen[:3].tolist() == [int(np.argmax(rows @ c)) for c in centres]
     assert len(set(chosen.tolist())) == 9
     np.testing.assert_array_equal(chosen, strategies.first_batch(rows, 9, seed=0, name_embeddings=centres))
+    assert strategies.first_batch(rows, 9, seed=1, name_embeddings=centres)[3:].tolist() != chosen[3:].tolist()
     without_names = strategies.first_batch(rows, 6, seed=0, labelled=[0, 1])
     assert len(set(without_names.tolist())) == 6 and not {0, 1} & set(without_names.tolist())
+    assert len(strategies.first_batch(rows, 500, seed=0, name_embeddings=centres)) == len(rows)
 
 
 def test_bad_strategy_and_budget_are_named():

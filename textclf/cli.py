@@ -831,7 +831,8 @@ def _add_select_command(commands) -> None:
         "select", help="choose the unlabelled rows an annotator should label next",
         description="Score an unlabelled pool with a trained model and write the BUDGET rows most worth labelling, "
         "best first, as a CSV that textclf train reads once its label column is filled in. Round 0 (no labels yet): "
-        "give an encoder (--model minilm) and, ideally, --label-names; the first batch then covers every class.")
+        "give an encoder (--model minilm) and, ideally, --label-names; the first batch is then a random sample of "
+        "the pool opened by the row most like each name.")
     select.add_argument("--model", required=True, metavar="RUN_OR_MODEL", help="a training run (its best/ model), a "
                         "model folder, or in round 0 an encoder (minilm, a folder or hub name)")
     select.add_argument("--pool", required=True, metavar="FILE", help="the unlabelled texts (CSV/TSV/JSONL with a "
@@ -842,11 +843,12 @@ def _add_select_command(commands) -> None:
                         help="the rows to label: text, label (empty), guess, confidence, pool_line")
     select.add_argument("--strategy", choices=sorted(STRATEGIES), help=f"how to choose (default {DEFAULT_STRATEGY}: "
                         "uncertain and diverse rows at once; margin/entropy: the most uncertain; kcenter: the most "
-                        "diverse; random); round 0 without a trained model: the first-batch rule")
+                        "diverse; typical: the heart of dense clusters; random); round 0 without a trained model: "
+                        "the first-batch rule")
     select.add_argument("--labelled", nargs="+", default=[], metavar="FILE", help="files of rows already labelled "
                         "(or already sent to an annotator): their texts are never chosen")
     select.add_argument("--label-names", metavar="FILE", help="round 0: one label per line (optionally "
-                        "label<TAB>description); the first batch shares the budget across these classes")
+                        "label<TAB>description); the first batch opens with the row most like each name")
     select.add_argument("--seed", type=int, default=0, help="the same pool, model and seed choose the same rows")
     select.add_argument("--text-column", default="text", help="the pool's text column (default text)")
     select.add_argument("--encoding", default="utf-8", help="the pool's encoding (default utf-8)")

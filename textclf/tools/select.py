@@ -173,20 +173,20 @@ def select_rows(model: str | Path, pool, budget: int, output: str | Path | None 
     scores = score_pool(model, texts, batch_size=batch_size, device=device, cache_dir=cache_dir,
                         model_class=model_class)
     if scores.probabilities is None:  # round 0: no trained model
-        if strategy not in (None, "kcenter", "random"):
+        if strategy not in (None, *strategies.ROUND_ZERO):
             raise ConfigError(f"select: --strategy {strategy} needs a trained model's probabilities; {model} is an "
                               "encoder (round 0): leave --strategy out (it covers the pool, and every class with "
-                              "--label-names), or use kcenter or random")
+                              f"--label-names), or use one of {', '.join(strategies.ROUND_ZERO)}")
         name_embeddings = None
         if label_names is not None:
             name_embeddings = embed_phrases(str(model), [label_names.phrase(i) for i in range(len(label_names.names))],
                                             device)
-        if strategy == "random":
-            rows = strategies.select("random", np.zeros((len(texts), 1)), scores.embeddings, labelled_rows, budget,
-                                     seed)
-        else:
+        if strategy is None:
             rows = strategies.first_batch(scores.embeddings, budget, seed, name_embeddings, labelled_rows)
-        strategy = strategy or ("first batch (label names)" if label_names is not None else "first batch (k-centre)")
+        else:  # a strategy named at round 0 runs as it is, over the whole pool
+            rows = strategies.select(strategy, np.zeros((len(texts), 1)), scores.embeddings, labelled_rows, budget,
+                                     seed)
+        strategy = strategy or ("first batch (label names)" if label_names is not None else "first batch (typical)")
         if name_embeddings is not None:
             similarity = scores.embeddings[rows] @ name_embeddings.T
             guesses = [label_names.names[j] for j in similarity.argmax(axis=1)]
