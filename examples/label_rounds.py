@@ -1,10 +1,10 @@
 """From label names to a classifier, one round of labels at a time, with a simulated annotator.
 
 The start most teams have: the names of the labels and a pile of unlabelled texts. Round 0 chooses a first batch
-that covers every class the names describe; the "annotator" (here: the data set's true labels) labels it; textclf
-trains on what is labelled (the automatic recipe); ``select`` chooses the next batch from what the model is unsure
-of; and so on. The learning curve (test accuracy after each round) is printed at the end, beside the accuracy of a
-model trained from the names alone.
+(the row most like each name, then a random sample of the pool); the "annotator" (here: the data set's true labels)
+labels it; textclf trains on what is labelled (the automatic recipe); ``select`` chooses the next batch from what the
+model is unsure of; and so on. The learning curve (test accuracy after each round) is printed at the end, beside
+the accuracy of a model trained from the names alone.
 
     python examples/label_rounds.py                                     # TREC, 3 rounds of 8 labels per class
     python examples/label_rounds.py --rounds 5 --strategy margin
