@@ -253,3 +253,69 @@ def test_an_empty_unlabelled_file_and_a_missing_teacher_are_clear_errors(tmp_pat
     assert cli.main(["train", "--data", str(tiny_data_dir), "--teacher", str(teacher), "--output",
                      str(tmp_path / "d"), *STUDENT]) == 2
     assert "run it as textclf distill" in capsys.readouterr().err
+
+
+# ================================================================================================== multi-label
+
+
+def test_the_soft_terms_are_the_kl_divergences_of_their_links():
+    from textclf.model.links import SigmoidLink, SoftmaxLink
+
+    rng = np.random.default_rng(0)
+    student, teacher = (torch.tensor(rng.normal(size=(5, 4)) * 3, dtype=torch.float32) for _ in range(2))
+    for link in (SoftmaxLink(), SigmoidLink()):
+        assert float(link.soft_target_loss(teacher, teacher, 2.0)) == pytest.approx(0.0, abs=1e-6)
+        assert float(link.soft_target_loss(student, teacher, 2.0)) > 0
+    # binary KL per label, averaged over rows and labels, times T^2
+    p, q = torch.sigmoid(teacher / 2), torch.sigmoid(student / 2)
+    by_hand = (p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q))).mean() * 4
+    assert float(SigmoidLink().soft_target_loss(student, teacher, 2.0)) == pytest.approx(float(by_hand), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def multilabel_data(tmp_path_factory, tiny_data_dir) -> Path:
+    """The tiny titles with a second label each (short or long)."""
+    folder = tmp_path_factory.mktemp("distill-ml")
+    for name in ("train.csv", "dev.csv", "test.csv"):
+        with open(tiny_data_dir / name, encoding="utf-8", newline="") as src, \
+                open(folder / name, "w", encoding="utf-8", newline="") as dst:
+            writer = csv.writer(dst)
+            writer.writerow(["text", "label"])
+            for row in csv.DictReader(src):
+                writer.writerow([row["text"], f"{row['label']}|{'short' if len(row['text']) < 20 else 'long'}"])
+    return folder
+
+
+def test_a_multilabel_teacher_distils_a_multilabel_student(tmp_path, encoder, pool, multilabel_data, teacher,
+                                                           capsys):
+    from textclf import Predictor
+
+    teacher_run = tmp_path / "teacher"
+    assert cli.main(["train", "--data", str(multilabel_data), "--multi-label", "--model", str(encoder), "--output",
+                     str(teacher_run), "--recipe", "fine-tune", "--epochs", "3", "--lr", "5e-3", *COMMON]) == 0
+    out = tmp_path / "student"
+    assert distill("--teacher", str(teacher_run / "best"), "--data", str(multilabel_data), "--multi-label",
+                   "--unlabelled", str(pool), "--student-layers", "1", "--alpha", "0.5", "--output", str(out),
+                   *STUDENT) == 0
+    # the cached targets are the teacher's log-odds, label by label
+    targets = load_file(str(out / TEACHER_DIR / TARGETS_FILE))["log_probs"]
+    with open(multilabel_data / "train.csv", encoding="utf-8", newline="") as handle:
+        first = next(csv.DictReader(handle))["text"]
+    said = Predictor.from_pretrained(teacher_run / "best", device="cpu", precision="fp32")
+    expected = said.logits([first])[0][[said.label_map.names.index(n) for n in _label_names(out)]]
+    assert np.allclose(targets[0].numpy(), expected, atol=1e-4)
+    student = Predictor.from_pretrained(out / "best", device="cpu")
+    assert student.model.config.num_hidden_layers == 1
+    assert isinstance(student.predict(first).label, list)  # a label set, decided at the student's thresholds
+    # a single-label teacher for multi-label data (and back) is refused by kind
+    capsys.readouterr()
+    assert distill("--teacher", str(teacher), "--data", str(multilabel_data), "--multi-label", "--output",
+                   str(tmp_path / "mixed"), *STUDENT) == 2
+    assert "is single-label (one label per text) and the training data is multi-label" in capsys.readouterr().err
+    assert not (tmp_path / "mixed").exists()
+
+
+def _label_names(run: Path) -> list[str]:
+    from textclf.data.labels import LabelMap
+
+    return list(LabelMap.load(run / "best").names)

@@ -2,8 +2,9 @@
 
 The teacher is anything :meth:`textclf.Predictor.from_pretrained` loads (a model folder, a seed-ensemble folder, an
 ONNX or TorchScript export): it reads the texts with its own tokenizer, length and normaliser, so the student may
-use another encoder. Its log-probabilities (the log of the ensemble's mean probabilities for an ensemble; the
-calibration temperature is not applied: the distillation temperature softens them) are cached in the run folder,
+use another encoder. Its log-probabilities (each label's log-odds for a multi-label teacher; those of the mean
+probabilities for an ensemble; the calibration temperature is not applied: the distillation temperature softens
+them) are cached in the run folder,
 ``OUTPUT/teacher/targets.safetensors``, keyed by the teacher's files and the texts. A resumed run reads them back
 instead of recomputing them, so it continues on bit-identical targets, and an epoch costs only the student.
 """
@@ -48,12 +49,15 @@ def check_teacher(teacher: str | Path) -> Path:
 
 def teacher_log_probs(teacher: str | Path, texts: list[str], label_map: LabelMap, device: str = "auto",
                       precision: str = "auto", batch_size: int = 128, say=print) -> torch.Tensor:
-    """``[N, C]`` float32 log-probabilities of the teacher for ``texts``, columns in ``label_map``'s order.
+    """``[N, C]`` float32 scores of the teacher for ``texts`` in its link's log space, columns in ``label_map``'s
+    order: log-probabilities (softmax), or each label's log-odds (multi-label, sigmoid); an ensemble's are those of
+    its mean probabilities.
 
     The teacher must know exactly the data's labels (the order may differ): a student cannot learn a class the
     teacher has no probability for, and a teacher class the data lacks would leave probability mass nowhere.
     """
     from ..deploy.predict import Predictor
+    from ..model.links import link_for
 
     folder = check_teacher(teacher)
     predictor = Predictor.from_pretrained(folder, device=device, precision=precision, batch_size=batch_size)
@@ -62,14 +66,18 @@ def teacher_log_probs(teacher: str | Path, texts: list[str], label_map: LabelMap
     say(f"teacher {folder}: scoring {len(texts):,} texts once (cached in the run folder)")
     logits = torch.from_numpy(np.ascontiguousarray(predictor.logits(texts))).float()
     order = [names.index(name) for name in label_map.names]
-    return torch.log_softmax(logits[:, order], dim=-1)
+    link = link_for(label_map)
+    return link.logits(link.probabilities(logits[:, order]))
 
 
 def check_same_labels(folder: Path, teacher: LabelMap, data: LabelMap) -> None:
-    """Refuse a teacher whose label set is not the data's (the order may differ), naming what each lacks."""
-    if teacher.multi_label or data.multi_label:
-        raise ConfigError("train.recipe distill: distillation matches one probability distribution per text; "
-                          "multi-label models and data are not supported yet (train the student with fine-tune)")
+    """Refuse a teacher whose label set is not the data's (the order may differ), naming what each lacks, or whose
+    kind (one label per text, or multi-label) is not the data's."""
+    if teacher.multi_label != data.multi_label:
+        kinds = {True: "multi-label", False: "single-label (one label per text)"}
+        raise ConfigError(f"train.teacher: the teacher {folder} is {kinds[teacher.multi_label]} and the training data "
+                          f"is {kinds[data.multi_label]}; distil on data of the teacher's kind (--multi-label as the "
+                          "teacher was trained)")
     names = list(teacher.names)
     if set(names) != set(data.names):
         missing, extra = sorted(set(data.names) - set(names)), sorted(set(names) - set(data.names))

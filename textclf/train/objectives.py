@@ -274,12 +274,14 @@ class Distillation(Classification):
         rt = trainer.runtime  # the teacher runs on the run's device, in its precision
         self.targets = TeacherTargets(self.teacher, texts, trainer.label_map, trainer.output_dir, str(rt.device),
                                       rt.precision, trainer.config.eval_batch_size, trainer.print)
-        guesses = self.targets.log_probs[len(split):].argmax(-1).tolist()
+        task = trainer.task  # the teacher's decision for an unlabelled row: argmax, or the labels at 0.5
+        decisions = task.decisions(task.probabilities(self.targets.log_probs[len(split):]).numpy())
         self.labelled = torch.arange(len(texts)) < len(split)
         names = trainer.label_map.names
+        guesses = [_names(task.label_ids(d), names) for d in decisions]
         trainer.print(f"distilling from {self.teacher} on {len(split):,} labelled and {len(extra):,} unlabelled "
                       f"rows (alpha {self.alpha:g}, temperature {self.temperature:g})")
-        return replace(split, texts=texts, labels=list(split.labels) + [names[g] for g in guesses], locations=None)
+        return replace(split, texts=texts, labels=list(split.labels) + guesses, locations=None)
 
     def with_columns(self, trainer, dataset):
         if self.targets is not None:
@@ -298,15 +300,17 @@ class Distillation(Classification):
         if self.targets is None:
             return super().loss(trainer, batch)
         logits = self.logits(trainer, batch)
-        t = self.temperature
-        student = torch.log_softmax(logits.float() / t, dim=-1)  # fp32: bf16 log-probabilities are too coarse
-        teacher = torch.log_softmax(batch["teacher"] / t, dim=-1)
-        soft = nn.functional.kl_div(student, teacher, reduction="batchmean", log_target=True) * (t * t)
+        soft = trainer.task.link.soft_target_loss(logits, batch["teacher"], self.temperature)  # softmax or sigmoids
         labelled = batch["labelled"]
         if self.alpha == 1 or not bool(labelled.any()):
             return soft, logits.detach(), len(logits)
         hard = trainer.compute_loss(logits[labelled], {"labels": batch["labels"][labelled]})
         return self.alpha * soft + (1 - self.alpha) * hard, logits.detach(), len(logits)
+
+
+def _names(ids: int | list[int], names) -> str | list[str]:
+    """A decision's label ids as the data spells labels: one name, or a list of names (multi-label)."""
+    return names[ids] if isinstance(ids, int) else [names[i] for i in ids]
 
 
 def embed_rows(trainer, dataset) -> np.ndarray:
