@@ -378,3 +378,17 @@ def test_an_atomic_write_keeps_the_files_permissions(tmp_path):
     path.chmod(0o600)
     outputs.write_file_atomically(path, "new")
     assert path.read_text() == "new" and (path.stat().st_mode & 0o777) == 0o600
+
+
+def test_run_records_are_replaced_whole_never_written_through_a_planted_link(tmp_path):
+    """config.yaml, cv.json, fold.json, tune.json and export records go through the atomic write: a link planted at
+    the name is replaced, and the file it pointed at is untouched."""
+    from textclf.config import save_mapping
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n", encoding="utf-8")
+    for name in ("config.yaml", "cv.json"):
+        (tmp_path / name).symlink_to(victim)
+        save_mapping({"train": {"epochs": 2}}, tmp_path / name)
+        assert not (tmp_path / name).is_symlink() and "epochs" in (tmp_path / name).read_text(encoding="utf-8")
+    assert victim.read_text(encoding="utf-8") == "keep me\n"

@@ -615,9 +615,12 @@ def save_mapping(mapping: dict[str, Any], path: str | Path) -> None:
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        path.write_text(yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        text = yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True)
     else:
-        path.write_text(json.dumps(mapping, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        text = json.dumps(mapping, indent=2, ensure_ascii=False) + "\n"
+    from .outputs import write_file_atomically  # a crash leaves the old file or the new one, never half of one
+
+    write_file_atomically(path, text)
 
 
 def field_docs(klass: type) -> dict[str, str]:

@@ -680,4 +680,4 @@ def _export_metadata(model_dir: Path, reference, format: str, quantize: str | No
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    outputs.write_file_atomically(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")

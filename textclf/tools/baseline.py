@@ -402,7 +402,7 @@ def compare_with_baseline(output_dir: str | Path, data, **baseline_kwargs: Any) 
     run = json.loads(path.read_text(encoding="utf-8"))
     result = run_baseline(data, None, **baseline_kwargs)
     run["baseline"] = {k: v for k, v in result.items() if k != "report"}
-    path.write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    outputs.write_file_atomically(path, json.dumps(run, indent=2, ensure_ascii=False) + "\n")
     write_html_report(output_dir)  # report.html shows the baseline's scores beside the run's
     lines = [f"{'split':<6} {'metric':<9} {'model':>8} {'baseline':>9} {'diff':>8}"]
     for split in ("dev", "test"):

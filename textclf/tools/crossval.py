@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import outputs
 from ..errors import ConfigError, DataError, OutputDirError
 
 __all__ = ["CVResult", "cross_validate", "train_fold"]
@@ -154,8 +155,8 @@ def cross_validate(data, k: int = 5, model: str = "minilm", output_dir: str | Pa
         # A fold is never resumed (--cv refuses --resume; a rerun trains every fold again), so its training-state
         # checkpoints (each about 3x the model's weights) are only disk: the fold's model stays in last/.
         remove_checkpoints(out / f"fold-{fold}" / "checkpoints")
-        (out / f"fold-{fold}" / "fold.json").write_text(json.dumps(entry, indent=2, ensure_ascii=False) + "\n",
-                                                        encoding="utf-8")
+        outputs.write_file_atomically(out / f"fold-{fold}" / "fold.json",
+                                      json.dumps(entry, indent=2, ensure_ascii=False) + "\n")
         results.append(entry)
         if printer is not None:
             printer(f"fold {fold}/{k}: held-out accuracy {entry['held_out']['accuracy']:.4f}, macro F1 "
@@ -171,7 +172,7 @@ def cross_validate(data, k: int = 5, model: str = "minilm", output_dir: str | Pa
                 summary[f"baseline {part}"] = _mean_std([r["baseline"][part] for r in results])
     record = {"k": k, "rows": n, "include_dev": include_dev, "model": model, "summary": summary,
               "folds": results}
-    (out / CV_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    outputs.write_file_atomically(out / CV_FILE, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     return CVResult(out, results, summary)
 
 

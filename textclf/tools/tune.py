@@ -498,8 +498,8 @@ def tune(data, output_dir: str | Path, budget: float | str, model_config: ModelC
         finally:  # an error or a signal: the time spent still counts when the search continues
             clock.save()
         result = _summarise(study, search, clock.spent, interrupted)
-        (out / SUMMARY_FILE).write_text(json.dumps(dataclasses.asdict(result) | {"output_dir": str(out)}, indent=1,
-                                                   default=str) + "\n", encoding="utf-8")
+        outputs.write_file_atomically(out / SUMMARY_FILE, json.dumps(
+            dataclasses.asdict(result) | {"output_dir": str(out)}, indent=1, default=str) + "\n")
     return result
 
 
