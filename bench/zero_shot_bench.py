@@ -95,7 +95,7 @@ def run_one(system: str, dataset: str, seed: int, pool: Path, work: Path) -> dic
     elif system == "similarity":
         result = run_similarity(dataset, test.texts, test.labels)
     else:
-        result = run_setfit(dataset, test.texts, test.labels, seed, work)
+        result = run_setfit(dataset, test.texts, test.labels, seed, work.parent / "setfit")  # its own checkpoints
     return {"dataset": dataset, "system": system, "seed": seed, **result,
             "seconds": round(time.perf_counter() - start, 1)}
 
