@@ -206,8 +206,8 @@ def _csv_field(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = resumable_parser(__doc__, "active-learning.json")
-    parser.add_argument("--datasets", default="trec,ag_news_subset,sst2")
-    parser.add_argument("--strategies", default="random,margin,kcenter,badge")
+    parser.add_argument("--datasets", default="trec,sst2,trec_imbalanced,ag_news_subset")
+    parser.add_argument("--strategies", default="random,badge,typical,margin")
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--rounds", type=int, default=8, help="rounds of --per-class labels per class")
     parser.add_argument("--per-class", type=int, default=8)
