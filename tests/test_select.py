@@ -56,6 +56,29 @@ def test_uncertainty_picks_the_closest_calls_and_kcenter_spreads_out():
     assert (picks >= 3).mean() > 0.65  # 0.5 if it ignored the uncertainty
 
 
+def test_badge_draws_as_k_means_pp_over_the_explicit_gradient_embeddings():
+    """The factored inner products pick what k-means++ over the [N, C x H] gradient embeddings picks."""
+    probabilities, embeddings = _pool(300, classes=5, width=12, seed=3)
+    residual = probabilities.copy()
+    residual[np.arange(300), probabilities.argmax(1)] -= 1.0
+    gradients = (residual[:, :, None] * embeddings[:, None, :]).reshape(300, -1).astype(np.float64)
+
+    def reference(k, rng):  # textbook k-means++ seeding, the longest vector first
+        norms = (gradients ** 2).sum(1)
+        picks = [int(np.argmax(norms))]
+        distance = ((gradients - gradients[picks[0]]) ** 2).sum(1)
+        for _ in range(k - 1):
+            pick = int(rng.choice(len(gradients), p=distance / distance.sum()))
+            picks.append(pick)
+            distance = np.minimum(distance, ((gradients - gradients[pick]) ** 2).sum(1))
+            distance[pick] = 0.0
+        return picks
+
+    for seed in range(3):
+        ours = strategies.select("badge", probabilities, embeddings, [], 20, seed=seed).tolist()
+        assert ours == reference(20, np.random.default_rng(seed))
+
+
 def test_typical_takes_the_heart_of_dense_clusters_not_outliers_and_skips_labelled_clusters():
     rng = np.random.default_rng(0)
     centres = np.eye(3, 8, dtype=np.float32)

@@ -66,8 +66,16 @@ def badge_rows(probabilities, embeddings, labelled, budget: int, rng: np.random.
     p = probabilities[candidates]
     residual = p.copy()
     residual[np.arange(len(p)), p.argmax(axis=1)] -= 1.0  # the gradient of the loss if the guess were the label
-    gradients = (residual[:, :, None] * embeddings[candidates][:, None, :]).reshape(len(p), -1)
-    return candidates[_k_means_pp(gradients, budget, rng)]
+    # Each gradient embedding is the outer product residual x embedding, so inner products factor:
+    # <r_i x e_i, r_j x e_j> = <r_i, r_j> <e_i, e_j>. The [N, C x H] vectors are never built (C x H wide: 2,304
+    # floats a row for 6 classes and MiniLM), and a pick costs O(N (C + H)).
+    vectors = np.asarray(embeddings[candidates], dtype=np.float64)
+
+    def inner(pick: int) -> np.ndarray:
+        return (residual @ residual[pick]) * (vectors @ vectors[pick])
+
+    squared_norms = (residual * residual).sum(axis=1) * (vectors * vectors).sum(axis=1)
+    return candidates[_k_means_pp(squared_norms, inner, budget, rng)]
 
 
 STRATEGIES: dict[str, Callable] = {"random": random_rows, "margin": margin_rows, "entropy": entropy_rows,
@@ -203,27 +211,31 @@ def _typicality(points: np.ndarray, rng: np.random.Generator, neighbours: int = 
     return (top.sum(axis=1) - top.max(axis=1)) / n
 
 
-def _k_means_pp(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeding: the first pick is the longest vector, each next one drawn with probability proportional to
+def _k_means_pp(squared_norms: np.ndarray, inner: Callable[[int], np.ndarray], k: int,
+                rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding over points given by their squared norms and ``inner(i)`` (every point's inner product
+    with point ``i``): the first pick is the longest vector, each next one drawn with probability proportional to
     its squared distance from the nearest pick."""
-    k = min(k, len(points))
+    k = min(k, len(squared_norms))
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
-    points = np.asarray(points, dtype=np.float64)  # the draw's probabilities must sum to one: no float32 rounding
-    squared_norms = (points * points).sum(axis=1)
+    squared_norms = np.asarray(squared_norms, dtype=np.float64)  # the draw's probabilities must sum to one
+
+    def squared_distance(pick: int) -> np.ndarray:
+        return np.maximum(squared_norms + squared_norms[pick] - 2.0 * inner(pick), 0.0)
+
     first = int(np.argmax(squared_norms))
     picks = [first]
-    distance = np.maximum(squared_norms + squared_norms[first] - 2.0 * points @ points[first], 0.0)
+    distance = squared_distance(first)
     distance[first] = 0.0
     for _ in range(k - 1):
         total = distance.sum()
         if total <= 0:  # every row left coincides with a pick: take them in random order
-            rest = np.setdiff1d(np.arange(len(points)), picks)
+            rest = np.setdiff1d(np.arange(len(squared_norms)), picks)
             picks.extend(int(i) for i in rng.permutation(rest)[:k - len(picks)])
             break
-        pick = int(rng.choice(len(points), p=distance / total))
+        pick = int(rng.choice(len(squared_norms), p=distance / total))
         picks.append(pick)
-        distance = np.minimum(distance, np.maximum(squared_norms + squared_norms[pick] - 2.0 * points @ points[pick],
-                                                   0.0))
+        distance = np.minimum(distance, squared_distance(pick))
         distance[pick] = 0.0
     return np.asarray(picks, dtype=np.int64)
