@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.resumable import DATA, load_runs, resumable_parser, save_runs, shared_data_missing
+from bench.resumable import DATA, ROOT, load_runs, resumable_parser, save_runs, shared_data_missing
 from bench.startup_bench import cpu_model
 
 # The label names a team would write down; a description where the data set's names are codes.
@@ -121,7 +121,8 @@ def mean_curves(runs: list[dict], dataset: str) -> dict[str, list[dict]]:
     score (``accuracy``, ``macro_f1``, ``tfidf_accuracy``, ``minority_f1``)."""
     minority = MINORITY.get(dataset, (None,))[0]
     curves = {}
-    for strategy in dict.fromkeys(r["strategy"] for r in runs if r["dataset"] == dataset):
+    named = dict.fromkeys(r["strategy"] for r in runs if r["dataset"] == dataset)
+    for strategy in sorted(named, key=lambda name: (name != "random", name)):  # random first, the baseline
         mine = [r["curve"] for r in runs if (r["dataset"], r["strategy"]) == (dataset, strategy)]
         rounds = min(len(c) for c in mine)
         curves[strategy] = [{"labels": mine[0][i]["labels"], "seeds": len(mine),
@@ -184,6 +185,7 @@ def plot(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets = [d for d in dict.fromkeys(r["dataset"] for r in runs) if "random" in mean_curves(runs, d)]
+    zero_shot = load_runs(ROOT / "bench" / "results" / "zero-shot.json")
     figure, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.6), dpi=110, squeeze=False)
     for axis, dataset in zip(axes[0], datasets):
         curves = mean_curves(runs, dataset)
@@ -192,6 +194,9 @@ def plot(runs: list[dict], path: Path) -> None:
         random_curve = curves["random"]
         axis.plot([p["labels"] for p in random_curve], [p["tfidf_accuracy"] for p in random_curve], ":", color="grey",
                   label="TF-IDF (random's labels)")
+        names_only = [r["accuracy"] for r in zero_shot if (r["dataset"], r["system"]) == (dataset, "textclf")]
+        if names_only:  # round 0's model, from the names alone (bench/zero_shot_bench.py)
+            axis.plot([0], [statistics.mean(names_only)], "*", color="black", markersize=10, label="names only")
         axis.set(title=dataset, xlabel="labelled rows", ylabel="test accuracy")
     axes[0][0].legend(fontsize=8)
     figure.tight_layout()
