@@ -109,7 +109,8 @@ def table(runs: list[dict]) -> str:
         for system in SYSTEMS:
             mine = [r for r in runs if (r["dataset"], r["system"]) == (dataset, system)]
             cells.append(f"{statistics.mean(r['accuracy'] for r in mine):.3f} "
-                         f"({statistics.mean(r['macro_f1'] for r in mine):.3f}), {len(mine)} seeds" if mine else "")
+                         f"({statistics.mean(r['macro_f1'] for r in mine):.3f}), "
+                         f"{len(mine)} seed{'s' if len(mine) > 1 else ''}" if mine else "")
         lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
