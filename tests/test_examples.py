@@ -205,7 +205,7 @@ def test_label_rounds_script(tmp_path, tiny_sentence_encoder, capsys):
                          str(tiny_sentence_encoder), "--rounds", "2", "--per-class", "1", "--max-steps", "2",
                          "--output", str(tmp_path / "runs")])
     assert [point["labels"] for point in curve] == [0, 10, 20]  # names only, then one label per class per round
-    assert curve[1]["strategy"].startswith("first batch") and curve[2]["strategy"] == "badge"
+    assert curve[1]["strategy"].startswith("first batch") and curve[2]["strategy"] == "typical"
     assert "test accuracy" in capsys.readouterr().out
     first, second = (tmp_path / "runs" / "round0.csv").read_text(encoding="utf-8-sig"), \
         (tmp_path / "runs" / "round1.csv").read_text(encoding="utf-8-sig")

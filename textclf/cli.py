@@ -842,9 +842,9 @@ def _add_select_command(commands) -> None:
     select.add_argument("--output", required=True, metavar="FILE.csv",
                         help="the rows to label: text, label (empty), guess, confidence, pool_line")
     select.add_argument("--strategy", choices=sorted(STRATEGIES), help=f"how to choose (default {DEFAULT_STRATEGY}: "
-                        "uncertain and diverse rows at once; margin/entropy: the most uncertain; kcenter: the most "
-                        "diverse; typical: the heart of dense clusters; random); round 0 without a trained model: "
-                        "the first-batch rule")
+                        "the typical rows of the pool's largest clusters without a label; badge: uncertain and "
+                        "diverse rows at once; margin/entropy: the most uncertain; kcenter: the most diverse; "
+                        "random); round 0 without a trained model: the first-batch rule")
     select.add_argument("--labelled", nargs="+", default=[], metavar="FILE", help="files of rows already labelled "
                         "(or already sent to an annotator): their texts are never chosen")
     select.add_argument("--label-names", metavar="FILE", help="round 0: one label per line (optionally "

@@ -81,7 +81,7 @@ def badge_rows(probabilities, embeddings, labelled, budget: int, rng: np.random.
 STRATEGIES: dict[str, Callable] = {"random": random_rows, "margin": margin_rows, "entropy": entropy_rows,
                                    "kcenter": kcenter_rows, "typical": typical_rows, "badge": badge_rows}
 ROUND_ZERO = ("typical", "kcenter", "random")  # the strategies that need no model's probabilities
-DEFAULT_STRATEGY = "badge"
+DEFAULT_STRATEGY = "typical"  # measured: docs/small-data.md, "What the benchmarks show"
 
 
 def select(strategy: str, probabilities: np.ndarray, embeddings: np.ndarray, labelled, budget: int,
