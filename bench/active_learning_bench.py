@@ -117,13 +117,16 @@ def simulate(dataset: str, strategy: str, seed: int, rounds: int, per_class: int
 # ================================================================================================ what it shows
 
 def mean_curves(runs: list[dict], dataset: str) -> dict[str, list[dict]]:
-    """Per strategy, the curve averaged over the seeds that reached every round: ``labels`` and the mean of each
-    score (``accuracy``, ``macro_f1``, ``tfidf_accuracy``, ``minority_f1``)."""
+    """Per strategy, the curve averaged over the seeds every strategy ran (paired: the same first batches):
+    ``labels`` and the mean of each score (``accuracy``, ``macro_f1``, ``tfidf_accuracy``, ``minority_f1``)."""
     minority = MINORITY.get(dataset, (None,))[0]
     curves = {}
     named = dict.fromkeys(r["strategy"] for r in runs if r["dataset"] == dataset)
+    seeds = set.intersection(*({r["seed"] for r in runs if (r["dataset"], r["strategy"]) == (dataset, strategy)}
+                               for strategy in named)) if named else set()
     for strategy in sorted(named, key=lambda name: (name != "random", name)):  # random first, the baseline
-        mine = [r["curve"] for r in runs if (r["dataset"], r["strategy"]) == (dataset, strategy)]
+        mine = [r["curve"] for r in runs
+                if (r["dataset"], r["strategy"]) == (dataset, strategy) and r["seed"] in seeds]
         rounds = min(len(c) for c in mine)
         curves[strategy] = [{"labels": mine[0][i]["labels"], "seeds": len(mine),
                              **{key: statistics.mean(c[i][key] for c in mine)
@@ -157,7 +160,7 @@ def table(runs: list[dict]) -> str:
         strategies = list(curves)
         minority = MINORITY.get(dataset, (None,))[0]
         seeds = min(p["seeds"] for c in curves.values() for p in c)
-        lines += [f"**{dataset}** (mean of {seeds} seeds; accuracy (macro-F1)"
+        lines += [f"**{dataset}** (mean of {seeds} seed{'s' if seeds > 1 else ''}; accuracy (macro-F1)"
                   + (f", then {minority}'s F1" if minority else "") + ")", "",
                   "| labels | " + " | ".join(strategies) + " | TF-IDF on random's labels |",
                   "|---" * (len(strategies) + 2) + "|"]
