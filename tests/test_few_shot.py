@@ -67,7 +67,7 @@ def test_distributed_ranks_take_disjoint_equal_shares():
 ])
 def test_data_that_cannot_be_paired_is_refused_clearly(labels, message):
     with pytest.raises(ConfigError, match=message):
-        PairBatches(labels, 4, 2, label_names=["a", "b"])
+        PairBatches(labels, 4, 2)
 
 
 # ================================================================================================ the head

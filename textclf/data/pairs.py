@@ -32,11 +32,10 @@ class PairBatches:
         pairs_per_row: same-label partners drawn per row and epoch; as many different-label partners are drawn.
         seed: with the epoch, fixes the draw.
         rank, world_size: this process's share under distributed training (every ``world_size``-th batch).
-        label_names: names of the classes, for error messages.
     """
 
     def __init__(self, labels: Sequence[int], batch_size: int, pairs_per_row: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, label_names: Sequence[str] | None = None):
+                 world_size: int = 1):
         self.labels = np.asarray(labels)
         if self.labels.ndim != 1:
             raise ConfigError("train.recipe: few-shot training pairs rows of one label each; multi-label data is not "

@@ -186,7 +186,7 @@ def select_rows(model: str | Path, pool, budget: int, output: str | Path | None 
         else:  # a strategy named at round 0 runs as it is, over the whole pool
             rows = strategies.select(strategy, np.zeros((len(texts), 1)), scores.embeddings, labelled_rows, budget,
                                      seed)
-        strategy = strategy or ("first batch (label names)" if label_names is not None else "first batch (typical)")
+        strategy = strategy or ("first batch (label names)" if label_names is not None else "first batch (random)")
         if name_embeddings is not None:
             similarity = scores.embeddings[rows] @ name_embeddings.T
             guesses = [label_names.names[j] for j in similarity.argmax(axis=1)]

@@ -181,18 +181,14 @@ def _typical(embeddings: np.ndarray, candidates: np.ndarray, labelled: np.ndarra
     clusters = min(len(labelled) + k, len(rows))
     assigned = KMeans(clusters, n_init=1, random_state=int(rng.integers(2**31))).fit_predict(points)
     covered = set(assigned[len(candidates):].tolist())
+    members = [np.flatnonzero(assigned[:len(candidates)] == cluster) for cluster in range(clusters)]
     typicality = np.zeros(len(candidates))
-    for cluster in range(clusters):
-        members = np.flatnonzero(assigned[:len(candidates)] == cluster)
-        if len(members):
-            typicality[members] = _typicality(points[members], rng)
+    for rows_of_cluster in members:
+        if len(rows_of_cluster):
+            typicality[rows_of_cluster] = _typicality(points[rows_of_cluster], rng)
     sizes = np.bincount(assigned, minlength=clusters)
-    free = [c for c in np.argsort(-sizes, kind="stable") if c not in covered and sizes[c]]
-    picks = []
-    for cluster in free[:k]:
-        members = np.flatnonzero(assigned[:len(candidates)] == cluster)
-        if len(members):
-            picks.append(int(members[np.argmax(typicality[members])]))
+    free = [c for c in np.argsort(-sizes, kind="stable") if c not in covered and sizes[c]]  # candidates only
+    picks = [int(members[c][np.argmax(typicality[members[c]])]) for c in free[:k]]
     if len(picks) < k:  # more wanted than free clusters: the most typical rows not picked yet
         rest = np.setdiff1d(np.arange(len(candidates)), picks)
         picks.extend(int(i) for i in rest[np.argsort(-typicality[rest], kind="stable")][:k - len(picks)])

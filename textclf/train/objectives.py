@@ -194,7 +194,7 @@ class ContrastivePairs(Objective):
     def sampler(self, trainer):
         cfg, rt = trainer.config, trainer.runtime
         return PairBatches(trainer.train_dataset.labels, cfg.batch_size, cfg.pairs_per_row, cfg.seed, rt.rank,
-                           rt.world_size, trainer.label_map.names)
+                           rt.world_size)
 
     def loss(self, trainer, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, None, int]:
         """The batch holds ``B`` anchors, then their ``B`` partners: one forward pass embeds both sides."""
