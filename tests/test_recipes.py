@@ -106,6 +106,10 @@ def test_describe_measures_rows_lengths_script_and_vocabulary():
     chinese = describe(["这是一个中文句子"] * 4, [["a", "b"], ["a"], ["b"], ["a"]], True, _Tokenizer(),
                        _EncoderConfig(), False)
     assert chinese.language == "zh" and chinese.multi_label and (chinese.min_rows_per_class, chinese.classes) == (2, 2)
+    # an unlabelled pool counts for lengths (templated sentences are shorter than the texts read), not for rows
+    pooled = describe(["a b"] * 4, ["x", "x", "y", "y"], False, _Tokenizer(), _EncoderConfig(), True,
+                      pool=["a " * 30] * 20)
+    assert (pooled.rows, pooled.length_quantile) == (4, 32)
 
 
 @pytest.mark.parametrize("recipe", ["fine-tune", "auto"])

@@ -223,6 +223,8 @@ def test_train_from_label_names_gives_an_ordinary_model_folder(tiny_model_dir, t
     out = capsys.readouterr().out
     assert code == 0
     assert f"label names: {len(names)} labels, {8 * len(names)} templated sentences" in out
+    # max_length is measured over the pool's texts, not only the short templated sentences: the test reads whole
+    assert "test:" not in out and "truncated" not in out, out
     assert "test" in json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     assert f"model: {run / 'last'} (no dev split" in out  # no dev split: the final weights, no best/
     assert cli.main(["predict", "--model", str(run / "last"), "--quiet", "湖人队击败勇士"]) == 0

@@ -111,6 +111,9 @@ class DatasetSplits:
     dev: Split | None
     test: Split | None
     label_map: LabelMap
+    # Unlabelled texts of the kind the model will read (a start from label names trains on short templated sentences
+    # and a few pool rows): the automatic recipe measures text lengths over them too, so max_length fits the texts.
+    pool: list[str] | None = None
 
 
 # ====================================================================================================== public API

@@ -99,4 +99,4 @@ def dataset_from_label_names(pool, names: LabelNames, encoder: str, test=None, d
     taken = len(train_texts) - len(template_texts)
     say(f"label names: {len(names.names)} labels, {len(template_texts)} templated sentences and {taken} of the "
         f"pool's {len(texts)} rows that the names describe best ({per_label} per label at most), to train on")
-    return DatasetSplits(train, None, test_split, label_map)
+    return DatasetSplits(train, None, test_split, label_map, pool=texts)

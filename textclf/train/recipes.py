@@ -180,18 +180,19 @@ def _max_length(shape: DataShape) -> int:
 
 
 def describe(texts: list[str], labels: list, multi_label: bool, tokenizer, encoder_config,
-             sentence_encoder: bool) -> DataShape:
+             sentence_encoder: bool, pool: list[str] | None = None) -> DataShape:
     """Measure the training rows and the encoder.
 
     Args:
         texts, labels: the training split (labels: one name per row, or a list of names per row).
+        pool: unlabelled texts the model will read, measured with ``texts`` for lengths, script and vocabulary.
         multi_label: whether ``labels`` holds lists.
         tokenizer: the encoder's fast tokenizer (lengths and unknown tokens are measured with it).
         encoder_config: the encoder's Hugging Face config (width, depth, position limit).
         sentence_encoder: whether the encoder ships sentence-transformers mean pooling.
     """
     labelled = label_shape(labels, multi_label, sentence_encoder)
-    sample = _sample(texts)
+    sample = _sample(list(texts) + list(pool or []))
     encoded = tokenizer(sample, add_special_tokens=True, truncation=False)["input_ids"]
     lengths = sorted(len(ids) for ids in encoded)
     unknown = _unknown_share(encoded, tokenizer)
@@ -285,7 +286,7 @@ def resolve_auto(data, tokenizer, model_config: ModelConfig, train: TrainConfig,
             raise ConfigError(f"train.recipe auto: cannot read the config of model {model_config.name!r} ({exc}); "
                               "give a hub name or a local model folder") from None
     shape = describe(data.train.texts, data.train.labels, data.label_map.multi_label, tokenizer, encoder_config,
-                     is_sentence_encoder(model_config.name))
+                     is_sentence_encoder(model_config.name), pool=data.pool)
     return choose(shape, train, model_config, explicit_train, explicit_model)
 
 
