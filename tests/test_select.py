@@ -96,6 +96,25 @@ def test_typical_takes_the_heart_of_dense_clusters_not_outliers_and_skips_labell
     assert strategies.select("typical", flat, points, [3], 1, seed=0).tolist()[0] // 60 == 1
 
 
+def test_typicality_is_the_mean_similarity_to_the_nearest_other_points_also_when_the_cluster_is_subsampled():
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(12, 4))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    points[1] = points[0]  # a duplicate text is a neighbour like any other
+
+    def expected(reference: np.ndarray, n: int) -> np.ndarray:
+        return np.array([np.sort([points[i] @ points[j] for j in reference if j != i])[-n:].mean()
+                         for i in range(len(points))])
+
+    whole = strategies._typicality(points, np.random.default_rng(0), neighbours=3)
+    np.testing.assert_allclose(whole, expected(np.arange(12), 3), rtol=1e-6)
+    assert whole[0] == whole.max()  # its duplicate is its nearest neighbour
+    # over 5 of the 12 points: the points drawn are not their own neighbours, the others are compared with all 5
+    drawn = np.random.default_rng(7).choice(12, 5, replace=False)
+    sub = strategies._typicality(points, np.random.default_rng(7), neighbours=3, most=5)
+    np.testing.assert_allclose(sub, expected(drawn, 3), rtol=1e-6)
+
+
 def test_first_batch_opens_with_the_row_most_like_each_name_then_samples_the_pool():
     rng = np.random.default_rng(0)
     centres = np.eye(3, 8, dtype=np.float32)

@@ -200,11 +200,11 @@ def _typicality(points: np.ndarray, rng: np.random.Generator, neighbours: int = 
     points (TypiClust's inverse mean distance to the nearest neighbours), against at most ``most`` of them."""
     if len(points) == 1:
         return np.ones(1)
-    reference = points if len(points) <= most else points[rng.choice(len(points), most, replace=False)]
-    similarity = points @ reference.T
+    reference = np.arange(len(points)) if len(points) <= most else rng.choice(len(points), most, replace=False)
+    similarity = points @ points[reference].T
+    similarity[reference, np.arange(len(reference))] = -np.inf  # a point is not its own neighbour
     n = min(neighbours, len(reference) - 1)
-    top = np.partition(similarity, len(reference) - 1 - n, axis=1)[:, -(n + 1):]  # itself and its n nearest
-    return (top.sum(axis=1) - top.max(axis=1)) / n
+    return np.partition(similarity, len(reference) - n, axis=1)[:, -n:].mean(axis=1)
 
 
 def _k_means_pp(squared_norms: np.ndarray, inner: Callable[[int], np.ndarray], k: int,
