@@ -10,11 +10,20 @@ alone) and distilled (the default alpha and temperature, the pool included). Eve
 in a fresh process. The share of the gap closed is ``(distilled - control) / (teacher - control)``, from the mean
 accuracies.
 
+The peer, per draw and from the same teacher: SetFit's ``DistillationTrainer`` as its knowledge-distillation guide
+runs it (``TrainingArguments(batch_size=16, max_steps=500)``, the 500 unlabelled texts), with the student SetFit
+would be given here: ``minilm`` as a sentence transformer, cut to the same K layers (``--setfit``, model
+``student-KL setfit distilled``). SetFit distils the teacher's sentence embeddings (the cosine similarity of pairs),
+so the teacher's body embeds with the pooling it was fine-tuned with; the student's logistic-regression head is then
+fitted to the teacher's predictions on the pool, which come from the textclf teacher itself. Its share of the gap
+closed is taken against the same control as textclf's.
+
 Latency (draw 0, ``--skip-latency`` to leave it out): one text at a time (median of ``--single`` calls) and the
 test split in batches of 64, for the teacher and the 3-layer distilled student, as PyTorch fp32 and as int8 ONNX.
 
     python -m bench.distill_bench                           # writes bench/results/distill.json
     python -m bench.distill_bench --draws 0 --layers 3
+    python -m bench.distill_bench --layers 3 --starts minilm --setfit   # the peer beside textclf
 
 Runs kept in the results file are not repeated, so the benchmark resumes where it stopped.
 """
@@ -88,7 +97,8 @@ def scores(out: Path, seconds: float) -> dict:
             "seconds": round(seconds, 1), "train_rows_per_second": statistics.median(speeds) if speeds else None}
 
 
-def run_draw(draw: int, layers: list[int], starts: list[str], work: Path, runs: list[dict], save) -> None:
+def run_draw(draw: int, layers: list[int], starts: list[str], work: Path, runs: list[dict], save,
+             setfit: bool = False) -> None:
     train, pool = draw_data(draw, work)
     teacher = work / f"draw-{draw}" / "teacher"
 
@@ -117,6 +127,53 @@ def run_draw(draw: int, layers: list[int], starts: list[str], work: Path, runs: 
                 runs.append({"draw": draw, "model": name, "folder": str(out), **scores(out, seconds)})
                 log(f"draw {draw} {name}: {runs[-1]}")
                 save()
+        name = f"student-{k}L setfit distilled"
+        if setfit and not have(name):
+            runs.append({"draw": draw, "model": name,
+                         **run_setfit(draw, k, train, pool, teacher / "best", work / f"draw-{draw}")})
+            log(f"draw {draw} {name}: {runs[-1]}")
+            save()
+
+
+def run_setfit(draw: int, k: int, train: Path, pool: Path, teacher: Path, work: Path) -> dict:
+    """SetFit's DistillationTrainer from the textclf teacher in ``teacher`` to minilm cut to ``k`` layers."""
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, models
+    from setfit import DistillationTrainer, SetFitModel, TrainingArguments
+
+    from bench.few_shot_bench import minilm_dir
+    from bench.few_shot_bench import scores as accuracy_f1
+    from textclf.config import DataConfig
+    from textclf.data.readers import read_split
+    from textclf.deploy.predict import Predictor
+    from textclf.model.classifier import TextClassifier
+
+    start = time.perf_counter()
+    settings = json.loads((teacher / "textclf.json").read_text(encoding="utf-8"))
+    body = models.Transformer(str(teacher), max_seq_length=settings["train_config"]["max_length"])
+    pooling = models.Pooling(body.get_word_embedding_dimension(), pooling_mode=settings["pooling"])
+    teacher_model = SetFitModel(model_body=SentenceTransformer(modules=[body, pooling], device="cpu"))
+    predictor = Predictor.from_pretrained(teacher, device="cpu", precision="fp32")
+    teacher_model.predict = lambda texts, **_: np.array([p.label for p in predictor.predict(list(texts))])
+
+    student = SetFitModel.from_pretrained(minilm_dir())
+    layers = student.model_body[0].auto_model.encoder.layer
+    kept = TextClassifier.chosen_layers(len(layers), k)  # the layers textclf's --student-layers K keeps
+    student.model_body[0].auto_model.encoder.layer = torch.nn.ModuleList(layers[i] for i in kept)
+    student.model_body[0].auto_model.config.num_hidden_layers = k
+
+    texts = [line for line in pool.read_text(encoding="utf-8").splitlines() if line.strip()]
+    args = TrainingArguments(output_dir=str(work / "setfit"), batch_size=16, max_steps=500, seed=draw,
+                             report_to="none")
+    DistillationTrainer(teacher_model=teacher_model, student_model=student, args=args,
+                        train_dataset=Dataset.from_dict({"text": texts})).train()
+    test = read_split(AG_NEWS / "test.csv", "test", DataConfig())
+    predicted = [str(p) for p in student.predict(list(test.texts), batch_size=64)]
+    result = accuracy_f1(list(test.labels), predicted)
+    return {"test_accuracy": result["accuracy"], "test_macro_f1": result["macro_f1"],
+            "seconds": round(time.perf_counter() - start, 1), "train_rows_per_second": None}
 
 
 def latency(teacher: Path, student: Path, work: Path, single: int) -> dict:
@@ -166,7 +223,7 @@ def summarise(runs: list[dict]) -> dict:
                       "train_rows_per_second": statistics.median(r["train_rows_per_second"] or 0 for r in mine)}
     teacher = rows.get("teacher", {}).get("accuracy")
     for name, row in rows.items():
-        control = rows.get(name.replace("distilled", "control"))
+        control = rows.get(name.replace(" setfit", "").replace("distilled", "control"))
         if name.endswith("distilled") and control and teacher is not None and teacher != control["accuracy"]:
             row["gap_closed"] = (row["accuracy"] - control["accuracy"]) / (teacher - control["accuracy"])
     return rows
@@ -180,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="student starts: minilm (the pretrained encoder cut) and/or from-teacher")
     parser.add_argument("--single", type=int, default=200, help="single-text calls timed per model (default 200)")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--setfit", action="store_true", help="also SetFit's DistillationTrainer, same teacher")
     args = parser.parse_args(argv)
     if shared_data_missing():
         return 0
@@ -194,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     layers = [int(k) for k in args.layers.split(",")]
     starts = ["" if start == "minilm" else start for start in args.starts.split(",")]
     for draw in (int(d) for d in args.draws.split(",")):
-        run_draw(draw, layers, starts, work, runs, save)
+        run_draw(draw, layers, starts, work, runs, save, setfit=args.setfit)
     if not args.skip_latency and latencies is None:
         first = next(r for r in runs if r["draw"] == 0 and r["model"] == f"student-{max(layers)}L distilled")
         latencies = latency(work / "draw-0" / "teacher" / "best", Path(first["folder"]) / "best", work, args.single)

@@ -357,10 +357,7 @@ class TextClassifier(nn.Module):
         if not 1 <= count <= total:
             raise ConfigError(f"model.keep_layers: {count} is not a number of layers the encoder can keep: it has "
                               f"{total}; give 1 to {total}")
-        if choice == "lowest":
-            kept = list(range(count))
-        else:
-            kept = sorted({round(i * (total - 1) / max(count - 1, 1)) for i in range(count)}) if count > 1 else [0]
+        kept = self.chosen_layers(total, count, choice)
         owner, name = next((module, attr) for module in self.encoder.modules()
                            for attr, child in module.named_children() if child is layers)
         setattr(owner, name, nn.ModuleList(layers[i] for i in kept))
@@ -370,6 +367,13 @@ class TextClassifier(nn.Module):
                     module.layer_idx = position
         self.config.num_hidden_layers = count
         return kept
+
+    @staticmethod
+    def chosen_layers(total: int, count: int, choice: str = "spread") -> list[int]:
+        """The indices :meth:`keep_layers` keeps of ``total`` layers."""
+        if choice == "lowest":
+            return list(range(count))
+        return sorted({round(i * (total - 1) / max(count - 1, 1)) for i in range(count)}) if count > 1 else [0]
 
     def freeze_layers_below(self, n: int) -> None:
         """Freeze the embeddings and encoder layers ``0 .. n-1``; layers ``n ..``, pooler and head train."""
