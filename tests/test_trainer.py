@@ -8,6 +8,7 @@ optimizer steps; runs without a dev split skip evaluation and keep the final wei
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -604,3 +605,26 @@ def test_the_end_of_a_run_scores_dev_once_when_the_best_step_is_the_last(tiny_mo
     assert metrics["dev"]["accuracy"] == fresh.accuracy
     assert metrics["dev"]["loss"] == pytest.approx(fresh.loss, rel=1e-5)
     assert metrics["dev"]["confusion_matrix"] == fresh.to_dict()["confusion_matrix"]
+    # last/ shares best/'s weight file exactly when they hold the same step, and loads as a model of its own
+    best, last = (os.stat(tmp_path / "run" / name / "model.safetensors") for name in ("best", "last"))
+    assert (best.st_ino == last.st_ino) == best_is_last and best.st_nlink == (2 if best_is_last else 1)
+    steps = [json.loads((tmp_path / "run" / name / "textclf.json").read_text())["step"] for name in ("best", "last")]
+    assert steps == ([2, 2] if best_is_last else [1, 2])
+    last_model = textclf.Trainer.from_pretrained(tmp_path / "run" / "last", data=tiny_data, precision="fp32")
+    assert (last_model.evaluate(tiny_data.dev).accuracy == fresh.accuracy) or not best_is_last
+
+
+def test_a_linked_weight_file_falls_back_to_a_written_one_where_links_fail(tiny_model_dir, tiny_data, tmp_path,
+                                                                          monkeypatch):
+    from textclf.model.classifier import TextClassifier
+
+    model = TextClassifier.from_encoder(str(tiny_model_dir), tiny_data.label_map)
+    model.save_pretrained(tmp_path / "best")
+
+    def no_links(source, target):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    model.save_pretrained(tmp_path / "last", weights_from=tmp_path / "best")
+    best, last = (tmp_path / name / "model.safetensors" for name in ("best", "last"))
+    assert os.stat(last).st_nlink == 1 and last.read_bytes() == best.read_bytes()

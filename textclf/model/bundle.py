@@ -62,14 +62,17 @@ def update_meta(folder: str | Path, **entries: Any) -> dict[str, Any]:
 # ---- a whole model folder -----------------------------------------------------------------------------------------
 
 
-def model_folder_writer(model, tokenizer, meta: dict[str, Any], normalizer: TextNormalizer | None = None):
+def model_folder_writer(model, tokenizer, meta: dict[str, Any], normalizer: TextNormalizer | None = None,
+                        weights_from: Path | None = None):
     """A function ``write(folder)`` that writes a loadable model folder: the weights and head (``model``, a
     :class:`~textclf.model.classifier.TextClassifier`), the tokenizer, ``textclf.json`` (``meta`` and the model's own
-    settings) and the normaliser; handed to an atomic folder write."""
+    settings) and the normaliser; handed to an atomic folder write. ``weights_from``: a folder already holding these
+    weights, whose weight file is linked (:meth:`~textclf.model.classifier.TextClassifier.save_pretrained`)."""
     meta = {**meta, "normalizer": NORMALIZER_FILE} if normalizer is not None else meta
+    linked = {"weights_from": weights_from} if weights_from is not None else {}  # a subclass's own save_pretrained
 
     def write(folder: Path) -> None:
-        model.save_pretrained(folder, tokenizer, meta)
+        model.save_pretrained(folder, tokenizer, meta, **linked)
         if normalizer is not None:
             write_normalizer(folder, normalizer)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -401,19 +402,26 @@ class TextClassifier(nn.Module):
         state.update({f"classifier.{k}": v for k, v in self.head.state_dict().items()})
         return state
 
-    def save_pretrained(self, folder: str | Path, tokenizer=None, extra: dict | None = None) -> None:
-        """Write the model folder (weights, configs, labels, tokenizer); see the module docstring."""
+    def save_pretrained(self, folder: str | Path, tokenizer=None, extra: dict | None = None,
+                        weights_from: str | Path | None = None) -> None:
+        """Write the model folder (weights, configs, labels, tokenizer); see the module docstring.
+
+        ``weights_from``: a model folder this model was saved to with these very weights (a run's ``best/`` when its
+        best step is the last): its weight file is hard-linked instead of written again, where the filesystem
+        allows. textclf replaces files and never edits one in place, so the two folders cannot drift apart.
+        """
         folder = Path(folder)
-        state = self._hf_state_dict() if self.hf_compatible else self.state_dict()
-        broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-        if broken:  # a model that predicts NaN is worse than no model: never write one
-            raise TrainingError(f"refusing to save {folder}: {len(broken)} weight tensor(s) hold NaN or infinity "
-                                f"({', '.join(broken[:3])}); lower the learning rate (--lr) or keep gradient clipping "
-                                "on (--max-grad-norm), and train again")
-        folder.mkdir(parents=True, exist_ok=True)
-        # safetensors refuses tensors that share memory (tied embeddings); contiguous copies are safe to save.
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / WEIGHTS_FILE))
-        outputs.open_permissions(folder / WEIGHTS_FILE)
+        if weights_from is None or not _link(Path(weights_from) / WEIGHTS_FILE, folder / WEIGHTS_FILE):
+            state = self._hf_state_dict() if self.hf_compatible else self.state_dict()
+            broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            if broken:  # a model that predicts NaN is worse than no model: never write one
+                raise TrainingError(f"refusing to save {folder}: {len(broken)} weight tensor(s) hold NaN or infinity "
+                                    f"({', '.join(broken[:3])}); lower the learning rate (--lr) or keep gradient "
+                                    "clipping on (--max-grad-norm), and train again")
+            folder.mkdir(parents=True, exist_ok=True)  # only now: a refused model leaves no folder behind
+            # safetensors refuses tensors that share memory (tied embeddings); contiguous copies are safe to save.
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / WEIGHTS_FILE))
+            outputs.open_permissions(folder / WEIGHTS_FILE)
         config = self.config.to_dict()
         config.update(num_labels=self.num_labels, architectures=[self._hf_architecture()])
         if self.label_map is not None:
@@ -569,3 +577,14 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameter counts: frozen layers show as the difference."""
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def _link(source: Path, target: Path) -> bool:
+    """Hard-link ``source`` at ``target`` (its folder made); False where the filesystem cannot (the caller writes
+    the file)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        return False
+    return True

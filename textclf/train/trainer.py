@@ -443,13 +443,13 @@ class Trainer(TrainingLoop):
         return RunConfig(self.data_config, self.model_config, self.config, RunPaths.from_splits(*splits,
                                                                                                 self.output_dir))
 
-    def _save_bundle(self, folder: Path, extra: dict) -> None:
-        """Write a loadable model folder (``best/`` or ``last/``) atomically, on rank 0."""
+    def _save_bundle(self, folder: Path, extra: dict, weights_from: Path | None = None) -> None:
+        """Write a loadable model folder (``best/`` or ``last/``) atomically, on rank 0 (see model_folder_writer)."""
         if self.runtime.is_main:  # how texts are read and decided travels with the weights (read by Predictor)
             meta = {**extra, "base_model": self.model_config.name, **self.objective.model_meta(),
                     "train_config": dataclasses.asdict(self.config),
                     "windows": self.inputs.to_dict(), "data_reading": self.data_config.reading()}
-            write = bundle.model_folder_writer(self.model, self.tokenizer, meta, self.normalizer)
+            write = bundle.model_folder_writer(self.model, self.tokenizer, meta, self.normalizer, weights_from)
             with self.clock.phase(f"save {folder.name}"):
                 ckpt.write_atomically(folder, write)
 
@@ -466,15 +466,15 @@ class Trainer(TrainingLoop):
             return FitResult(self.output_dir, self.state.global_step, self.state.best_step, self.state.best_metric,
                              None, None, stopped_early=False, interrupted=True, signal=self._interrupt_signal)
         self.objective.prepare_head(self)
-        self._save_bundle(self.output_dir / "last", {"step": self.state.global_step})
-        # Rank 0 wrote best/ and reloads it; the other ranks take its weights over the process group, so none
-        # reads a folder rank 0 may still be writing, and no filesystem shared between nodes is needed.
-        if self.runtime.is_main and (self.output_dir / "best").is_dir():
-            self.model.load_weights(self.output_dir / "best")
+        best = self.output_dir / "best"  # saved at this very step: last/ links its weight file, nothing is reloaded
+        best_is_last = self.state.best_step == self.state.global_step and best.is_dir()
+        self._save_bundle(self.output_dir / "last", {"step": self.state.global_step}, best if best_is_last else None)
+        if self.runtime.is_main and best.is_dir() and not best_is_last:  # the other ranks take rank 0's weights
+            self.model.load_weights(best)  # over the process group: no folder rank 0 may be writing is read
         broadcast_module(self.runtime, self.model)
         if (self.task.has_thresholds and self.config.threshold_tuning != "none" and self.dev_dataset is not None
-                and (self.output_dir / "best").is_dir()):
-            self.tune_thresholds(save_to=self.output_dir / "best")
+                and best.is_dir()):
+            self.tune_thresholds(save_to=best)
         metrics = report_run(self)  # dev and test scores, calibration, errors.csv, metrics.json, model cards
         self._final_dev_outputs = None
         self._close_loggers()
