@@ -185,11 +185,11 @@ def describe(texts: list[str], labels: list, multi_label: bool, tokenizer, encod
 
     Args:
         texts, labels: the training split (labels: one name per row, or a list of names per row).
-        pool: unlabelled texts the model will read, measured with ``texts`` for lengths, script and vocabulary.
         multi_label: whether ``labels`` holds lists.
         tokenizer: the encoder's fast tokenizer (lengths and unknown tokens are measured with it).
         encoder_config: the encoder's Hugging Face config (width, depth, position limit).
         sentence_encoder: whether the encoder ships sentence-transformers mean pooling.
+        pool: unlabelled texts the model will read, measured with ``texts`` for lengths, script and vocabulary.
     """
     labelled = label_shape(labels, multi_label, sentence_encoder)
     sample = _sample(list(texts) + list(pool or []))
